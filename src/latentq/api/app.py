@@ -1,0 +1,155 @@
+"""The HTTP API (FastAPI): submit, status, results, models, health.
+
+The API never loads a model: it validates against the registry's specs,
+enqueues through the same ``Client`` a Python producer uses, and reads job
+records from RQ.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from rq import Worker
+
+from .. import __version__
+from ..config import Settings
+from ..errors import InvalidRequest, JobNotFound, LatentqError, LatentTooLarge, QueueFull, StoreError
+from ..producer.client import Client
+from ..spec import DecodeRequest
+from ..store import LocalStore, ObjectStore, check_key, open_store
+from ..wire import latent_from_bytes
+
+__all__ = ["create_app"]
+
+
+def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message, "field": field}, "detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: Settings | None = None, *, client: Client | None = None, store: ObjectStore | None = None
+) -> FastAPI:
+    settings = settings or Settings.from_env()
+    store = store or open_store(settings.store, public_url=settings.public_url)
+    client = client or Client(settings=settings, store=store)
+    app = FastAPI(
+        title="latentq",
+        version=__version__,
+        description="Queued, batched VAE decoding for latent diffusion models.",
+    )
+    app.state.client = client
+    app.state.store = store
+
+    @app.exception_handler(LatentqError)
+    async def latentq_error(_: Request, exc: LatentqError) -> JSONResponse:
+        if isinstance(exc, InvalidRequest):
+            return _error(exc.status_code, type(exc).__name__, str(exc), exc.field)
+        if isinstance(exc, QueueFull):
+            return _error(429, "QueueFull", str(exc), headers={"Retry-After": str(exc.retry_after)})
+        if isinstance(exc, JobNotFound):
+            return _error(404, "JobNotFound", str(exc), "id")
+        if isinstance(exc, StoreError):
+            return _error(404, "StoreError", str(exc), "key")
+        return _error(500, type(exc).__name__, str(exc))
+
+    def url_for_result(request: Request, key: str) -> str:
+        if store.served_by_api:
+            return str(request.url_for("get_result", key=key))
+        return store.url(key)
+
+    def job_body(request: Request, job_id: str) -> dict[str, Any]:
+        info = client.job_info(job_id)
+        body = info.to_dict()
+        for item in body["results"]:
+            item["url"] = url_for_result(request, item["key"])
+        body["status_url"] = str(request.url_for("get_job", job_id=job_id))
+        return body
+
+    @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)")
+    async def submit_job(
+        request: Request,
+        model: Annotated[str, Query(description="model name, see GET /v1/models")],
+        output_format: Annotated[str, Query(description="png, jpeg, webp, tensor or uint8")] = "png",
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        quality: Annotated[int, Query(ge=1, le=100)] = 90,
+        metadata: Annotated[str | None, Query(description="a JSON object kept with the job")] = None,
+    ) -> JSONResponse:
+        try:
+            meta = json.loads(metadata) if metadata else {}
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"metadata is not valid JSON: {exc}", field="metadata") from exc
+        client.registry.get(model)  # unknown model: 404 before reading the body
+        decode_request = DecodeRequest(
+            model=model,
+            output_format=output_format,
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+            quality=quality,
+            metadata=meta,
+        )
+        body = await _read_body(request, settings.limits.max_body_bytes)
+        latent = latent_from_bytes(body, settings.limits)
+        job = await run_in_threadpool(client.submit_request, latent, decode_request)
+        status_url = str(request.url_for("get_job", job_id=job.id))
+        return JSONResponse(
+            {"id": job.id, "model": model, "status": "queued", "status_url": status_url},
+            status_code=202,
+            headers={"Location": status_url},
+        )
+
+    @app.get("/v1/jobs/{job_id}", name="get_job", summary="A job's status and, when finished, its result URLs")
+    async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(job_body, request, job_id)
+
+    @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object")
+    async def get_result(key: str) -> Response:
+        check_key(key)
+        if isinstance(store, LocalStore):
+            path = store.path(key)
+            if not path.is_file():
+                raise StoreError(f"no result object {key!r}")
+            return FileResponse(path, headers={"Cache-Control": "private, max-age=86400, immutable"})
+        return RedirectResponse(store.url(key), status_code=307)
+
+    @app.get("/v1/models", summary="The models this deployment serves")
+    async def list_models() -> dict[str, Any]:
+        def describe() -> list[dict[str, Any]]:
+            out = []
+            for name in client.registry.names():
+                info = client.registry.get(name).describe()
+                queue = client.queue(name)
+                workers = Worker.count(connection=client.connection, queue=queue)
+                info.update(queued=queue.count, workers=workers, loaded=workers > 0)
+                out.append(info)
+            return out
+
+        return {"models": await run_in_threadpool(describe)}
+
+    @app.get("/healthz", summary="Liveness: the API runs and reaches Redis")
+    async def healthz() -> JSONResponse:
+        try:
+            await run_in_threadpool(client.connection.ping)
+        except Exception as exc:
+            return JSONResponse({"status": "error", "redis": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "redis": "ok", "version": __version__})
+
+    return app

@@ -1,0 +1,44 @@
+"""Settings read from the environment (flags on the command line override them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .spec import Limits
+
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The RQ job function, by dotted path: producers never import the worker.
+TASK_FUNCTION = "latentq.worker.tasks.decode_job"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    store: str | None = None
+    models_file: str | None = None
+    public_url: str | None = None
+    latent_ttl: int = 24 * 3600  # seconds a queued latent may wait
+    result_ttl: int = 24 * 3600  # seconds RQ keeps a finished job's record
+    failure_ttl: int = 7 * 24 * 3600
+    job_timeout: int = 600  # seconds one job may run once started
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env = os.environ
+        values: dict[str, object] = {
+            "redis_url": env.get("LATENTQ_REDIS_URL") or DEFAULT_REDIS_URL,
+            "store": env.get("LATENTQ_STORE") or None,
+            "models_file": env.get("LATENTQ_MODELS") or None,
+            "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
+            "limits": Limits.from_env(),
+        }
+        for name in ("latent_ttl", "result_ttl", "failure_ttl", "job_timeout"):
+            raw = env.get(f"LATENTQ_{name.upper()}")
+            if raw:
+                values[name] = int(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

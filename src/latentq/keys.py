@@ -1,0 +1,50 @@
+"""Every Redis key and queue name latentq uses, in one place.
+
+RQ owns its own keys (``rq:job:*``, ``rq:queue:*``, registries, workers);
+latentq adds only the ones below, all under the ``latentq:`` prefix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "QUEUE_PREFIX",
+    "batch_key",
+    "latent_key",
+    "model_from_queue",
+    "queue_name",
+    "worker_stats_key",
+    "WORKER_STATS_PATTERN",
+    "LATENT_PATTERN",
+]
+
+PREFIX = "latentq:"
+# RQ queue names; RQ stores the list under "rq:queue:<name>".
+QUEUE_PREFIX = "latentq."
+
+LATENT_PATTERN = PREFIX + "latent:*"
+WORKER_STATS_PATTERN = PREFIX + "worker-stats:*"
+
+
+def queue_name(model: str) -> str:
+    """One RQ queue per model."""
+    return QUEUE_PREFIX + model
+
+
+def model_from_queue(name: str) -> str | None:
+    return name[len(QUEUE_PREFIX):] if name.startswith(QUEUE_PREFIX) else None
+
+
+def latent_key(job_id: str) -> str:
+    """The safetensors bytes of one job's latent (string, with a TTL)."""
+    return f"{PREFIX}latent:{job_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    """The job ids of one ``submit_many`` batch (list, with a TTL)."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def worker_stats_key(worker_name: str) -> str:
+    """Counters of one decode worker (hash: decode_calls, jobs, ...)."""
+    return f"{PREFIX}worker-stats:{worker_name}"

@@ -1,0 +1,59 @@
+"""Read a job's status from its RQ record: shared by the Client and the API."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+
+from ..spec import JobInfo, JobStatus, ResultObject
+
+__all__ = ["job_info", "STATUS_FROM_RQ"]
+
+STATUS_FROM_RQ: dict[str, JobStatus] = {
+    RQStatus.CREATED.value: JobStatus.QUEUED,
+    RQStatus.QUEUED.value: JobStatus.QUEUED,
+    RQStatus.DEFERRED.value: JobStatus.QUEUED,
+    RQStatus.SCHEDULED.value: JobStatus.QUEUED,
+    RQStatus.STARTED.value: JobStatus.STARTED,
+    RQStatus.FINISHED.value: JobStatus.FINISHED,
+    RQStatus.FAILED.value: JobStatus.FAILED,
+    RQStatus.STOPPED.value: JobStatus.FAILED,
+    RQStatus.CANCELED.value: JobStatus.CANCELED,
+}
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) -> JobInfo:
+    """Build a JobInfo; ``url_for(key)`` turns a result key into a URL."""
+    rq_status = rq_job.get_status(refresh=False)
+    status = STATUS_FROM_RQ.get(rq_status.value if rq_status else "queued", JobStatus.QUEUED)
+    request = (rq_job.kwargs or {}).get("request", {})
+    meta = rq_job.meta or {}
+    info: dict = {
+        "id": rq_job.id,
+        "model": request.get("model", ""),
+        "status": status,
+        "batch_id": meta.get("batch_id"),
+        "metadata": request.get("metadata") or {},
+        "enqueued_at": _iso(rq_job.enqueued_at),
+        "started_at": _iso(rq_job.started_at),
+        "ended_at": _iso(rq_job.ended_at),
+        "worker": rq_job.worker_name,
+    }
+    if status is JobStatus.QUEUED and queue is not None:
+        info["queue_position"] = queue.get_job_position(rq_job.id)
+    elif status is JobStatus.FINISHED:
+        record = rq_job.return_value(refresh=True) or {}
+        info["results"] = [
+            ResultObject.from_dict({**item, "url": url_for(item["key"])}) for item in record.get("results", [])
+        ]
+        info["batch_size"] = record.get("batch_size")
+    elif status is JobStatus.FAILED:
+        result = rq_job.latest_result()
+        info["error"] = (result.exc_string if result is not None else None) or "failed"
+    return JobInfo(**info)

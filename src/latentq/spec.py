@@ -1,0 +1,176 @@
+"""The decode request, its validation limits, job statuses and result records.
+
+These are plain data shared by the producer, the worker and the API; they
+travel through RQ as JSON (``to_dict`` / ``from_dict``), never pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidRequest, UnsupportedFormat
+
+__all__ = [
+    "ACCEPTED_DTYPES",
+    "IMAGE_FORMATS",
+    "OUTPUT_FORMATS",
+    "DecodeRequest",
+    "JobInfo",
+    "JobStatus",
+    "Limits",
+    "ResultObject",
+]
+
+IMAGE_FORMATS: dict[str, str] = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
+# "tensor": decoded float tensor as safetensors; "uint8": the 8-bit image tensor.
+OUTPUT_FORMATS: dict[str, str] = {
+    **IMAGE_FORMATS,
+    "tensor": "application/vnd.safetensors",
+    "uint8": "application/vnd.safetensors",
+}
+FORMAT_ALIASES = {"jpg": "jpeg"}
+ACCEPTED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", field=name) from exc
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits enforced by the API, the producer and again by the worker."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_latent_elements: int = 16 * 1024 * 1024
+    max_output_pixels: int = 4096 * 4096
+    max_batch_submit: int = 1024
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_body_bytes=_env_int("LATENTQ_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_latent_elements=_env_int("LATENTQ_MAX_LATENT_ELEMENTS", cls.max_latent_elements),
+            max_output_pixels=_env_int("LATENTQ_MAX_OUTPUT_PIXELS", cls.max_output_pixels),
+            max_batch_submit=_env_int("LATENTQ_MAX_BATCH_SUBMIT", cls.max_batch_submit),
+        )
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What to do with one latent: which model, how to un-scale it, how to encode the pixels."""
+
+    model: str
+    output_format: str = "png"
+    scaling_factor: float | None = None
+    shift_factor: float | None = None
+    quality: int = 90
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fmt = FORMAT_ALIASES.get(self.output_format.lower(), self.output_format.lower())
+        if fmt not in OUTPUT_FORMATS:
+            raise UnsupportedFormat(
+                f"output_format {self.output_format!r} is not one of {sorted(OUTPUT_FORMATS)}",
+                field="output_format",
+            )
+        object.__setattr__(self, "output_format", fmt)
+        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise InvalidRequest(f"quality must be an integer in 1..100, got {self.quality!r}", field="quality")
+        for name in ("scaling_factor", "shift_factor"):
+            value = getattr(self, name)
+            if value is not None:
+                value = float(value)
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise InvalidRequest(f"{name} must be finite", field=name)
+                object.__setattr__(self, name, value)
+        if self.scaling_factor == 0.0:
+            raise InvalidRequest("scaling_factor must not be 0", field="scaling_factor")
+        if not isinstance(self.metadata, dict):
+            raise InvalidRequest("metadata must be a JSON object", field="metadata")
+
+    @property
+    def content_type(self) -> str:
+        return OUTPUT_FORMATS[self.output_format]
+
+    def batch_signature(self) -> tuple[Any, ...]:
+        """Jobs with equal signatures (and latent shapes) may share one decode call."""
+        return (self.model, self.scaling_factor, self.shift_factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecodeRequest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One stored output of a job."""
+
+    key: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    url: str | None = None
+    frames: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResultObject:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's status as the Client and the API report it."""
+
+    id: str
+    model: str
+    status: JobStatus
+    queue_position: int | None = None
+    error: str | None = None
+    results: list[ResultObject] = field(default_factory=list)
+    batch_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    enqueued_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    worker: str | None = None
+    batch_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        return data

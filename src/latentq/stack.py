@@ -1,0 +1,136 @@
+"""A whole latentq deployment on one machine: Redis, N workers, the API.
+
+Used by ``latentq up`` and ``latentq demo``. With no Redis URL configured it
+starts an embedded Redis server and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+from redis import Redis
+from rq import Queue, Worker
+
+from . import keys
+from .config import Settings
+from .redis_server import EmbeddedRedis, free_port
+
+__all__ = ["Stack", "StackOptions", "wait_for_workers"]
+
+log = logging.getLogger("latentq.stack")
+
+
+@dataclass
+class StackOptions:
+    models: list[str] = field(default_factory=lambda: ["taef2"])
+    workers: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    redis_url: str | None = None
+    log_level: str = "warning"
+
+
+def wait_for_workers(connection: Redis, model: str, count: int, timeout: float) -> None:
+    queue = Queue(keys.queue_name(model), connection=connection)
+    deadline = time.monotonic() + timeout
+    while Worker.count(connection=connection, queue=queue) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} worker(s) for {model} did not start within {timeout} s")
+        time.sleep(0.1)
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.redis: EmbeddedRedis | None = None
+        self.redis_url = options.redis_url or os.environ.get("LATENTQ_REDIS_URL") or None
+        self.workers: list[subprocess.Popen] = []
+        self.server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.options.host}:{self.options.port}"
+
+    def start(self, worker_timeout: float = 120.0) -> Stack:
+        opts = self.options
+        if not self.redis_url:
+            self.redis = EmbeddedRedis().start()
+            self.redis_url = self.redis.url
+            log.info("started embedded Redis at %s", self.redis_url)
+        env = {**os.environ, "LATENTQ_REDIS_URL": self.redis_url}
+        os.environ["LATENTQ_REDIS_URL"] = self.redis_url
+        for index in range(opts.workers):
+            args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
+                    "--max-batch", str(opts.max_batch), "--max-wait-ms", str(opts.max_wait_ms)]  # fmt: skip
+            for model in opts.models:
+                args += ["--model", model]
+            self.workers.append(subprocess.Popen(args, env=env))
+        if opts.port == 0:
+            opts.port = free_port()
+        os.environ.setdefault("LATENTQ_PUBLIC_URL", self.api_url)
+        from .api import create_app
+
+        app = create_app(Settings.from_env(redis_url=self.redis_url))
+        config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level=opts.log_level)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="latentq-api", daemon=True)
+        self._thread.start()
+        connection = Redis.from_url(self.redis_url)
+        try:
+            deadline = time.monotonic() + 30
+            while not self.server.started:
+                if time.monotonic() > deadline or not self._thread.is_alive():
+                    raise RuntimeError(f"the API did not start on {self.api_url}")
+                time.sleep(0.05)
+            for model in opts.models:
+                self._check_workers()
+                wait_for_workers(connection, model, opts.workers, worker_timeout)
+        finally:
+            connection.close()
+        return self
+
+    def _check_workers(self) -> None:
+        for process in self.workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"a worker exited with code {process.returncode} (see its log above)")
+
+    def stop(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # warm shutdown: finish the current batch
+        for process in self.workers:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.workers.clear()
+        if self.server is not None:
+            self.server.should_exit = True
+            if self._thread is not None:
+                self._thread.join(10)
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

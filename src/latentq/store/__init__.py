@@ -1,0 +1,20 @@
+"""Object stores for results: a local directory by default."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+from .base import ObjectStore, check_key, make_key
+from .local import DEFAULT_DIRECTORY, LocalStore
+
+__all__ = ["LocalStore", "ObjectStore", "check_key", "make_key", "open_store"]
+
+
+def open_store(location: str | None = None, *, public_url: str | None = None) -> ObjectStore:
+    """``location``: a directory path (default ``$LATENTQ_STORE`` or ./latentq-results)."""
+    location = location or os.environ.get("LATENTQ_STORE") or DEFAULT_DIRECTORY
+    public_url = public_url or os.environ.get("LATENTQ_PUBLIC_URL")
+    if "://" in location and not location.startswith("file://"):
+        raise ConfigError(f"unsupported store {location!r}: give a directory path")
+    return LocalStore(location.removeprefix("file://"), public_url=public_url)

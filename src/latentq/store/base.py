@@ -1,0 +1,49 @@
+"""The ObjectStore protocol and result keys.
+
+A key is ``<job-id>/<random-token>.<ext>``: the random token makes result
+URLs unguessable even to someone who knows the job id, and the fixed
+alphabet keeps keys from escaping a directory or bucket prefix.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Protocol, runtime_checkable
+
+from ..errors import StoreError
+
+__all__ = ["ObjectStore", "make_key", "check_key", "KEY_PATTERN"]
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{8,64}(\.[a-z0-9]{1,12})?$")
+
+
+def make_key(job_id: str, ext: str, index: int = 0) -> str:
+    safe_job = re.sub(r"[^A-Za-z0-9_-]", "-", job_id)[:64]
+    return f"{safe_job}/{index}-{secrets.token_urlsafe(16)}.{ext}"
+
+
+def check_key(key: str) -> str:
+    if not KEY_PATTERN.match(key):
+        raise StoreError(f"invalid result key {key!r}")
+    return key
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Where result objects go. Implementations must be safe to call from threads."""
+
+    #: True when the store has no URL of its own and the API serves its objects.
+    served_by_api: bool
+
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def url(self, key: str) -> str:
+        """A URL a client can fetch the object from directly."""
+        ...

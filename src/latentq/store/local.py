@@ -1,0 +1,65 @@
+"""A local directory store: atomic writes (temp file + rename), keys confined to the root."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import StoreError
+from .base import check_key
+
+__all__ = ["LocalStore", "DEFAULT_DIRECTORY"]
+
+DEFAULT_DIRECTORY = "./latentq-results"
+
+
+class LocalStore:
+    served_by_api = True
+
+    def __init__(self, root: str | Path = DEFAULT_DIRECTORY, public_url: str | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.public_url = public_url.rstrip("/") if public_url else None
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if self.root not in path.parents:
+            raise StoreError(f"result key {key!r} escapes the store directory")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)  # readers see the whole file or nothing
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StoreError(f"cannot write {key}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"no result object {key!r}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def url(self, key: str) -> str:
+        if self.public_url:
+            return f"{self.public_url}/v1/results/{key}"
+        return self.path(key).as_uri()
