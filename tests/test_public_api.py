@@ -1,0 +1,31 @@
+import pytest
+
+import latentq
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_public_names_are_pinned():
+    assert sorted(latentq.__all__) == sorted([
+        "Client", "HttpClient", "InvalidRequest", "Job", "JobFailed", "JobStatus", "JobTimeout",
+        "LatentqError", "QueueFull", "ResultObject", "__version__",
+    ])  # fmt: skip
+    for name in latentq.__all__:
+        assert hasattr(latentq, name)
+
+
+def test_exception_tree():
+    from latentq import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.LatentqError)
+    assert issubclass(errors.InvalidLatent, ValueError)
+
+
+def test_producer_does_not_import_the_worker_or_diffusers():
+    import subprocess
+    import sys
+
+    code = "import sys, latentq; latentq.Client; print(any(m.startswith(('diffusers', 'latentq.worker')) for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
