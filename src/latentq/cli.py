@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
     worker.add_argument("--encode-threads", type=int, default=4, help="threads encoding and storing results")
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
+    worker.add_argument("--no-previews", action="store_true", help="do not load the models' preview decoders")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     _add_redis(worker)
     _add_store(worker)
@@ -103,11 +104,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     registry = load_registry(settings.models_file)
-    models = {}
+    log = logging.getLogger("latentq")
+    models, previews = {}, {}
     for name in args.models or ["taef2"]:
         spec = registry.get(name)
-        logging.getLogger("latentq").info("loading %s on %s from %s", name, args.device, spec.source or "config")
+        log.info("loading %s on %s from %s", name, args.device, spec.source or "config")
         models[name] = load_model(spec, args.device, args.dtype)
+        if spec.preview and not args.no_previews:
+            try:
+                previews[name] = load_model(registry.get(spec.preview), args.device, args.dtype)
+            except Exception as exc:  # previews are optional: serve full decodes without them
+                log.warning("no preview decoder for %s: %s", name, exc)
     worker = DecodeWorker(
         models,
         Redis.from_url(settings.redis_url),
@@ -117,6 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         encode_threads=args.encode_threads,
         limits=settings.limits,
         name=args.name,
+        previews=previews,
     )
     worker.work(burst=args.burst, logging_level=args.log_level)
     return 0

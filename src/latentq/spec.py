@@ -16,6 +16,8 @@ from .errors import InvalidRequest, UnsupportedFormat
 
 __all__ = [
     "ACCEPTED_DTYPES",
+    "ARRAY_FORMATS",
+    "VIDEO_FORMATS",
     "IMAGE_FORMATS",
     "OUTPUT_FORMATS",
     "DecodeRequest",
@@ -30,12 +32,15 @@ IMAGE_FORMATS: dict[str, str] = {
     "jpeg": "image/jpeg",
     "webp": "image/webp",
 }
-# "tensor": decoded float tensor as safetensors; "uint8": the 8-bit image tensor.
-OUTPUT_FORMATS: dict[str, str] = {
-    **IMAGE_FORMATS,
-    "tensor": "application/vnd.safetensors",
-    "uint8": "application/vnd.safetensors",
+ARRAY_FORMATS: dict[str, str] = {
+    "tensor": "application/vnd.safetensors",  # the decoded float tensor in [0, 1]
+    "uint8": "application/vnd.safetensors",  # the postprocessed 8-bit pixels
 }
+VIDEO_FORMATS: dict[str, str] = {
+    "mp4": "video/mp4",  # H.264 through PyAV
+    "frames": "image/png",  # one PNG object per frame
+}
+OUTPUT_FORMATS: dict[str, str] = {**IMAGE_FORMATS, **VIDEO_FORMATS, **ARRAY_FORMATS}
 FORMAT_ALIASES = {"jpg": "jpeg"}
 ACCEPTED_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -69,6 +74,7 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     max_latent_elements: int = 16 * 1024 * 1024
     max_output_pixels: int = 4096 * 4096
+    max_frames: int = 1024
     max_batch_submit: int = 1024
 
     @classmethod
@@ -77,6 +83,7 @@ class Limits:
             max_body_bytes=_env_int("LATENTQ_MAX_BODY_BYTES", cls.max_body_bytes),
             max_latent_elements=_env_int("LATENTQ_MAX_LATENT_ELEMENTS", cls.max_latent_elements),
             max_output_pixels=_env_int("LATENTQ_MAX_OUTPUT_PIXELS", cls.max_output_pixels),
+            max_frames=_env_int("LATENTQ_MAX_FRAMES", cls.max_frames),
             max_batch_submit=_env_int("LATENTQ_MAX_BATCH_SUBMIT", cls.max_batch_submit),
         )
 
@@ -91,6 +98,11 @@ class DecodeRequest:
     shift_factor: float | None = None
     quality: int = 90
     metadata: dict[str, Any] = field(default_factory=dict)
+    height: int | None = None  # image height, for packed (FLUX) latents
+    width: int | None = None
+    fps: int = 24  # mp4 frame rate
+    preview: bool = False  # publish a fast tiny-autoencoder decode first
+    tile: bool | None = None  # None: tiled decode above the model's threshold
 
     def __post_init__(self) -> None:
         fmt = FORMAT_ALIASES.get(self.output_format.lower(), self.output_format.lower())
@@ -109,6 +121,12 @@ class DecodeRequest:
                 if value != value or value in (float("inf"), float("-inf")):
                     raise InvalidRequest(f"{name} must be finite", field=name)
                 object.__setattr__(self, name, value)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or not 8 <= value <= 16384):
+                raise InvalidRequest(f"{name} must be an integer in 8..16384, got {value!r}", field=name)
+        if not isinstance(self.fps, int) or not 1 <= self.fps <= 240:
+            raise InvalidRequest(f"fps must be an integer in 1..240, got {self.fps!r}", field="fps")
         if self.scaling_factor == 0.0:
             raise InvalidRequest("scaling_factor must not be 0", field="scaling_factor")
         if not isinstance(self.metadata, dict):
@@ -120,7 +138,7 @@ class DecodeRequest:
 
     def batch_signature(self) -> tuple[Any, ...]:
         """Jobs with equal signatures (and latent shapes) may share one decode call."""
-        return (self.model, self.scaling_factor, self.shift_factor)
+        return (self.model, self.scaling_factor, self.shift_factor, self.height, self.width, self.tile, self.preview)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +160,7 @@ class ResultObject:
     bytes: int
     url: str | None = None
     frames: int = 1
+    frame: int | None = None  # index of this frame, for the "frames" format
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -169,6 +188,8 @@ class JobInfo:
     ended_at: str | None = None
     worker: str | None = None
     batch_size: int | None = None
+    preview: ResultObject | None = None
+    tiled: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

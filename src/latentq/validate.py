@@ -1,35 +1,47 @@
-"""Checks of a latent against its model spec, shared by producer, API and worker."""
+"""Checks of a latent and its request against the model spec, shared by producer, API and worker."""
 
 from __future__ import annotations
 
 import torch
 
-from .errors import InvalidLatent, LatentTooLarge
+from .errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
+from .layouts import OutputGeometry, describe_shape, geometry, packed_grid
 from .models.registry import ModelSpec
 from .spec import DecodeRequest, Limits
 from .wire import check_tensor
 
-__all__ = ["validate_latent", "output_size"]
+__all__ = ["validate_latent", "output_geometry"]
 
 
-def output_size(latent: torch.Tensor, spec: ModelSpec) -> tuple[int, int]:
-    """(width, height) of the decoded image."""
-    return latent.shape[-1] * spec.spatial_factor, latent.shape[-2] * spec.spatial_factor
+def output_geometry(latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
+    return geometry(spec.layout, tuple(latent.shape), spec.spatial_factor, spec.temporal_factor,
+                    request.height, request.width)  # fmt: skip
+
+
+def _expected(spec: ModelSpec) -> str:
+    return "(" + ", ".join(str(d) for d in describe_shape(spec.layout, spec.latent_channels)) + ")"
 
 
 def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, limits: Limits) -> torch.Tensor:
-    """Return the latent as (1, C, h, w) or raise an InvalidRequest naming the problem.
+    """Return the latent with its batch dimension of 1, or raise an InvalidRequest naming the problem.
 
-    A (C, h, w) latent gets its batch dimension; a batch of several samples
+    A latent without the batch dimension gets one; a batch of several samples
     must be split into jobs first (``Client.submit_many``).
     """
+    if request.output_format not in spec.output_formats:
+        raise UnsupportedFormat(
+            f"output_format {request.output_format!r} is not offered for {spec.name} "
+            f"({spec.layout} latents); use one of {', '.join(spec.output_formats)}",
+            field="output_format",
+        )
+    if request.preview and not spec.preview:
+        raise InvalidRequest(f"model {spec.name} has no preview decoder", field="preview")
     tensor = check_tensor(latent, limits)
     if tensor.ndim == spec.latent_ndim - 1:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != spec.latent_ndim:
         raise InvalidLatent(
-            f"latent has {tensor.ndim} dimensions {tuple(tensor.shape)}; model {spec.name} expects "
-            f"(B, C, h, w) with C={spec.latent_channels}",
+            f"latent has {tensor.ndim} dimensions {tuple(tensor.shape)}; model {spec.name} expects {_expected(spec)}",
             field="latent",
         )
     if tensor.shape[0] != 1:
@@ -37,16 +49,40 @@ def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, lim
             f"latent batch dimension is {tensor.shape[0]}; submit one sample per job (use submit_many)",
             field="latent",
         )
-    if tensor.shape[1] != spec.latent_channels:
+    if spec.layout in ("packed", "flux2"):
+        _check_packed(tensor, spec, request)
+    elif tensor.shape[1] != spec.latent_channels:
         raise InvalidLatent(
             f"latent has {tensor.shape[1]} channels; model {spec.name} expects {spec.latent_channels}",
             field="latent",
         )
-    width, height = output_size(tensor, spec)
-    if width * height > limits.max_output_pixels:
+    size = output_geometry(tensor, spec, request)
+    if size.width * size.height > limits.max_output_pixels:
         raise LatentTooLarge(
-            f"output would be {width}x{height} = {width * height} pixels, over the limit of "
+            f"output would be {size.width}x{size.height} = {size.width * size.height} pixels, over the limit of "
             f"{limits.max_output_pixels}",
             field="latent",
         )
+    if size.frames > limits.max_frames:
+        raise LatentTooLarge(f"output would have {size.frames} frames, over the limit of {limits.max_frames}",
+                             field="latent")  # fmt: skip
     return tensor
+
+
+def _check_packed(tensor: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> None:
+    if request.height is None or request.width is None:
+        raise InvalidRequest(f"model {spec.name} takes packed latents: give the image height and width",
+                             field="height")  # fmt: skip
+    if tensor.shape[2] != spec.packed_channels:
+        raise InvalidLatent(
+            f"packed latent has {tensor.shape[2]} channels in its last dimension; model {spec.name} expects "
+            f"{spec.packed_channels} (2x2 patches of {spec.latent_channels})",
+            field="latent",
+        )
+    h, w = packed_grid(request.height, request.width, spec.spatial_factor)
+    if tensor.shape[1] != (h // 2) * (w // 2):
+        raise InvalidLatent(
+            f"packed latent has {tensor.shape[1]} tokens; a {request.width}x{request.height} image needs "
+            f"{(h // 2) * (w // 2)}",
+            field="latent",
+        )

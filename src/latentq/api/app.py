@@ -78,7 +78,7 @@ def create_app(
     def job_body(request: Request, job_id: str) -> dict[str, Any]:
         info = client.job_info(job_id)
         body = info.to_dict()
-        for item in body["results"]:
+        for item in body["results"] + ([body["preview"]] if body.get("preview") else []):
             item["url"] = url_for_result(request, item["key"])
         body["status_url"] = str(request.url_for("get_job", job_id=job_id))
         return body
@@ -92,6 +92,11 @@ def create_app(
         shift_factor: float | None = None,
         quality: Annotated[int, Query(ge=1, le=100)] = 90,
         metadata: Annotated[str | None, Query(description="a JSON object kept with the job")] = None,
+        height: Annotated[int | None, Query(description="image height, for packed (FLUX) latents")] = None,
+        width: Annotated[int | None, Query(description="image width, for packed (FLUX) latents")] = None,
+        fps: Annotated[int, Query(ge=1, le=240, description="mp4 frame rate")] = 24,
+        preview: Annotated[bool, Query(description="publish a tiny-autoencoder preview first")] = False,
+        tile: Annotated[bool | None, Query(description="force tiled decode on or off (default: by size)")] = None,
     ) -> JSONResponse:
         try:
             meta = json.loads(metadata) if metadata else {}
@@ -105,6 +110,11 @@ def create_app(
             shift_factor=shift_factor,
             quality=quality,
             metadata=meta,
+            height=height,
+            width=width,
+            fps=fps,
+            preview=preview,
+            tile=tile,
         )
         body = await _read_body(request, settings.limits.max_body_bytes)
         latent = latent_from_bytes(body, settings.limits)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, ModelLoadError
+from ..layouts import unpack
 from .registry import ModelSpec
 from .taef2 import TAEF2
 
@@ -22,12 +23,13 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float (B, 3, H, W) -> uint8 (B, H, W, 3), rounded like VaeImageProcessor."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    """[0, 1] float (B, 3, H, W) or (B, 3, F, H, W) -> uint8 channels-last, rounded like VaeImageProcessor."""
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.movedim(1, -1).contiguous()
 
 
 class LoadedModel:
-    """A model held warm on one device; ``decode`` returns RGB in [0, 1]."""
+    """A model held warm on one device; ``decode`` takes pipeline latents and returns RGB in [0, 1]."""
 
     def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         self.spec = spec
@@ -36,21 +38,51 @@ class LoadedModel:
         self.dtype = dtype
         self._lock = threading.Lock()  # one forward pass at a time per model
 
-    def unscale(self, latents: torch.Tensor, scaling_factor: float | None, shift_factor: float | None) -> torch.Tensor:
+    # --- pipeline latents -> VAE latents --------------------------------------------
+    def unpack(self, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """The pipeline's layout -> the VAE's (B, C, h, w) or (B, C, f, h, w); FLUX.2's batch norm included."""
+        bn_mean = bn_std = None
+        if self.spec.normalization == "batch_norm":
+            bn = self.module.bn
+            bn_mean = bn.running_mean
+            bn_std = torch.sqrt(bn.running_var + self.module.config.batch_norm_eps)
+        return unpack(self.spec.layout, latents, spatial_factor=self.spec.spatial_factor, height=height,
+                      width=width, bn_mean=bn_mean, bn_std=bn_std)  # fmt: skip
+
+    def unscale(self, latents: torch.Tensor, scaling_factor: float | None = None,
+                shift_factor: float | None = None) -> torch.Tensor:  # fmt: skip
+        if self.spec.normalization == "latents_mean_std":
+            config = self.module.config
+            shape = (1, -1) + (1,) * (latents.ndim - 2)
+            mean = torch.tensor(config.latents_mean, dtype=latents.dtype, device=latents.device).view(shape)
+            std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device).view(shape)
+            return latents * std + mean  # Wan: latents / (1 / std) + mean
+        if self.spec.normalization == "batch_norm":
+            return latents  # already denormalised in unpack
         scaling = self.spec.scaling_factor if scaling_factor is None else scaling_factor
         shift = self.spec.shift_factor if shift_factor is None else shift_factor
         return latents / scaling + shift
 
+    def should_tile(self, width: int, height: int, frames: int = 1) -> bool:
+        if not hasattr(self.module, "use_tiling"):
+            return False
+        return width * height > self.spec.tile_above_pixels or (
+            self.spec.is_video and frames > self.spec.tile_above_frames
+        )
+
+    # --- decode -----------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(
-        self, latents: torch.Tensor, scaling_factor: float | None = None, shift_factor: float | None = None
-    ) -> torch.Tensor:
-        """(B, C, h, w) scaled latents -> (B, 3, H, W) float32 in [0, 1] on the CPU."""
-        z = self.unscale(latents.to(self.device, torch.float32), scaling_factor, shift_factor).to(self.dtype)
+    def decode_vae(self, z: torch.Tensor, *, tile: bool = False) -> torch.Tensor:
+        """VAE-space latents -> RGB float32 in [0, 1] on the CPU, (B, 3, H, W) or (B, 3, F, H, W)."""
+        z = z.to(self.device, self.dtype)
         with self._lock:
             if self.spec.loader == "taef2":
                 out = self.module.decode(z)
             else:
+                if hasattr(self.module, "use_tiling"):
+                    self.module.use_tiling = tile
+                if hasattr(self.module, "use_slicing"):
+                    self.module.use_slicing = tile and z.shape[0] > 1
                 out = self.module.decode(z, return_dict=False)[0]
         out = out.float()
         if self.spec.output_range == "-1,1":
@@ -58,18 +90,35 @@ class LoadedModel:
         return out.clamp(0, 1).cpu()
 
     @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, scaling_factor: float | None = None, shift_factor: float | None = None,
+               *, height: int | None = None, width: int | None = None, tile: bool = False) -> torch.Tensor:  # fmt: skip
+        """Pipeline latents (the layout of ``spec``) -> RGB float32 in [0, 1] on the CPU."""
+        z = self.unpack(latents.to(self.device, torch.float32), height, width)
+        return self.decode_vae(self.unscale(z, scaling_factor, shift_factor), tile=tile)
+
+    @torch.inference_mode()
+    def preview(self, full: LoadedModel, latents: torch.Tensor, *, height: int | None = None,
+                width: int | None = None) -> torch.Tensor:  # fmt: skip
+        """Decode ``full``'s pipeline latents with this (tiny) model: full's unpacking, our own scaling."""
+        z = full.unpack(latents.to(full.device, torch.float32), height, width)
+        return self.decode_vae(self.unscale(z.to(self.device)), tile=False)
+
+    @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> scaled latents (what a pipeline hands to decode)."""
+        """(B, 3, H, W) RGB in [0, 1] -> scaled latents (what a pipeline hands to decode), image layout."""
         if not self.spec.has_encoder:
             raise ConfigError(f"model {self.spec.name} has no encoder")
         x = images.to(self.device, self.dtype)
         with self._lock:
             if self.spec.loader == "taef2":
                 z = self.module.encode(x)
+            elif self.spec.diffusers_class == "AutoencoderTiny":
+                z = self.module.encode(x * 2 - 1, return_dict=False)[0]
             else:
-                x = x * 2 - 1
-                z = self.module.encode(x).latent_dist.mode()
+                z = self.module.encode(x * 2 - 1).latent_dist.mode()
         z = z.float()
+        if self.spec.normalization != "scale_shift":
+            return z.cpu()
         return ((z - self.spec.shift_factor) * self.spec.scaling_factor).cpu()
 
 
@@ -109,8 +158,10 @@ def _load_diffusers(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
-    torch_dtype = _DTYPES[dtype or spec.dtype]
+    """Load ``spec`` on ``device``. Without ``dtype``: the spec's dtype on GPUs, float32 on the CPU
+    (half precision is slow there and the fidelity tests compare in fp32)."""
     device = torch.device(device)
+    torch_dtype = _DTYPES[dtype or (spec.dtype if device.type != "cpu" else "float32")]
     if spec.loader == "taef2":
         if spec.source is None:
             torch.manual_seed(spec.seed)

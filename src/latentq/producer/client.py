@@ -111,18 +111,14 @@ class Client:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
-        quality: int = 90,
+        **options: Any,
     ) -> Job:
-        """Validate one latent ((C, h, w) or (1, C, h, w)) and enqueue its decode."""
-        request = DecodeRequest(
-            model=model,
-            output_format=output_format,
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-            quality=quality,
-            metadata=metadata or {},
-        )
+        """Validate one latent (with or without its batch dimension of 1) and enqueue its decode.
+
+        ``options``: quality, height and width (packed FLUX latents), fps, preview, tile.
+        """
+        request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
+                                shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self.submit_request(latent, request)
 
     def submit_request(self, latent: torch.Tensor, request: DecodeRequest) -> Job:
@@ -136,10 +132,9 @@ class Client:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
-        quality: int = 90,
+        **options: Any,
     ) -> list[Job]:
-        """One job per sample of a (B, C, h, w) tensor or a list, grouped under one batch id."""
+        """One job per sample of a batch tensor or a list, grouped under one batch id."""
         if isinstance(latents, torch.Tensor):
             if latents.ndim < 2:
                 raise InvalidLatent(f"submit_many needs a batch of latents, got shape {tuple(latents.shape)}")
@@ -153,14 +148,8 @@ class Client:
                 f"submit_many got {len(samples)} latents, over the limit of {self.settings.limits.max_batch_submit}",
                 field="latents",
             )
-        request = DecodeRequest(
-            model=model,
-            output_format=output_format,
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-            quality=quality,
-            metadata=metadata or {},
-        )
+        request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
+                                shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self._enqueue(samples, request, batch_id=uuid.uuid4().hex)
 
     def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None) -> list[Job]:

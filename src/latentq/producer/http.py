@@ -57,18 +57,21 @@ def _info(data: dict[str, Any]) -> JobInfo:
     data.pop("status_url", None)
     data["status"] = JobStatus(data["status"])
     data["results"] = [ResultObject.from_dict(item) for item in data.get("results", [])]
+    if data.get("preview"):
+        data["preview"] = ResultObject.from_dict(data["preview"])
     return JobInfo(**data)
 
 
-def _params(model: str, output_format: str, scaling_factor, shift_factor, metadata, quality) -> dict[str, Any]:
-    params: dict[str, Any] = {"model": model, "output_format": output_format, "quality": quality}
+def _params(model: str, output_format: str, scaling_factor, shift_factor, metadata, options) -> dict[str, Any]:
+    params: dict[str, Any] = {"model": model, "output_format": output_format}
+    params.update({k: v for k, v in options.items() if v is not None})
     if scaling_factor is not None:
         params["scaling_factor"] = scaling_factor
     if shift_factor is not None:
         params["shift_factor"] = shift_factor
     if metadata:
         params["metadata"] = json.dumps(metadata)
-    return params
+    return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
 
 
 class HttpJob:
@@ -120,12 +123,11 @@ class HttpClient:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
-        quality: int = 90,
+        **options: Any,
     ) -> HttpJob:
         response = self.http.post(
             "/v1/jobs",
-            params=_params(model, output_format, scaling_factor, shift_factor, metadata, quality),
+            params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
             headers={"content-type": "application/octet-stream"},
         )
@@ -199,12 +201,11 @@ class AsyncHttpClient:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
-        *,
-        quality: int = 90,
+        **options: Any,
     ) -> AsyncHttpJob:
         response = await self.http.post(
             "/v1/jobs",
-            params=_params(model, output_format, scaling_factor, shift_factor, metadata, quality),
+            params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
             headers={"content-type": "application/octet-stream"},
         )

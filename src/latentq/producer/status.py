@@ -45,6 +45,8 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) ->
         "ended_at": _iso(rq_job.ended_at),
         "worker": rq_job.worker_name,
     }
+    if meta.get("preview"):
+        info["preview"] = ResultObject.from_dict({**meta["preview"], "url": url_for(meta["preview"]["key"])})
     if status is JobStatus.QUEUED and queue is not None:
         info["queue_position"] = queue.get_job_position(rq_job.id)
     elif status is JobStatus.FINISHED:
@@ -53,6 +55,7 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) ->
             ResultObject.from_dict({**item, "url": url_for(item["key"])}) for item in record.get("results", [])
         ]
         info["batch_size"] = record.get("batch_size")
+        info["tiled"] = record.get("tiled")
     elif status is JobStatus.FAILED:
         result = rq_job.latest_result()
         info["error"] = (result.exc_string if result is not None else None) or "failed"

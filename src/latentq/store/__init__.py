@@ -1,4 +1,4 @@
-"""Object stores for results: a local directory by default."""
+"""Object stores for results: a local directory by default, S3-compatible for deployments."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ __all__ = ["LocalStore", "ObjectStore", "check_key", "make_key", "open_store"]
 
 
 def open_store(location: str | None = None, *, public_url: str | None = None) -> ObjectStore:
-    """``location``: a directory path (default ``$LATENTQ_STORE`` or ./latentq-results)."""
+    """``location``: a directory path or ``s3://bucket/prefix`` (default ``$LATENTQ_STORE`` or ./latentq-results)."""
     location = location or os.environ.get("LATENTQ_STORE") or DEFAULT_DIRECTORY
     public_url = public_url or os.environ.get("LATENTQ_PUBLIC_URL")
+    if location.startswith("s3://"):
+        from .s3 import S3Store
+
+        return S3Store.from_url(location)
     if "://" in location and not location.startswith("file://"):
-        raise ConfigError(f"unsupported store {location!r}: give a directory path")
+        raise ConfigError(f"unsupported store {location!r}: give a directory path or s3://bucket/prefix")
     return LocalStore(location.removeprefix("file://"), public_url=public_url)

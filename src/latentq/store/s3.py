@@ -15,15 +15,19 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError, StoreError
 from .base import check_key
 
-__all__ = ["S3Store", "MAX_PRESIGN_EXPIRY"]
+__all__ = ["S3Store", "S3StoreError", "MAX_PRESIGN_EXPIRY"]
 
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4 refuses longer
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
-_NO_LIFECYCLE = {"NotImplemented", "NotImplementedError", "MethodNotAllowed", "InvalidRequest", "501", "405"}
+_NO_LIFECYCLE = {"NotImplemented", "NotImplementedError", "MethodNotAllowed", "501", "405"}
 
 
-def _code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+class S3StoreError(StoreError):
+    """A StoreError from S3; ``code`` is the S3 error code ("NoSuchKey", "AccessDenied", ...) or ""."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class S3Store:
@@ -57,33 +61,29 @@ class S3Store:
         self.presign_expiry = presign_expiry
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.cache_control = cache_control
-        self.client = client if client is not None else self._make_client(
-            endpoint_url, region, access_key_id, secret_access_key, session_token
-        )
+        if client is None:
+            import boto3
+            from botocore.config import Config
 
-    @staticmethod
-    def _make_client(endpoint_url, region, access_key_id, secret_access_key, session_token) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(
-            signature_version="s3v4",
-            # path style lets http://localhost:9000/bucket/key work (no bucket.localhost DNS)
-            s3={"addressing_style": "path" if endpoint_url else "auto"},
-            retries={"max_attempts": 4, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=60,
-            # default CRC checksums trip up some S3-compatible servers; send them only when required
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token,
-            region_name=region or ("us-east-1" if endpoint_url else None),
-        )
-        return session.client("s3", endpoint_url=endpoint_url, config=config)
+            config = Config(
+                signature_version="s3v4",
+                # path style lets http://localhost:9000/bucket/key work (no bucket.localhost DNS)
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                retries={"max_attempts": 4, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                # default CRC checksums trip up some S3-compatible servers; send them only when required
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            session = boto3.session.Session(  # a private session: the default one is not thread-safe
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                aws_session_token=session_token,
+                region_name=region or ("us-east-1" if endpoint_url else None),
+            )
+            client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.client = client  # thread-safe; shared by every thread using this store
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> S3Store:
@@ -98,10 +98,11 @@ class S3Store:
             "public_base_url": env.get("LATENTQ_S3_PUBLIC_URL") or None,
         }
         if env.get("LATENTQ_S3_PRESIGN_EXPIRY"):
+            value = env["LATENTQ_S3_PRESIGN_EXPIRY"]
             try:
-                options["presign_expiry"] = int(env["LATENTQ_S3_PRESIGN_EXPIRY"])
+                options["presign_expiry"] = int(value)
             except ValueError:
-                raise ConfigError(f"LATENTQ_S3_PRESIGN_EXPIRY is not an integer: {env['LATENTQ_S3_PRESIGN_EXPIRY']!r}") from None
+                raise ConfigError(f"LATENTQ_S3_PRESIGN_EXPIRY is not an integer: {value!r}") from None
         options.update(overrides)
         return cls(parts.netloc, parts.path, **options)
 
@@ -110,21 +111,24 @@ class S3Store:
         return f"S3Store('s3://{self.bucket}/{self.prefix}'{where})"
 
     def object_key(self, key: str) -> str:
+        """The key in the bucket of result ``key`` (checked: it cannot climb out of the prefix)."""
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
-        return StoreError(f"S3 {action} of s3://{self.bucket}/{key} failed: {exc}")
+    def _fail(self, action: str, key: str, exc: Exception, code: str = "") -> S3StoreError:
+        return S3StoreError(f"S3 {action} of s3://{self.bucket}/{key} failed: {exc}", code)
 
     def _call(self, action: str, key: str, method: str, **kwargs: Any) -> Any:
+        """``self.client.<method>(**kwargs)``, every botocore error turned into an S3StoreError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, method)(**kwargs)
         except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise StoreError(f"no result object {key!r} in s3://{self.bucket} ({_code(exc)})") from exc
-            raise self._fail(action, key, exc) from exc
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "NotFound", "404") and key:
+                raise S3StoreError(f"no result object {key!r} in s3://{self.bucket} ({code})", code) from exc
+            raise self._fail(action, key, exc, code) from exc
         except BotoCoreError as exc:
             raise self._fail(action, key, exc) from exc
 
@@ -148,8 +152,8 @@ class S3Store:
         name = self.object_key(key)
         try:
             self._call("lookup", name, "head_object", Bucket=self.bucket, Key=name)
-        except StoreError as exc:
-            if _code(exc.__cause__) in _MISSING:  # type: ignore[arg-type]
+        except S3StoreError as exc:
+            if exc.code in _MISSING:
                 return False
             raise
         return True
@@ -171,8 +175,8 @@ class S3Store:
         try:
             self._call("bucket lookup", "", "head_bucket", Bucket=self.bucket)
             return
-        except StoreError as exc:
-            if _code(exc.__cause__) not in _MISSING:  # type: ignore[arg-type]
+        except S3StoreError as exc:
+            if exc.code not in _MISSING:
                 raise
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         region = self.client.meta.region_name
@@ -180,8 +184,8 @@ class S3Store:
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
             self._call("bucket creation", "", "create_bucket", **kwargs)
-        except StoreError as exc:
-            if _code(exc.__cause__) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):  # type: ignore[arg-type]
+        except S3StoreError as exc:
+            if exc.code != "BucketAlreadyOwnedByYou":
                 raise
 
     def set_expiry(self, days: int) -> bool:
@@ -197,18 +201,17 @@ class S3Store:
         try:
             current = self._call("lifecycle lookup", "", "get_bucket_lifecycle_configuration", Bucket=self.bucket)
             rules = [r for r in current.get("Rules", []) if r.get("ID") != rule_id]
-        except StoreError as exc:
-            code = _code(exc.__cause__)  # type: ignore[arg-type]
-            if code in _NO_LIFECYCLE:
+        except S3StoreError as exc:
+            if exc.code in _NO_LIFECYCLE:
                 return False
-            if code != "NoSuchLifecycleConfiguration":
+            if exc.code != "NoSuchLifecycleConfiguration":
                 raise
             rules = []
         try:
             self._call("lifecycle update", "", "put_bucket_lifecycle_configuration", Bucket=self.bucket,
                        LifecycleConfiguration={"Rules": [*rules, rule]})
-        except StoreError as exc:
-            if _code(exc.__cause__) in _NO_LIFECYCLE:  # type: ignore[arg-type]
+        except S3StoreError as exc:
+            if exc.code in _NO_LIFECYCLE:
                 return False
             raise
         return True

@@ -7,8 +7,9 @@ inputs so both the batching loop and a single job can use it.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,13 +17,13 @@ import torch
 from ..errors import InvalidLatent
 from ..models.loader import LoadedModel, to_uint8
 from ..models.registry import ModelSpec
-from ..spec import DecodeRequest, Limits
+from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
-from ..validate import validate_latent
+from ..validate import output_geometry, validate_latent
 from ..wire import latent_from_bytes
 from .encode import encode_output
 
-__all__ = ["DecodedImage", "group_for_decode", "load_latent", "decode_group", "store_output"]
+__all__ = ["DecodedImage", "group_for_decode", "load_latent", "decode_group", "decode_preview", "store_output"]
 
 
 def load_latent(data: bytes | None, spec: ModelSpec, request: DecodeRequest, limits: Limits) -> torch.Tensor:
@@ -47,34 +48,60 @@ def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_b
 
 @dataclass
 class DecodedImage:
-    image: torch.Tensor  # (3, H, W) float in [0, 1]
-    pixels: torch.Tensor  # (H, W, 3) uint8
+    image: torch.Tensor  # (3, [F,] H, W) float in [0, 1]
+    pixels: torch.Tensor  # ([F,] H, W, 3) uint8
     batch_size: int
     decode_ms: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    tiled: bool = False
+
+
+def _split(images: torch.Tensor, batch_size: int, elapsed_ms: float, tiled: bool) -> list[DecodedImage]:
+    pixels = to_uint8(images)
+    return [DecodedImage(images[i], pixels[i], batch_size, elapsed_ms, tiled) for i in range(images.shape[0])]
+
+
+def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tensor) -> bool:
+    if request.tile is not None:
+        return request.tile and hasattr(model.module, "use_tiling")
+    size = output_geometry(tensor, model.spec, request)
+    return model.should_tile(size.width, size.height, size.frames)
 
 
 def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor]) -> list[DecodedImage]:
     """One ``vae.decode`` for a group of same-shape latents with the same options."""
-    import time
+    first = requests[0]
+    tile = wants_tiling(model, first, tensors[0])
+    started = time.perf_counter()
+    images = model.decode(torch.cat(tensors, 0), first.scaling_factor, first.shift_factor,
+                          height=first.height, width=first.width, tile=tile)  # fmt: skip
+    return _split(images, len(tensors), (time.perf_counter() - started) * 1000, tile)
 
+
+def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[DecodeRequest],
+                   tensors: list[torch.Tensor]) -> list[DecodedImage]:  # fmt: skip
+    """The tiny autoencoder's decode of the same latents (full model's unpacking, preview's scaling)."""
     first = requests[0]
     started = time.perf_counter()
-    images = model.decode(torch.cat(tensors, 0), first.scaling_factor, first.shift_factor)
-    pixels = to_uint8(images)
-    elapsed = (time.perf_counter() - started) * 1000
-    return [DecodedImage(images[i], pixels[i], len(tensors), elapsed) for i in range(len(tensors))]
+    images = preview.preview(full, torch.cat(tensors, 0), height=first.height, width=first.width)
+    return _split(images, len(tensors), (time.perf_counter() - started) * 1000, False)
 
 
-def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage) -> dict[str, Any]:
-    """Encode and store one job's output; return its JSON result record."""
-    encoded = encode_output(decoded.image, decoded.pixels, request)
-    key = make_key(job_id, encoded.ext)
-    store.put(key, encoded.data, encoded.content_type)
-    return {
-        "key": key,
-        "content_type": encoded.content_type,
-        "width": encoded.width,
-        "height": encoded.height,
-        "bytes": len(encoded.data),
-    }
+def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage,
+                 *, preview: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Encode and store one job's output objects; return their JSON result records."""
+    if preview:  # previews are always a still image (the first frame of a video)
+        fmt = request.output_format if request.output_format in IMAGE_FORMATS else "jpeg"
+        request = DecodeRequest(model=request.model, output_format=fmt, quality=85)
+        image = decoded.image[:, 0] if decoded.image.ndim == 4 else decoded.image
+        pixels = decoded.pixels[0] if decoded.pixels.ndim == 4 else decoded.pixels
+        decoded = DecodedImage(image, pixels, decoded.batch_size, decoded.decode_ms)
+    records = []
+    for index, encoded in enumerate(encode_output(decoded.image, decoded.pixels, request)):
+        key = make_key(job_id, encoded.ext, index)
+        store.put(key, encoded.data, encoded.content_type)
+        record = {"key": key, "content_type": encoded.content_type, "width": encoded.width,
+                  "height": encoded.height, "bytes": len(encoded.data), "frames": encoded.frames}  # fmt: skip
+        if encoded.frame is not None:
+            record["frame"] = encoded.frame
+        records.append(record)
+    return records

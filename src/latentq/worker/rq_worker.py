@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from redis import Redis
@@ -30,7 +30,7 @@ from ..errors import InvalidRequest, LatentqError
 from ..models.loader import LoadedModel
 from ..spec import DecodeRequest, Limits
 from ..store import ObjectStore
-from .pipeline import DecodedImage, decode_group, group_for_decode, load_latent, store_output
+from .pipeline import DecodedImage, decode_group, decode_preview, group_for_decode, load_latent, store_output
 
 __all__ = ["DecodeWorker"]
 
@@ -52,12 +52,14 @@ class DecodeWorker(SimpleWorker):
         limits: Limits | None = None,
         name: str | None = None,
         heartbeat_interval: float = 5.0,
+        previews: dict[str, LoadedModel] | None = None,
     ) -> None:
         queues = [Queue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
         super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name)
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.models = models
+        self.previews = previews or {}  # served model -> its tiny preview decoder
         self.store = store
         self.max_batch = max_batch
         self.max_wait = max(0.0, max_wait_ms) / 1000
@@ -135,11 +137,33 @@ class DecodeWorker(SimpleWorker):
                 self._fail(job, queue, executions[job.id], _reason(exc))
 
         for group in group_for_decode(ready, self.max_batch):
+            previews = self._previews(model_name, group)
             for (job, request, _), decoded in zip(group, self._decode(model, group, queue, executions)):
                 if decoded is None:
                     continue
                 self._pending.acquire()
-                self._pool.submit(self._finish, job, queue, executions[job.id], request, decoded)
+                self._pool.submit(self._finish, job, queue, executions[job.id], request, decoded, previews.get(job.id))
+
+    def _previews(self, model_name: str, group: list) -> dict[str, Future]:
+        """Decode the group with the tiny autoencoder first and publish each preview off the decode path."""
+        preview = self.previews.get(model_name)
+        if preview is None or not group[0][1].preview:
+            return {}
+        try:
+            decoded = decode_preview(preview, self.models[model_name], [r for _, r, _ in group], [t for _, _, t in group])
+        except Exception:  # a failed preview never fails the job
+            log.warning("preview decode failed for %d jobs", len(group), exc_info=True)
+            return {}
+        return {job.id: self._pool.submit(self._publish_preview, job, request, image)
+                for (job, request, _), image in zip(group, decoded)}  # fmt: skip
+
+    def _publish_preview(self, job: RQJob, request: DecodeRequest, decoded: DecodedImage) -> None:
+        try:
+            (record,) = store_output(self.store, job.id, request, decoded, preview=True)
+            job.meta["preview"] = record
+            job.save_meta()
+        except Exception:
+            log.warning("publishing the preview of job %s failed", job.id, exc_info=True)
 
     def _decode(self, model: LoadedModel, group: list, queue: Queue, executions: dict) -> list[DecodedImage | None]:
         requests = [request for _, request, _ in group]
@@ -159,10 +183,14 @@ class DecodeWorker(SimpleWorker):
             return [self._decode(model, [item], queue, executions)[0] for item in group]
 
     # --- finishing (thread pool) -------------------------------------------------
-    def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage) -> None:
+    def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage,
+                preview: Future | None = None) -> None:  # fmt: skip
         try:
-            record = store_output(self.store, job.id, request, decoded)
-            result = {"results": [record], "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3)}
+            records = store_output(self.store, job.id, request, decoded)
+            if preview is not None:
+                preview.result()  # the preview is published before the full result
+            result = {"results": records, "batch_size": decoded.batch_size,
+                      "decode_ms": round(decoded.decode_ms, 3), "tiled": decoded.tiled}  # fmt: skip
             self._succeed(job, queue, execution, result)
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)

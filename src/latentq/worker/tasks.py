@@ -35,6 +35,6 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     model = _model(decode_request.model)
     tensor = load_latent(job.connection.get(latent_key), model.spec, decode_request, settings.limits)
     (decoded,) = decode_group(model, [decode_request], [tensor])
-    record = store_output(open_store(settings.store), job.id, decode_request, decoded)
+    records = store_output(open_store(settings.store), job.id, decode_request, decoded)
     job.connection.delete(latent_key)
-    return {"results": [record], "batch_size": 1, "decode_ms": decoded.decode_ms}
+    return {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
