@@ -22,6 +22,7 @@ from ..store import ObjectStore, make_key
 from ..validate import output_geometry, validate_latent
 from ..wire import latent_from_bytes
 from .encode import encode_output
+from .faults import Faults
 
 __all__ = ["DecodedImage", "group_for_decode", "load_latent", "decode_group", "decode_preview", "store_output"]
 
@@ -67,11 +68,15 @@ def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tenso
     return model.should_tile(size.width, size.height, size.frames)
 
 
-def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor]) -> list[DecodedImage]:
+def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor],
+                 *, faults: Faults | None = None, force_tile: bool = False) -> list[DecodedImage]:  # fmt: skip
     """One ``vae.decode`` for a group of same-shape latents with the same options."""
     first = requests[0]
-    tile = wants_tiling(model, first, tensors[0])
+    tile = force_tile or wants_tiling(model, first, tensors[0])
     started = time.perf_counter()
+    if faults is not None:
+        size = output_geometry(tensors[0], model.spec, first)
+        faults.before_decode(len(tensors), size.width * size.height, tile)
     images = model.decode(torch.cat(tensors, 0), first.scaling_factor, first.shift_factor,
                           height=first.height, width=first.width, tile=tile)  # fmt: skip
     return _split(images, len(tensors), (time.perf_counter() - started) * 1000, tile)

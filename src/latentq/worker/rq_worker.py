@@ -30,6 +30,7 @@ from ..errors import InvalidRequest, LatentqError
 from ..models.loader import LoadedModel
 from ..spec import DecodeRequest, Limits
 from ..store import ObjectStore
+from .faults import Faults
 from .pipeline import DecodedImage, decode_group, decode_preview, group_for_decode, load_latent, store_output
 
 __all__ = ["DecodeWorker"]
@@ -74,6 +75,7 @@ class DecodeWorker(SimpleWorker):
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="latentq-heartbeat", daemon=True)
         self._heartbeat_interval = heartbeat_interval
         self.stats_key = keys.worker_stats_key(self.name)
+        self.faults = Faults.from_env()
 
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -169,7 +171,7 @@ class DecodeWorker(SimpleWorker):
         requests = [request for _, request, _ in group]
         tensors = [tensor for _, _, tensor in group]
         try:
-            decoded = decode_group(model, requests, tensors)
+            decoded = decode_group(model, requests, tensors, faults=self.faults)
             self._count(decode_calls=1, decoded_jobs=len(group))
             return list(decoded)
         except Exception as exc:
