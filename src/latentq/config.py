@@ -24,6 +24,8 @@ class Settings:
     result_ttl: int = 24 * 3600  # seconds RQ keeps a finished job's record
     failure_ttl: int = 7 * 24 * 3600
     job_timeout: int = 600  # seconds one job may run once started
+    max_queued: int = 10_000  # per model: beyond it submit raises QueueFull / the API answers 429
+    max_retries: int = 2  # re-runs of a job whose worker died or whose store write kept failing
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -36,7 +38,7 @@ class Settings:
             "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
             "limits": Limits.from_env(),
         }
-        for name in ("latent_ttl", "result_ttl", "failure_ttl", "job_timeout"):
+        for name in ("latent_ttl", "result_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
             raw = env.get(f"LATENTQ_{name.upper()}")
             if raw:
                 values[name] = int(raw)

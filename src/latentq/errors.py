@@ -8,6 +8,7 @@
     │   └── UnsupportedFormat   (output format or option not offered)
     ├── QueueFull               (backpressure: too many jobs waiting for a model)
     ├── JobNotFound
+    ├── JobConflict             (e.g. cancel of a job that already started or ended)
     ├── JobFailed               (the worker recorded a failure; .reason says why)
     ├── JobTimeout              (Job.wait ran out of time; the job goes on)
     ├── ModelLoadError          (weights or config could not be loaded)
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "InvalidLatent",
     "InvalidRequest",
+    "JobConflict",
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
@@ -74,6 +76,10 @@ class QueueFull(LatentqError):
 
 
 class JobNotFound(LatentqError):
+    pass
+
+
+class JobConflict(LatentqError):
     pass
 
 

@@ -14,6 +14,9 @@ __all__ = [
     "model_from_queue",
     "queue_name",
     "worker_stats_key",
+    "metrics_key",
+    "job_done_channel",
+    "high_priority_queue_name",
     "WORKER_STATS_PATTERN",
     "LATENT_PATTERN",
 ]
@@ -31,8 +34,18 @@ def queue_name(model: str) -> str:
     return QUEUE_PREFIX + model
 
 
+HIGH_SUFFIX = ".high"
+
+
+def high_priority_queue_name(model: str) -> str:
+    """High-priority jobs of a model: workers listen on it before the normal queue."""
+    return QUEUE_PREFIX + model + HIGH_SUFFIX
+
+
 def model_from_queue(name: str) -> str | None:
-    return name[len(QUEUE_PREFIX):] if name.startswith(QUEUE_PREFIX) else None
+    if not name.startswith(QUEUE_PREFIX):
+        return None
+    return name[len(QUEUE_PREFIX):].removesuffix(HIGH_SUFFIX)
 
 
 def latent_key(job_id: str) -> str:
@@ -48,3 +61,13 @@ def batch_key(batch_id: str) -> str:
 def worker_stats_key(worker_name: str) -> str:
     """Counters of one decode worker (hash: decode_calls, jobs, ...)."""
     return f"{PREFIX}worker-stats:{worker_name}"
+
+
+def metrics_key(model: str) -> str:
+    """Counters and histogram buckets of one model (hash), rendered by GET /metrics."""
+    return f"{PREFIX}metrics:{model}"
+
+
+def job_done_channel(job_id: str) -> str:
+    """Pub/sub channel a worker publishes to when a job ends (waiters subscribe; no polling)."""
+    return f"{PREFIX}done:{job_id}"

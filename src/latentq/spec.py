@@ -42,6 +42,8 @@ VIDEO_FORMATS: dict[str, str] = {
 }
 OUTPUT_FORMATS: dict[str, str] = {**IMAGE_FORMATS, **VIDEO_FORMATS, **ARRAY_FORMATS}
 FORMAT_ALIASES = {"jpg": "jpeg"}
+TASKS = ("decode", "encode")
+PRIORITIES = ("normal", "high")
 ACCEPTED_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -51,10 +53,11 @@ class JobStatus(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"  # not started by its deadline
 
     @property
     def is_final(self) -> bool:
-        return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED)
+        return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -103,6 +106,10 @@ class DecodeRequest:
     fps: int = 24  # mp4 frame rate
     preview: bool = False  # publish a fast tiny-autoencoder decode first
     tile: bool | None = None  # None: tiled decode above the model's threshold
+    task: str = "decode"  # or "encode": an image in, a latent out
+    priority: str = "normal"  # or "high": workers take high-priority jobs first
+    deadline: float | None = None  # unix time; a job not started by then ends "expired"
+    callback_url: str | None = None  # webhook: the job's status JSON is POSTed here when it ends
 
     def __post_init__(self) -> None:
         fmt = FORMAT_ALIASES.get(self.output_format.lower(), self.output_format.lower())
@@ -127,6 +134,17 @@ class DecodeRequest:
                 raise InvalidRequest(f"{name} must be an integer in 8..16384, got {value!r}", field=name)
         if not isinstance(self.fps, int) or not 1 <= self.fps <= 240:
             raise InvalidRequest(f"fps must be an integer in 1..240, got {self.fps!r}", field="fps")
+        if self.task not in TASKS:
+            raise InvalidRequest(f"task must be one of {TASKS}, got {self.task!r}", field="task")
+        if self.priority not in PRIORITIES:
+            raise InvalidRequest(f"priority must be one of {PRIORITIES}, got {self.priority!r}", field="priority")
+        if self.deadline is not None:
+            deadline = float(self.deadline)
+            if deadline != deadline or deadline in (float("inf"), float("-inf")):
+                raise InvalidRequest("deadline must be a finite unix time", field="deadline")
+            object.__setattr__(self, "deadline", deadline)
+        if self.callback_url is not None and not str(self.callback_url).startswith(("http://", "https://")):
+            raise InvalidRequest("callback_url must be an http(s) URL", field="callback_url")
         if self.scaling_factor == 0.0:
             raise InvalidRequest("scaling_factor must not be 0", field="scaling_factor")
         if not isinstance(self.metadata, dict):
@@ -138,7 +156,8 @@ class DecodeRequest:
 
     def batch_signature(self) -> tuple[Any, ...]:
         """Jobs with equal signatures (and latent shapes) may share one decode call."""
-        return (self.model, self.scaling_factor, self.shift_factor, self.height, self.width, self.tile, self.preview)
+        return (self.task, self.model, self.scaling_factor, self.shift_factor, self.height, self.width, self.tile,
+                self.preview)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +180,8 @@ class ResultObject:
     url: str | None = None
     frames: int = 1
     frame: int | None = None  # index of this frame, for the "frames" format
+    shape: list[int] | None = None  # for tensor outputs (encode results)
+    dtype: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,6 +211,9 @@ class JobInfo:
     batch_size: int | None = None
     preview: ResultObject | None = None
     tiled: bool | None = None
+    workers: int | None = None  # live workers serving the model (a queued job with 0 will wait)
+    waiting_reason: str | None = None
+    deadline: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

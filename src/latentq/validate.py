@@ -10,7 +10,7 @@ from .models.registry import ModelSpec
 from .spec import DecodeRequest, Limits
 from .wire import check_tensor
 
-__all__ = ["validate_latent", "output_geometry"]
+__all__ = ["output_geometry", "validate_image", "validate_latent"]
 
 
 def output_geometry(latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
@@ -86,3 +86,23 @@ def _check_packed(tensor: torch.Tensor, spec: ModelSpec, request: DecodeRequest)
             f"{(h // 2) * (w // 2)}",
             field="latent",
         )
+
+
+def validate_image(image: object, spec: ModelSpec, limits: Limits) -> torch.Tensor:
+    """An encode job's input: RGB (1, 3, H, W) float in [0, 1], H and W multiples of the spatial factor."""
+    if not spec.has_encoder or spec.layout != "image":
+        raise InvalidRequest(f"model {spec.name} has no encoder offered for encode jobs", field="model")
+    tensor = check_tensor(image, limits, field="image")
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 4 or tensor.shape[0] != 1 or tensor.shape[1] != 3:
+        raise InvalidLatent(f"image must be (1, 3, H, W) RGB, got {tuple(tensor.shape)}", field="image")
+    height, width = tensor.shape[2], tensor.shape[3]
+    factor = spec.spatial_factor
+    if height % factor or width % factor:
+        raise InvalidLatent(f"image height and width must be multiples of {factor}, got {width}x{height}",
+                            field="image")  # fmt: skip
+    if height * width > limits.max_output_pixels:
+        raise LatentTooLarge(f"image has {height * width} pixels, over the limit of {limits.max_output_pixels}",
+                             field="image")  # fmt: skip
+    return tensor

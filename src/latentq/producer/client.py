@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
-from rq.exceptions import NoSuchJobError
 from rq.serializers import JSONSerializer
 
-from .. import keys
+from .. import keys, metrics
 from ..config import TASK_FUNCTION, Settings
-from ..errors import InvalidLatent, InvalidRequest, JobFailed, JobNotFound, JobTimeout
+from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
-from ..validate import validate_latent
+from ..validate import validate_image, validate_latent
 from ..wire import latent_to_bytes
 from .status import job_info
 
@@ -45,26 +46,21 @@ class Job:
     def status(self) -> JobStatus:
         return self.info().status
 
-    def wait(self, timeout: float = 60.0, poll_interval: float = 0.02) -> list[ResultObject]:
+    def wait(self, timeout: float = 60.0) -> list[ResultObject]:
         """Block until the job ends; return its results or raise JobFailed / JobTimeout."""
-        deadline = time.monotonic() + timeout
-        delay = poll_interval
-        while True:
-            info = self.info()
-            if info.status is JobStatus.FINISHED:
-                return info.results
-            if info.status in (JobStatus.FAILED, JobStatus.CANCELED):
-                raise JobFailed(self.id, info.error or info.status.value)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.5)
+        info = self._client.wait_for(self.id, timeout)
+        if info.status is JobStatus.FINISHED:
+            return info.results
+        if info.status.is_final:
+            raise JobFailed(self.id, info.error or info.status.value)
+        raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
 
     def read(self, index: int = 0) -> bytes:
         """The bytes of one result object, read from the store."""
-        results = self.info().results
-        return self._client.store.get(results[index].key)
+        return self._client.store.get(self.info().results[index].key)
+
+    def cancel(self) -> JobInfo:
+        return self._client.cancel(self.id)
 
 
 class Client:
@@ -96,13 +92,19 @@ class Client:
             self._store = open_store(self.settings.store, public_url=self.settings.public_url)
         return self._store
 
-    def queue(self, model: str) -> Queue:
-        if model not in self._queues:
-            self._queues[model] = Queue(
-                keys.queue_name(model), connection=self.connection, serializer=JSONSerializer
-            )
-        return self._queues[model]
+    def queue(self, model: str, priority: str = "normal") -> Queue:
+        name = keys.high_priority_queue_name(model) if priority == "high" else keys.queue_name(model)
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.connection, serializer=JSONSerializer)
+        return self._queues[name]
 
+    def queued_count(self, model: str) -> int:
+        return self.queue(model).count + self.queue(model, "high").count
+
+    def workers_serving(self, model: str) -> int:
+        return Worker.count(connection=self.connection, queue=self.queue(model))
+
+    # --- submit ---------------------------------------------------------------------
     def submit(
         self,
         latent: torch.Tensor,
@@ -115,7 +117,8 @@ class Client:
     ) -> Job:
         """Validate one latent (with or without its batch dimension of 1) and enqueue its decode.
 
-        ``options``: quality, height and width (packed FLUX latents), fps, preview, tile.
+        ``options``: quality, height and width (packed FLUX latents), fps, preview, tile,
+        priority ("normal" or "high"), deadline (unix time), callback_url.
         """
         request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
@@ -123,6 +126,11 @@ class Client:
 
     def submit_request(self, latent: torch.Tensor, request: DecodeRequest) -> Job:
         return self._enqueue([latent], request, batch_id=None)[0]
+
+    def submit_encode(self, image: torch.Tensor, model: str, **options: Any) -> Job:
+        """Encode an RGB image, (3, H, W) or (1, 3, H, W) float in [0, 1], into the model's latent."""
+        request = DecodeRequest(model=model, output_format="tensor", task="encode", **options)
+        return self._enqueue([image], request, batch_id=None)[0]
 
     def submit_many(
         self,
@@ -152,35 +160,44 @@ class Client:
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self._enqueue(samples, request, batch_id=uuid.uuid4().hex)
 
-    def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None) -> list[Job]:
+    def _validate(self, tensor: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
         spec = self.registry.get(request.model)
-        limits = self.settings.limits
+        if request.task == "encode":
+            return validate_image(tensor, spec, self.settings.limits)
+        return validate_latent(tensor, spec, request, self.settings.limits)
+
+    def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None) -> list[Job]:
+        self.registry.get(request.model)
         payloads = []
         for index, latent in enumerate(latents):
             try:
-                tensor = validate_latent(latent, spec, request, limits)
+                tensor = self._validate(latent, request)
             except InvalidRequest as exc:
                 if batch_id is not None:
                     raise type(exc)(f"latent {index}: {exc}", field=exc.field) from None
                 raise
             payloads.append((uuid.uuid4().hex, tensor))
-        queue = self.queue(request.model)
         settings = self.settings
+        waiting = self.queued_count(request.model)
+        if waiting + len(payloads) > settings.max_queued:
+            raise QueueFull(
+                f"model {request.model} has {waiting} jobs queued; the limit is {settings.max_queued}. "
+                "Retry later.",
+                retry_after=5,
+            )
+        queue = self.queue(request.model, request.priority)
         job_datas = [
             Queue.prepare_data(
                 TASK_FUNCTION,
-                kwargs={
-                    "request": request.to_dict(),
-                    "latent_key": keys.latent_key(job_id),
-                    "shape": list(tensor.shape),
-                },
+                kwargs={"request": request.to_dict(), "latent_key": keys.latent_key(job_id), "shape": list(tensor.shape)},
                 job_id=job_id,
                 timeout=settings.job_timeout,
                 result_ttl=settings.result_ttl,
                 failure_ttl=settings.failure_ttl,
                 ttl=settings.latent_ttl,
                 meta={"batch_id": batch_id} if batch_id else None,
-                description=f"decode {request.model} -> {request.output_format}",
+                retry=Retry(max=settings.max_retries) if settings.max_retries > 0 else None,
+                description=f"{request.task} {request.model} -> {request.output_format}",
             )
             for job_id, tensor in payloads
         ]
@@ -196,17 +213,97 @@ class Client:
             pipe.execute()
         return [Job(self, job_id, request.model, batch_id) for job_id, _ in payloads]
 
+    # --- status -----------------------------------------------------------------------
     def job(self, job_id: str) -> Job:
         info = self.job_info(job_id)
         return Job(self, job_id, info.model, info.batch_id)
 
-    def job_info(self, job_id: str) -> JobInfo:
+    def _fetch(self, job_id: str) -> RQJob:
         try:
-            rq_job = RQJob.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            return RQJob.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
             raise JobNotFound(f"no job {job_id!r}") from None
-        model = (rq_job.kwargs or {}).get("request", {}).get("model", "")
-        return job_info(rq_job, self.store.url, queue=self.queue(model) if model else None)
+
+    def job_info(self, job_id: str, url_for=None) -> JobInfo:
+        rq_job = self._fetch(job_id)
+        request = (rq_job.kwargs or {}).get("request", {})
+        model = request.get("model", "")
+        deadline = request.get("deadline")
+        if deadline is not None and time.time() > deadline and rq_job.get_status(refresh=False).value == "queued":
+            self._expire_queued(rq_job)
+        queue = Queue(rq_job.origin, connection=self.connection, serializer=JSONSerializer)
+        workers = self.workers_serving(model) if model else 0
+        return job_info(rq_job, url_for or self.store.url, queue=queue, workers=workers)
+
+    def _expire_queued(self, rq_job: RQJob) -> None:
+        """A queued job past its deadline ends now, whether or not a worker ever looks at it."""
+        try:
+            rq_job.meta["expired"] = True
+            rq_job.save_meta()
+            rq_job.cancel()
+        except InvalidJobOperation:
+            return  # it started or ended meanwhile
+        self._end_without_worker(rq_job, "expired")
+
+    def _end_without_worker(self, rq_job: RQJob, status: str) -> None:
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.delete(rq_job.kwargs.get("latent_key", keys.latent_key(rq_job.id)))
+            metrics.record_status(pipe, (rq_job.kwargs.get("request") or {}).get("model", ""), status)
+            pipe.publish(keys.job_done_channel(rq_job.id), status)
+            pipe.execute()
+
+    def wait_for(self, job_id: str, timeout: float) -> JobInfo:
+        """The job's status as soon as it ends, or at the timeout: woken by the worker's message, not polling."""
+        deadline = time.monotonic() + timeout
+        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(keys.job_done_channel(job_id))
+            while True:
+                info = self.job_info(job_id)  # after subscribing, so no end is missed
+                remaining = deadline - time.monotonic()
+                if info.status.is_final or remaining <= 0:
+                    return info
+                # The periodic re-check also covers ends nobody published (a TTL, a manual change).
+                pubsub.get_message(timeout=min(remaining, 1.0))
+        finally:
+            pubsub.close()
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a job that has not started; its latent is deleted. A started or ended job is a JobConflict."""
+        rq_job = self._fetch(job_id)
+        status = self.job_info(job_id).status
+        if status is not JobStatus.QUEUED:
+            verb = "will finish" if status is JobStatus.STARTED else "cannot be canceled"
+            raise JobConflict(f"job {job_id} is {status.value} and {verb}")
+        try:
+            rq_job.cancel()
+        except InvalidJobOperation as exc:
+            raise JobConflict(f"job {job_id} cannot be canceled: {exc}") from None
+        self._end_without_worker(rq_job, "canceled")
+        return self.job_info(job_id)
+
+    def batch_job_ids(self, batch_id: str) -> list[str]:
+        ids = [i.decode() for i in self.connection.lrange(keys.batch_key(batch_id), 0, -1)]
+        if not ids:
+            raise JobNotFound(f"no batch {batch_id!r}")
+        return ids
+
+    def batch_info(self, batch_id: str, url_for=None) -> dict[str, Any]:
+        """Counts per status and every job's status and results, for a submit_many batch."""
+        infos = []
+        for job_id in self.batch_job_ids(batch_id):
+            try:
+                infos.append(self.job_info(job_id, url_for))
+            except JobNotFound:
+                continue  # its record expired
+        counts = Counter(info.status.value for info in infos)
+        return {
+            "id": batch_id,
+            "total": len(infos),
+            "counts": {status.value: counts.get(status.value, 0) for status in JobStatus},
+            "done": all(info.status.is_final for info in infos),
+            "jobs": [info.to_dict() for info in infos],
+        }
 
     def close(self) -> None:
         self.connection.close()

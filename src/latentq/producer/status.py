@@ -28,12 +28,14 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) -> JobInfo:
+def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, workers: int | None = None) -> JobInfo:
     """Build a JobInfo; ``url_for(key)`` turns a result key into a URL."""
     rq_status = rq_job.get_status(refresh=False)
     status = STATUS_FROM_RQ.get(rq_status.value if rq_status else "queued", JobStatus.QUEUED)
     request = (rq_job.kwargs or {}).get("request", {})
     meta = rq_job.meta or {}
+    if meta.get("expired") and status in (JobStatus.FAILED, JobStatus.CANCELED):
+        status = JobStatus.EXPIRED
     info: dict = {
         "id": rq_job.id,
         "model": request.get("model", ""),
@@ -44,11 +46,15 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) ->
         "started_at": _iso(rq_job.started_at),
         "ended_at": _iso(rq_job.ended_at),
         "worker": rq_job.worker_name,
+        "workers": workers,
+        "deadline": request.get("deadline"),
     }
     if meta.get("preview"):
         info["preview"] = ResultObject.from_dict({**meta["preview"], "url": url_for(meta["preview"]["key"])})
     if status is JobStatus.QUEUED and queue is not None:
         info["queue_position"] = queue.get_job_position(rq_job.id)
+        if workers == 0:
+            info["waiting_reason"] = f"no live worker serves model {request.get('model', '')!r}"
     elif status is JobStatus.FINISHED:
         record = rq_job.return_value(refresh=True) or {}
         info["results"] = [
@@ -56,7 +62,11 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None) ->
         ]
         info["batch_size"] = record.get("batch_size")
         info["tiled"] = record.get("tiled")
-    elif status is JobStatus.FAILED:
+    elif status in (JobStatus.FAILED, JobStatus.EXPIRED):
         result = rq_job.latest_result()
-        info["error"] = (result.exc_string if result is not None else None) or "failed"
+        info["error"] = (result.exc_string if result is not None else None) or (
+            "DeadlineExpired: not started by its deadline" if status is JobStatus.EXPIRED else "failed"
+        )
+    elif status is JobStatus.CANCELED:
+        info["error"] = "canceled before it started"
     return JobInfo(**info)

@@ -19,32 +19,78 @@ from ..models.loader import LoadedModel, to_uint8
 from ..models.registry import ModelSpec
 from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
-from ..validate import output_geometry, validate_latent
+from ..validate import output_geometry, validate_image, validate_latent
 from ..wire import latent_from_bytes
 from .encode import encode_output
 from .faults import Faults
 
-__all__ = ["DecodedImage", "group_for_decode", "load_latent", "decode_group", "decode_preview", "store_output"]
+__all__ = [
+    "DecodedImage",
+    "decode_group",
+    "decode_preview",
+    "encode_group",
+    "group_for_decode",
+    "load_latent",
+    "sample_pixels",
+    "store_latent",
+    "store_output",
+]
 
 
 def load_latent(data: bytes | None, spec: ModelSpec, request: DecodeRequest, limits: Limits) -> torch.Tensor:
-    """Parse and re-validate a queued latent: the worker trusts nothing it pops."""
+    """Parse and re-validate a queued latent (or an encode job's image): the worker trusts nothing it pops."""
     if data is None:
-        raise InvalidLatent("the job's latent is gone from Redis (expired or already consumed)", field="latent")
-    return validate_latent(latent_from_bytes(data, limits), spec, request, limits)
+        raise InvalidLatent("the job's input is gone from Redis (expired or already consumed)", field="latent")
+    tensor = latent_from_bytes(data, limits)
+    if request.task == "encode":
+        return validate_image(tensor, spec, limits)
+    return validate_latent(tensor, spec, request, limits)
 
 
-def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_batch: int) -> list[list[Any]]:
-    """Split items into sub-batches sharing latent shape, dtype and decode options."""
+def sample_pixels(spec: ModelSpec, request: DecodeRequest, tensor: torch.Tensor) -> int:
+    """Output pixels of one sample (times frames for video): what a decode's memory grows with."""
+    if request.task == "encode":
+        return tensor.shape[-1] * tensor.shape[-2]
+    size = output_geometry(tensor, spec, request)
+    return size.width * size.height * size.frames
+
+
+def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_batch: int,
+                     spec: ModelSpec | None = None, max_batch_pixels: int | None = None) -> list[list[Any]]:  # fmt: skip
+    """Split items into sub-batches sharing latent shape, dtype and options, within a pixel budget.
+
+    The budget keeps a batch of large latents from running out of memory:
+    many small images share one decode call, a few large ones get their own.
+    """
     groups: dict[tuple, list] = defaultdict(list)
     for item in items:
         _, request, tensor = item
         groups[(request.batch_signature(), tuple(tensor.shape), tensor.dtype)].append(item)
     batches = []
     for members in groups.values():
-        for start in range(0, len(members), max_batch):
-            batches.append(members[start : start + max_batch])
+        size = max_batch
+        if spec is not None and max_batch_pixels:
+            _, request, tensor = members[0]
+            size = max(1, min(max_batch, max_batch_pixels // max(1, sample_pixels(spec, request, tensor))))
+        for start in range(0, len(members), size):
+            batches.append(members[start : start + size])
     return batches
+
+
+def encode_group(model: LoadedModel, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One batched encoder call for same-size images -> each job's latent (1, C, h, w), float32."""
+    latents = model.encode(torch.cat(tensors, 0).float())
+    return [latents[i : i + 1].contiguous() for i in range(latents.shape[0])]
+
+
+def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor) -> list[dict[str, Any]]:
+    from ..wire import latent_to_bytes
+
+    data = latent_to_bytes(latent)
+    key = make_key(job_id, "safetensors")
+    store.put(key, data, "application/vnd.safetensors")
+    return [{"key": key, "content_type": "application/vnd.safetensors", "width": latent.shape[-1],
+             "height": latent.shape[-2], "bytes": len(data), "shape": list(latent.shape), "dtype": "float32"}]  # fmt: skip
 
 
 @dataclass

@@ -2,11 +2,17 @@
 
 RQ's loop blocks for the first job (with its heartbeats, maintenance,
 suspension and signal handling); ``execute_job`` then takes whatever else is
-waiting on that model's queue, up to ``max_batch``, waiting at most
-``max_wait_ms`` from the first. Each job is marked started in RQ, decoded in
-a shared ``vae.decode`` with same-shape neighbours, and handed to a thread
-pool that encodes, stores and records its own success or failure, while the
-main thread goes back for the next batch.
+waiting for that model, up to ``max_batch``, waiting at most ``max_wait_ms``
+from the first. Each job is marked started in RQ, decoded in a shared
+``vae.decode`` with same-shape neighbours, and handed to a thread pool that
+encodes, stores and records its own success or failure, while the main
+thread goes back for the next batch.
+
+Failure handling: a bad job fails alone and at once; an out-of-memory batch is
+split in halves, a single job then falls back to tiled decode; store writes
+and Redis updates are retried with backoff; a worker that dies mid-batch
+leaves executions whose short heartbeat TTL lapses, and RQ's abandoned-job
+cleanup (run here every few seconds) re-queues them for another worker.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from redis import Redis
 from rq import Queue
@@ -25,21 +31,41 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import SimpleWorker
 
-from .. import keys
+from .. import keys, metrics
 from ..errors import InvalidRequest, LatentqError
 from ..models.loader import LoadedModel
 from ..spec import DecodeRequest, Limits
 from ..store import ObjectStore
+from ..webhooks import WebhookSender
 from .faults import Faults
-from .pipeline import DecodedImage, decode_group, decode_preview, group_for_decode, load_latent, store_output
+from .pipeline import (
+    DecodedImage,
+    decode_group,
+    decode_preview,
+    encode_group,
+    group_for_decode,
+    load_latent,
+    store_latent,
+    store_output,
+)
 
 __all__ = ["DecodeWorker"]
 
 log = logging.getLogger("latentq.worker")
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Permanent(Exception):
+    """A failure that retrying cannot fix (bad input): the job fails at once, without RQ retries."""
+
+
 class DecodeWorker(SimpleWorker):
-    """Serves one queue per loaded model; never forks, keeps models warm."""
+    """Serves a high and a normal queue per loaded model; never forks, keeps models warm."""
 
     def __init__(
         self,
@@ -49,31 +75,44 @@ class DecodeWorker(SimpleWorker):
         *,
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
+        max_batch_pixels: int | None = 16 * 1024 * 1024,
         encode_threads: int = 4,
         limits: Limits | None = None,
         name: str | None = None,
         heartbeat_interval: float = 5.0,
         previews: dict[str, LoadedModel] | None = None,
+        webhooks: WebhookSender | None = None,
+        store_attempts: int = 4,
+        url_for: Callable[[str], str] | None = None,
     ) -> None:
-        queues = [Queue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
-        super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name)
+        queues = [Queue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
+                  for m in models]  # fmt: skip
+        queues += [Queue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
+        # A short worker TTL makes a dead worker disappear from `rq info` and model status soon.
+        super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30)
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.models = models
         self.previews = previews or {}  # served model -> its tiny preview decoder
         self.store = store
         self.max_batch = max_batch
+        self.max_batch_pixels = max_batch_pixels
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self.limits = limits or Limits()
+        self.webhooks = webhooks
+        self.store_attempts = max(1, store_attempts)
+        self.url_for = url_for or store.url
+        self.heartbeat_interval = heartbeat_interval
+        # Executions expire this long after the last heartbeat: the bound on noticing a dead worker.
+        self.execution_ttl = int(max(10, 3 * heartbeat_interval))
         self.job_monitoring_interval = int(max(1, heartbeat_interval))
         self._pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
-        # Bounds decoded-but-not-yet-stored images held in memory.
+        # Bounds decoded-but-not-yet-stored outputs held in memory.
         self._pending = threading.BoundedSemaphore(max(2 * max_batch, 2 * encode_threads))
         self._active: dict[str, tuple[RQJob, Any]] = {}
         self._active_lock = threading.Lock()
         self._stop_heartbeats = threading.Event()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="latentq-heartbeat", daemon=True)
-        self._heartbeat_interval = heartbeat_interval
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
 
@@ -83,27 +122,37 @@ class DecodeWorker(SimpleWorker):
         self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch})
         self._heartbeat_thread.start()
 
+    def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
+        return self.execution_ttl
+
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         jobs = self._collect(job, queue)
         try:
-            self._run_batch(jobs, queue)
+            self._run_batch(jobs)
         finally:
             self.set_state("idle")
 
     def teardown(self) -> None:
-        # Finish encoding and storing everything decoded before leaving (warm shutdown).
+        # Warm shutdown: encode and store everything decoded before leaving.
         self._pool.shutdown(wait=True)
         self._stop_heartbeats.set()
+        if self.webhooks is not None:
+            self.webhooks.close()
         super().teardown()
         self.connection.expire(self.stats_key, 3600)
 
     # --- batching -------------------------------------------------------------
+    def _model_queues(self, model: str) -> list[Queue]:
+        return [q for q in self.queues if keys.model_from_queue(q.name) == model]
+
     def _collect(self, first: RQJob, queue: Queue) -> list[RQJob]:
+        """The first job plus what else waits for its model (high priority first), up to max_batch."""
+        model_queues = self._model_queues(keys.model_from_queue(queue.name) or "")
         jobs = [first]
         deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
             got = Queue.dequeue_any(
-                [queue], None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
+                model_queues, None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
             )
             if got is not None:
                 jobs.append(got[0])
@@ -114,11 +163,12 @@ class DecodeWorker(SimpleWorker):
             time.sleep(min(0.001, remaining))
         return jobs
 
-    def _run_batch(self, jobs: list[RQJob], queue: Queue) -> None:
-        model_name = keys.model_from_queue(queue.name) or ""
-        model = self.models[model_name]
+    def _run_batch(self, jobs: list[RQJob]) -> None:
         executions = {}
+        queues = {}
         for job in jobs:
+            queue = Queue(job.origin, connection=self.connection, serializer=JSONSerializer)
+            queues[job.id] = queue
             execution = self.prepare_execution(job)
             self.prepare_job_execution(job, remove_from_intermediate_queue=True)
             job.started_at = now()
@@ -126,25 +176,82 @@ class DecodeWorker(SimpleWorker):
             with self._active_lock:
                 self._active[job.id] = (job, execution)
 
-        latent_keys = [job.kwargs.get("latent_key", "") for job in jobs]
-        blobs = self.connection.mget(latent_keys)
-        ready: list[tuple[RQJob, DecodeRequest, Any]] = []
+        blobs = self.connection.mget([job.kwargs.get("latent_key", "") for job in jobs])
+        by_model: dict[str, list[tuple[RQJob, DecodeRequest, Any]]] = {}
         for job, blob in zip(jobs, blobs):
+            context = (job, queues[job.id], executions[job.id])
             try:
+                model_name = keys.model_from_queue(job.origin) or ""
                 request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
                 if request.model != model_name:
-                    raise InvalidRequest(f"job for model {request.model!r} found on queue {queue.name!r}")
-                ready.append((job, request, load_latent(blob, model.spec, request, self.limits)))
-            except Exception as exc:  # a bad job fails alone
-                self._fail(job, queue, executions[job.id], _reason(exc))
-
-        for group in group_for_decode(ready, self.max_batch):
-            previews = self._previews(model_name, group)
-            for (job, request, _), decoded in zip(group, self._decode(model, group, queue, executions)):
-                if decoded is None:
+                    raise InvalidRequest(f"job for model {request.model!r} found on queue {job.origin!r}")
+                if request.deadline is not None and time.time() > request.deadline:
+                    self._expire(*context, request)
                     continue
-                self._pending.acquire()
-                self._pool.submit(self._finish, job, queue, executions[job.id], request, decoded, previews.get(job.id))
+                tensor = load_latent(blob, self.models[model_name].spec, request, self.limits)
+                by_model.setdefault(model_name, []).append((job, request, tensor))
+            except Exception as exc:  # a bad job fails alone
+                self._fail(*context, _reason(exc), permanent=True)
+
+        for model_name, ready in by_model.items():
+            model = self.models[model_name]
+            for group in group_for_decode(ready, self.max_batch, model.spec, self.max_batch_pixels):
+                if group[0][1].task == "encode":
+                    self._encode(model, group, queues, executions)
+                    continue
+                previews = self._previews(model_name, group)
+                for (job, request, _), decoded in zip(group, self._decode(model, group, queues, executions)):
+                    if decoded is None:
+                        continue
+                    self._pending.acquire()
+                    self._pool.submit(self._finish, job, queues[job.id], executions[job.id], request, decoded,
+                                      previews.get(job.id))  # fmt: skip
+
+    def _decode(self, model: LoadedModel, group: list, queues: dict, executions: dict,
+                force_tile: bool = False) -> list[DecodedImage | None]:  # fmt: skip
+        requests = [request for _, request, _ in group]
+        tensors = [tensor for _, _, tensor in group]
+        try:
+            started = time.perf_counter()
+            decoded = decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile)
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.hincrby(self.stats_key, "decode_calls", 1)
+                pipe.hincrby(self.stats_key, "decoded_jobs", len(group))
+                metrics.record_batch(pipe, model.spec.name, len(group), time.perf_counter() - started)
+                pipe.execute()
+            return list(decoded)
+        except Exception as exc:
+            _free_memory()
+            if is_out_of_memory(exc) and len(group) > 1:
+                half = len(group) // 2
+                log.warning("out of memory decoding %d jobs; splitting into %d + %d", len(group), half, len(group) - half)
+                return (self._decode(model, group[:half], queues, executions, force_tile)
+                        + self._decode(model, group[half:], queues, executions, force_tile))  # fmt: skip
+            if is_out_of_memory(exc) and not force_tile and hasattr(model.module, "use_tiling"):
+                log.warning("out of memory decoding job %s alone; retrying with tiled decode", group[0][0].id)
+                return self._decode(model, group, queues, executions, force_tile=True)
+            if len(group) > 1:
+                # Decode each alone so that one bad latent does not fail its neighbours.
+                log.warning("batched decode of %d jobs failed (%s); decoding them one by one", len(group), exc)
+                return [self._decode(model, [item], queues, executions, force_tile)[0] for item in group]
+            job = group[0][0]
+            reason = _reason(exc)
+            if is_out_of_memory(exc):
+                reason = f"OutOfMemory: the decode does not fit on {model.device} even tiled ({exc})"
+            log.error("decode failed for job %s: %s", job.id, reason)
+            self._fail(job, queues[job.id], executions[job.id], reason, permanent=True)
+            return [None]
+
+    def _encode(self, model: LoadedModel, group: list, queues: dict, executions: dict) -> None:
+        try:
+            latents = encode_group(model, [tensor for _, _, tensor in group])
+        except Exception as exc:
+            for job, _, _ in group:
+                self._fail(job, queues[job.id], executions[job.id], _reason(exc), permanent=True)
+            return
+        for (job, _, _), latent in zip(group, latents):
+            self._pending.acquire()
+            self._pool.submit(self._finish_encode, job, queues[job.id], executions[job.id], latent)
 
     def _previews(self, model_name: str, group: list) -> dict[str, Future]:
         """Decode the group with the tiny autoencoder first and publish each preview off the decode path."""
@@ -161,73 +268,120 @@ class DecodeWorker(SimpleWorker):
 
     def _publish_preview(self, job: RQJob, request: DecodeRequest, decoded: DecodedImage) -> None:
         try:
-            (record,) = store_output(self.store, job.id, request, decoded, preview=True)
+            (record,) = self._retrying(lambda: store_output(self.store, job.id, request, decoded, preview=True), job)
             job.meta["preview"] = record
             job.save_meta()
         except Exception:
             log.warning("publishing the preview of job %s failed", job.id, exc_info=True)
 
-    def _decode(self, model: LoadedModel, group: list, queue: Queue, executions: dict) -> list[DecodedImage | None]:
-        requests = [request for _, request, _ in group]
-        tensors = [tensor for _, _, tensor in group]
-        try:
-            decoded = decode_group(model, requests, tensors, faults=self.faults)
-            self._count(decode_calls=1, decoded_jobs=len(group))
-            return list(decoded)
-        except Exception as exc:
-            if len(group) == 1:
-                job = group[0][0]
-                log.exception("decode failed for job %s", job.id)
-                self._fail(job, queue, executions[job.id], _reason(exc))
-                return [None]
-            # Decode each alone so that one bad latent does not fail its neighbours.
-            log.warning("batched decode of %d jobs failed (%s); decoding them one by one", len(group), exc)
-            return [self._decode(model, [item], queue, executions)[0] for item in group]
-
     # --- finishing (thread pool) -------------------------------------------------
+    def _retrying(self, action: Callable[[], Any], job: RQJob) -> Any:
+        """Transient failures (store, network, Redis) retried with exponential backoff."""
+        for attempt in range(1, self.store_attempts + 1):
+            try:
+                self.faults.before_store()
+                return action()
+            except Exception as exc:
+                if isinstance(exc, LatentqError) and "invalid result key" in str(exc) or attempt == self.store_attempts:
+                    raise
+                delay = 0.1 * 2 ** (attempt - 1)
+                log.warning("job %s: %s (attempt %d); retrying in %.1f s", job.id, _reason(exc), attempt, delay)
+                time.sleep(delay)
+
     def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage,
                 preview: Future | None = None) -> None:  # fmt: skip
         try:
-            records = store_output(self.store, job.id, request, decoded)
+            started = time.perf_counter()
+            records = self._retrying(lambda: store_output(self.store, job.id, request, decoded), job)
+            elapsed = time.perf_counter() - started
             if preview is not None:
                 preview.result()  # the preview is published before the full result
             result = {"results": records, "batch_size": decoded.batch_size,
                       "decode_ms": round(decoded.decode_ms, 3), "tiled": decoded.tiled}  # fmt: skip
-            self._succeed(job, queue, execution, result)
+            self._succeed(job, queue, execution, request, result, elapsed)
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
-            self._fail(job, queue, execution, _reason(exc))
+            self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
             self._pending.release()
 
-    def _succeed(self, job: RQJob, queue: Queue, execution: Any, result: dict[str, Any]) -> None:
+    def _finish_encode(self, job: RQJob, queue: Queue, execution: Any, latent: Any) -> None:
+        try:
+            request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
+            started = time.perf_counter()
+            records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
+            self._succeed(job, queue, execution, request, {"results": records, "batch_size": 1},
+                          time.perf_counter() - started)  # fmt: skip
+        except Exception as exc:
+            self._fail(job, queue, execution, _reason(exc), permanent=False)
+        finally:
+            self._pending.release()
+
+    def _succeed(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, result: dict[str, Any],
+                 store_seconds: float) -> None:  # fmt: skip
         # The object is stored before RQ hears that the job finished.
-        self._finalize_success(job, queue, execution, result)
-        self._done(job)
-        self._count(finished=1)
+        self._retrying(lambda: self._finalize_success(job, queue, execution, result), job)
+        latency = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else None
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.stats_key, "finished", 1)
+            metrics.record_status(pipe, request.model, "finished")
+            metrics.record_job(pipe, request.model, encode_seconds=store_seconds, store_seconds=store_seconds,
+                               latency_seconds=latency)  # fmt: skip
+            pipe.execute()
+        self._done(job, "finished", delete_input=True)
 
-    def _fail(self, job: RQJob, queue: Queue, execution: Any, reason: str) -> None:
+    def _expire(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest) -> None:
+        job.meta["expired"] = True
+        job.save_meta()
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.deadline or 0))
+        self._fail(job, queue, execution, f"DeadlineExpired: not started by its deadline {when}", permanent=True,
+                   status="expired")  # fmt: skip
+
+    def _fail(self, job: RQJob, queue: Queue, execution: Any, reason: str, *, permanent: bool,
+              status: str = "failed") -> None:  # fmt: skip
         log.warning("job %s failed: %s", job.id, reason)
-        self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-        job._status = RQStatus.FAILED
-        self.handle_job_failure(job=job, queue=queue, exc_string=reason, execution=execution)
-        self._done(job)
-        self._count(failed=1)
+        if permanent:
+            job.retries_left = 0  # retrying bad input cannot help
+        will_retry = bool(job.retries_left)
+        try:
+            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+            job._status = RQStatus.FAILED
+            self.handle_job_failure(job=job, queue=queue, exc_string=reason, execution=execution)
+        except Exception:
+            log.exception("recording the failure of job %s failed", job.id)
+        if will_retry:  # RQ re-queued it; keep its latent for the next attempt
+            with self._active_lock:
+                self._active.pop(job.id, None)
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.stats_key, "failed", 1)
+            model = (job.kwargs.get("request") or {}).get("model", "")
+            metrics.record_status(pipe, model, status)
+            pipe.execute()
+        self._done(job, status, delete_input=True)
 
-    def _done(self, job: RQJob) -> None:
-        self.connection.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
+    def _done(self, job: RQJob, status: str, *, delete_input: bool) -> None:
+        with self.connection.pipeline(transaction=False) as pipe:
+            if delete_input:
+                pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
+            pipe.publish(keys.job_done_channel(job.id), status)
+            pipe.execute()
         with self._active_lock:
             self._active.pop(job.id, None)
+        callback = (job.kwargs.get("request") or {}).get("callback_url")
+        if callback and self.webhooks is not None:
+            try:
+                from ..producer.status import job_info
 
-    def _count(self, **counters: int) -> None:
-        with self.connection.pipeline(transaction=False) as pipe:
-            for name, value in counters.items():
-                pipe.hincrby(self.stats_key, name, value)
-            pipe.execute()
+                fresh = RQJob.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
+                self.webhooks.send(callback, job_info(fresh, self.url_for).to_dict())
+            except Exception:  # a webhook never fails a job
+                log.warning("could not queue the webhook of job %s", job.id, exc_info=True)
 
-    # --- heartbeats ---------------------------------------------------------------
+    # --- heartbeats and recovery ------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        while not self._stop_heartbeats.wait(self._heartbeat_interval):
+        last_cleanup = 0.0
+        while not self._stop_heartbeats.wait(self.heartbeat_interval):
             with self._active_lock:
                 active = list(self._active.values())
             for job, execution in active:
@@ -235,10 +389,26 @@ class DecodeWorker(SimpleWorker):
                     self.maintain_heartbeats(job, execution)
                 except Exception:  # a missed heartbeat is retried next tick
                     log.debug("heartbeat for job %s failed", job.id, exc_info=True)
+            if time.monotonic() - last_cleanup >= self.heartbeat_interval:
+                last_cleanup = time.monotonic()
+                self._requeue_abandoned()
+
+    def _requeue_abandoned(self) -> None:
+        """RQ's own abandoned-job handling: expired executions are retried (or failed when out of retries)."""
+        for queue in self.queues:
+            try:
+                queue.started_job_registry.cleanup()
+            except Exception:
+                log.debug("started-registry cleanup of %s failed", queue.name, exc_info=True)
+
+
+def _free_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _reason(exc: BaseException) -> str:
     """A readable one-line failure reason for the job's status."""
-    if isinstance(exc, LatentqError):
-        return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,453 @@
+"""Shared helpers for the latentq benchmarks.
+
+Nothing here is part of the ``latentq`` package: the benchmarks drive latentq
+the way a user does (real Redis server, worker processes started through
+``python -m latentq worker``, the public ``latentq.Client``) and time it.
+
+- :class:`BenchStack`: a private Redis (``latentq.redis_server.EmbeddedRedis``),
+  a models file, a result-store directory, and the worker processes.
+- timing: :class:`Stopwatch`, :func:`percentile`, :func:`summarize_ms`.
+- :func:`markdown_table`, :func:`rss_bytes`, :func:`redis_used_memory`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_TAEF2 = (REPO.parent / "shared" / "models" / "taef2").resolve()
+
+# RQ's job statuses as stored in the job hash.
+FINAL_OK = b"finished"
+FINAL_BAD = (b"failed", b"stopped", b"canceled")
+
+
+# --------------------------------------------------------------------------------------------- models files
+def toml_value(value: Any) -> str:
+    """A TOML value for a str / bool / number / list / dict (dicts become inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if value is None:
+        raise ValueError("TOML has no null")
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def write_models_file(path: Path, models: dict[str, dict[str, Any]]) -> Path:
+    """Write ``[models.<name>]`` tables: ``{"taef2": {"source": "/abs/path"}}``."""
+    lines = []
+    for name, table in models.items():
+        lines.append(f"[models.{_toml_key(name)}]")
+        for key, value in table.items():
+            lines.append(f"{_toml_key(key)} = {toml_value(value)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def taef2_models(source: Path | str = DEFAULT_TAEF2) -> dict[str, dict[str, Any]]:
+    source = Path(source).expanduser().resolve()
+    if not (source / "taef2.safetensors").is_file() and not source.is_file():
+        raise SystemExit(f"TAEF2 weights not found at {source} (expected taef2.safetensors); pass --taef2 PATH")
+    return {"taef2": {"source": str(source)}}
+
+
+# --------------------------------------------------------------------------------------------- the stack
+@dataclass
+class Worker:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    kind: str = "latentq"  # or "rq"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class BenchStack:
+    """A private Redis plus latentq worker processes, all stopped on exit.
+
+    >>> with BenchStack(taef2_models()) as stack:
+    ...     stack.spawn_worker("w1", max_batch=8)
+    ...     stack.wait_for_workers(1)
+    ...     client = stack.client()
+    """
+
+    models: dict[str, dict[str, Any]]
+    extra_env: dict[str, str] = field(default_factory=dict)
+    keep_dir: bool = False
+
+    def __post_init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="latentq-bench-")
+        self.dir = Path(self._tmp.name)
+        self.models_file = write_models_file(self.dir / "models.toml", self.models)
+        self.redis = None
+        self.workers: list[Worker] = []
+        self._scenario = 0
+        self.store_dir = self.dir / "store-0"
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> BenchStack:
+        from latentq.redis_server import EmbeddedRedis
+
+        self.redis = EmbeddedRedis().start()
+        self.conn = Redis.from_url(self.redis.url)
+        return self
+
+    def close(self) -> None:
+        self.stop_workers()
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        if not self.keep_dir:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> BenchStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        assert self.redis is not None, "start() first"
+        return self.redis.url
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The environment every process of the current scenario shares."""
+        return {
+            **os.environ,
+            "LATENTQ_REDIS_URL": self.url,
+            "LATENTQ_MODELS": str(self.models_file),
+            "LATENTQ_STORE": str(self.store_dir),
+            **self.extra_env,
+            **overrides,
+        }
+
+    def new_scenario(self) -> None:
+        """Stop all workers, empty Redis and switch to a fresh store directory."""
+        self.stop_workers()
+        self.conn.flushall()
+        self._scenario += 1
+        self.store_dir = self.dir / f"store-{self._scenario}"
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+
+    def client(self, **settings_overrides: Any):
+        """A ``latentq.Client`` on this stack (settings overrides such as ``result_ttl=60``)."""
+        import dataclasses
+
+        from latentq import Client
+        from latentq.config import Settings
+
+        env = self.env()
+        saved = {k: os.environ.get(k) for k in ("LATENTQ_REDIS_URL", "LATENTQ_MODELS", "LATENTQ_STORE")}
+        try:
+            for key in saved:
+                os.environ[key] = env[key]
+            settings = Settings.from_env()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if settings_overrides:
+            settings = dataclasses.replace(settings, **settings_overrides)
+        return Client(settings=settings)
+
+    # --- workers ----------------------------------------------------------------------
+    def spawn_worker(self, name: str, *, model: str = "taef2", device: str = "cpu", max_batch: int = 8,
+                     max_wait_ms: float = 5.0, dtype: str | None = None, log_level: str | None = None,
+                     extra: Sequence[str] = (), env: dict[str, str] | None = None) -> Worker:  # fmt: skip
+        """``python -m latentq worker ...`` (its log goes to a file in the stack's directory)."""
+        args = [sys.executable, "-m", "latentq"]
+        if log_level:
+            args += ["--log-level", log_level]
+        args += ["worker", "--model", model, "--device", device, "--max-batch", str(max_batch),
+                 "--max-wait-ms", str(max_wait_ms), "--name", name, *extra]  # fmt: skip
+        if dtype:
+            args += ["--dtype", dtype]
+        return self._spawn(name, args, env, kind="latentq")
+
+    def spawn_rq_worker(self, name: str, *, model: str = "taef2", burst: bool = True,
+                        env: dict[str, str] | None = None) -> Worker:  # fmt: skip
+        """A stock RQ ``SimpleWorker`` (no fork per job) that runs ``latentq.worker.tasks.decode_job``."""
+        from latentq import keys
+
+        args = [sys.executable, "-c", "from rq.cli import main; main()", "worker",
+                "--worker-class", "rq.worker.SimpleWorker", "--serializer", "rq.serializers.JSONSerializer",
+                "--url", self.url, "--name", name]  # fmt: skip
+        if burst:
+            args.append("--burst")
+        args.append(keys.queue_name(model))
+        return self._spawn(name, args, env, kind="rq")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None, kind: str) -> Worker:
+        log_path = self.dir / f"{name}-{len(self.workers)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(args, env=self.env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=str(REPO))  # fmt: skip
+        worker = Worker(name, process, log_path, kind)
+        self.workers.append(worker)
+        return worker
+
+    def wait_for_workers(self, count: int, model: str = "taef2", timeout: float = 120.0) -> float:
+        """Block until ``count`` workers listen on the model's queue; return the seconds waited."""
+        from rq import Queue
+        from rq import Worker as RQWorker
+
+        from latentq import keys
+
+        queue = Queue(keys.queue_name(model), connection=self.conn)
+        started = time.monotonic()
+        deadline = started + timeout
+        while RQWorker.count(connection=self.conn, queue=queue) < count:
+            for worker in self.workers:
+                if worker.process.poll() is not None and worker.kind == "latentq":
+                    raise RuntimeError(f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} worker(s) for {model} did not register within {timeout} s")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop_workers(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker (warm shutdown), SIGKILL what is left after ``timeout``."""
+        stop_processes([w.process for w in self.workers], timeout)
+        self.workers = []
+
+    def worker_stats(self, name: str) -> dict[str, int]:
+        from latentq import keys
+
+        raw = self.conn.hgetall(keys.worker_stats_key(name))
+        stats = {}
+        for key, value in raw.items():
+            try:
+                stats[key.decode()] = int(value)
+            except ValueError:
+                pass
+        return stats
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 30.0) -> None:
+    processes = [p for p in processes if p.poll() is None]
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# --------------------------------------------------------------------------------------------- waiting on jobs
+def wait_registries(conn: Redis, queue_name: str, expected: int, timeout: float, poll: float = 0.005,
+                    processes: Sequence[Worker] = ()) -> float:  # fmt: skip
+    """Poll the queue's finished + failed registries (cheap ZCARDs) until ``expected`` jobs ended.
+
+    Returns ``time.perf_counter()`` at the poll that saw them all. RQ adds a job to
+    its FinishedJobRegistry in the same transaction that marks it finished (unless
+    the job's result_ttl is 0).
+    """
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    finished = FinishedJobRegistry(queue_name, connection=conn).key
+    failed = FailedJobRegistry(queue_name, connection=conn).key
+    deadline = time.monotonic() + timeout
+    while True:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.zcard(finished)
+            pipe.zcard(failed)
+            done, bad = pipe.execute()
+        if done + bad >= expected:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {w.name}:\n{w.log_tail(1500)}" for w in processes)
+            raise TimeoutError(f"only {done} finished + {bad} failed of {expected} after {timeout} s\n{tails}")
+        time.sleep(poll)
+
+
+def job_statuses(conn: Redis, job_ids: Sequence[str]) -> list[bytes | None]:
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(f"rq:job:{job_id}", "status")
+        return pipe.execute()
+
+
+def fetch_jobs(conn: Redis, job_ids: Sequence[str]):
+    """RQ job records (JSON serializer), in order; None for a missing one."""
+    from rq.job import Job as RQJob
+    from rq.serializers import JSONSerializer
+
+    jobs = []
+    for start in range(0, len(job_ids), 500):
+        jobs += RQJob.fetch_many(list(job_ids[start : start + 500]), connection=conn, serializer=JSONSerializer)
+    return jobs
+
+
+def check_all_finished(conn: Redis, job_ids: Sequence[str]) -> None:
+    statuses = job_statuses(conn, job_ids)
+    bad = [(j, s) for j, s in zip(job_ids, statuses) if s != FINAL_OK]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(job_ids)} jobs did not finish, e.g. {bad[:3]}")
+
+
+# --------------------------------------------------------------------------------------------- timing
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds``"""
+
+    def __enter__(self) -> Stopwatch:
+        self.started = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize_ms(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values) if values else float("nan"),
+        "p90": percentile(values, 90),
+        "min": min(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+    }
+
+
+def seconds_between(start, end) -> float:
+    return (end - start).total_seconds()
+
+
+# --------------------------------------------------------------------------------------------- memory
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (psutil, else /proc/<pid>/status)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except ImportError:
+        pass
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def redis_used_memory(conn: Redis) -> int:
+    return int(conn.info("memory")["used_memory"])
+
+
+def mib(value: float) -> str:
+    return f"{value / (1024 * 1024):.1f} MiB"
+
+
+# --------------------------------------------------------------------------------------------- output
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    headers = [str(h) for h in headers]
+    widths = [max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        cells = list(cells) + [""] * (len(headers) - len(cells))
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    if value != value:  # nan
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def ratio(value: float, baseline: float) -> str:
+    if not baseline or value != value or baseline != baseline:
+        return "n/a"
+    return f"{value / baseline:.2f}x"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def machine_summary() -> str:
+    import platform
+
+    try:
+        import torch
+
+        torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads"
+    except ImportError:  # pragma: no cover
+        torch_info = "no torch"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, {torch_info}"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
