@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="override the models' dtype")
     worker.add_argument("--max-batch", type=int, default=8, help="most jobs in one decode call (default 8)")
     worker.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    worker.add_argument("--max-batch-pixels", type=int, default=16 * 1024 * 1024,
+                        help="output pixels (x frames) one decode call may hold; 0: no budget (default 16M)")
     worker.add_argument("--encode-threads", type=int, default=4, help="threads encoding and storing results")
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
     worker.add_argument("--no-previews", action="store_true", help="do not load the models' preview decoders")
@@ -115,11 +117,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 previews[name] = load_model(registry.get(spec.preview), args.device, args.dtype)
             except Exception as exc:  # previews are optional: serve full decodes without them
                 log.warning("no preview decoder for %s: %s", name, exc)
+    from .webhooks import WebhookSender
+
+    webhooks = WebhookSender()
+    if not webhooks.secret:
+        log.warning("LATENTQ_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
     worker = DecodeWorker(
         models,
         Redis.from_url(settings.redis_url),
         open_store(settings.store, public_url=settings.public_url),
         max_batch=args.max_batch,
+        max_batch_pixels=args.max_batch_pixels or None,
+        webhooks=webhooks,
         max_wait_ms=args.max_wait_ms,
         encode_threads=args.encode_threads,
         limits=settings.limits,

@@ -12,18 +12,19 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from rq import Worker
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from .. import __version__
+from .. import __version__, metrics
 from ..config import Settings
-from ..errors import InvalidRequest, JobNotFound, LatentqError, LatentTooLarge, QueueFull, StoreError
+from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, LatentTooLarge, QueueFull, StoreError
 from ..producer.client import Client
 from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from ..wire import latent_from_bytes
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "MAX_WAIT_S"]
+
+MAX_WAIT_S = 300.0  # longest synchronous wait one request may ask for
 
 
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -66,6 +67,8 @@ def create_app(
             return _error(429, "QueueFull", str(exc), headers={"Retry-After": str(exc.retry_after)})
         if isinstance(exc, JobNotFound):
             return _error(404, "JobNotFound", str(exc), "id")
+        if isinstance(exc, JobConflict):
+            return _error(409, "JobConflict", str(exc), "id")
         if isinstance(exc, StoreError):
             return _error(404, "StoreError", str(exc), "key")
         return _error(500, type(exc).__name__, str(exc))
@@ -75,8 +78,8 @@ def create_app(
             return str(request.url_for("get_result", key=key))
         return store.url(key)
 
-    def job_body(request: Request, job_id: str) -> dict[str, Any]:
-        info = client.job_info(job_id)
+    def job_body(request: Request, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        info = client.wait_for(job_id, wait) if wait > 0 else client.job_info(job_id)
         body = info.to_dict()
         for item in body["results"] + ([body["preview"]] if body.get("preview") else []):
             item["url"] = url_for_result(request, item["key"])
@@ -97,6 +100,9 @@ def create_app(
         fps: Annotated[int, Query(ge=1, le=240, description="mp4 frame rate")] = 24,
         preview: Annotated[bool, Query(description="publish a tiny-autoencoder preview first")] = False,
         tile: Annotated[bool | None, Query(description="force tiled decode on or off (default: by size)")] = None,
+        priority: Annotated[str, Query(description="normal or high")] = "normal",
+        deadline: Annotated[float | None, Query(description="unix time; not started by then -> expired")] = None,
+        callback_url: Annotated[str | None, Query(description="webhook URL for the job's final status")] = None,
     ) -> JSONResponse:
         try:
             meta = json.loads(metadata) if metadata else {}
@@ -115,6 +121,9 @@ def create_app(
             fps=fps,
             preview=preview,
             tile=tile,
+            priority=priority,
+            deadline=deadline,
+            callback_url=callback_url,
         )
         body = await _read_body(request, settings.limits.max_body_bytes)
         latent = latent_from_bytes(body, settings.limits)
@@ -127,8 +136,35 @@ def create_app(
         )
 
     @app.get("/v1/jobs/{job_id}", name="get_job", summary="A job's status and, when finished, its result URLs")
-    async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    async def get_job(
+        request: Request,
+        job_id: str,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the job to end")] = 0,
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(job_body, request, job_id, wait)
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job that has not started (409 once started or ended)")
+    async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+        await run_in_threadpool(client.cancel, job_id)
         return await run_in_threadpool(job_body, request, job_id)
+
+    @app.get("/v1/batches/{batch_id}", summary="Counts per status and every job of a submit_many batch")
+    async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        body = await run_in_threadpool(client.batch_info, batch_id, lambda key: url_for_result(request, key))
+        for job in body["jobs"]:
+            job["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
+        return body
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def get_metrics() -> PlainTextResponse:
+        def render() -> str:
+            names = client.registry.names()
+            depth = {name: client.queued_count(name) for name in names}
+            workers = {name: client.workers_serving(name) for name in names}
+            return metrics.render(client.connection, names, depth, workers)
+
+        text = await run_in_threadpool(render)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object")
     async def get_result(key: str) -> Response:
@@ -146,9 +182,8 @@ def create_app(
             out = []
             for name in client.registry.names():
                 info = client.registry.get(name).describe()
-                queue = client.queue(name)
-                workers = Worker.count(connection=client.connection, queue=queue)
-                info.update(queued=queue.count, workers=workers, loaded=workers > 0)
+                workers = client.workers_serving(name)
+                info.update(queued=client.queued_count(name), workers=workers, loaded=workers > 0)
                 out.append(info)
             return out
 
