@@ -21,6 +21,7 @@ from rq import Queue, Worker
 
 from . import keys
 from .config import Settings
+from .connection import redis_from_url
 from .redis_server import EmbeddedRedis, free_port
 
 __all__ = ["Stack", "StackOptions", "wait_for_workers"]
@@ -87,7 +88,7 @@ class Stack:
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="latentq-api", daemon=True)
         self._thread.start()
-        connection = Redis.from_url(self.redis_url)
+        connection = redis_from_url(self.redis_url)
         try:
             deadline = time.monotonic() + 30
             while not self.server.started:

@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 
 from .. import keys, metrics
 from ..config import TASK_FUNCTION, Settings
+from ..connection import redis_from_url
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
@@ -83,7 +84,7 @@ class Client:
         self.settings = settings or Settings.from_env(redis_url=redis_url)
         self.registry = registry or load_registry(self.settings.models_file)
         self._store = store
-        self.connection = connection or Redis.from_url(self.settings.redis_url)
+        self.connection = connection or redis_from_url(self.settings.redis_url)
         self._queues: dict[str, Queue] = {}
 
     @property
