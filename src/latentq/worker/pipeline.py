@@ -138,8 +138,11 @@ def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[Decod
 
 
 def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage,
-                 *, preview: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Encode and store one job's output objects; return their JSON result records."""
+                 *, preview: bool = False, timings: dict[str, float] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Encode and store one job's output objects; return their JSON result records.
+
+    ``timings``, when given, receives the seconds spent encoding and storing.
+    """
     if preview:  # previews are always a still image (the first frame of a video)
         fmt = request.output_format if request.output_format in IMAGE_FORMATS else "jpeg"
         request = DecodeRequest(model=request.model, output_format=fmt, quality=85)
@@ -147,7 +150,10 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
         pixels = decoded.pixels[0] if decoded.pixels.ndim == 4 else decoded.pixels
         decoded = DecodedImage(image, pixels, decoded.batch_size, decoded.decode_ms)
     records = []
-    for index, encoded in enumerate(encode_output(decoded.image, decoded.pixels, request)):
+    started = time.perf_counter()
+    outputs = encode_output(decoded.image, decoded.pixels, request)
+    encoded_at = time.perf_counter()
+    for index, encoded in enumerate(outputs):
         key = make_key(job_id, encoded.ext, index)
         store.put(key, encoded.data, encoded.content_type)
         record = {"key": key, "content_type": encoded.content_type, "width": encoded.width,
@@ -155,4 +161,7 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
         if encoded.frame is not None:
             record["frame"] = encoded.frame
         records.append(record)
+    if timings is not None:
+        timings["encode"] = encoded_at - started
+        timings["store"] = time.perf_counter() - encoded_at
     return records

@@ -32,7 +32,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker
 
 from .. import keys, metrics
-from ..errors import InvalidRequest, LatentqError
+from ..errors import InvalidRequest
 from ..models.loader import LoadedModel
 from ..spec import DecodeRequest, Limits
 from ..store import ObjectStore
@@ -58,10 +58,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-class Permanent(Exception):
-    """A failure that retrying cannot fix (bad input): the job fails at once, without RQ retries."""
 
 
 class DecodeWorker(SimpleWorker):
@@ -282,7 +278,7 @@ class DecodeWorker(SimpleWorker):
                 self.faults.before_store()
                 return action()
             except Exception as exc:
-                if isinstance(exc, LatentqError) and "invalid result key" in str(exc) or attempt == self.store_attempts:
+                if attempt == self.store_attempts:
                     raise
                 delay = 0.1 * 2 ** (attempt - 1)
                 log.warning("job %s: %s (attempt %d); retrying in %.1f s", job.id, _reason(exc), attempt, delay)
@@ -291,14 +287,13 @@ class DecodeWorker(SimpleWorker):
     def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage,
                 preview: Future | None = None) -> None:  # fmt: skip
         try:
-            started = time.perf_counter()
-            records = self._retrying(lambda: store_output(self.store, job.id, request, decoded), job)
-            elapsed = time.perf_counter() - started
+            timings: dict[str, float] = {}
+            records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings), job)
             if preview is not None:
                 preview.result()  # the preview is published before the full result
             result = {"results": records, "batch_size": decoded.batch_size,
                       "decode_ms": round(decoded.decode_ms, 3), "tiled": decoded.tiled}  # fmt: skip
-            self._succeed(job, queue, execution, request, result, elapsed)
+            self._succeed(job, queue, execution, request, result, timings)
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
@@ -311,22 +306,22 @@ class DecodeWorker(SimpleWorker):
             started = time.perf_counter()
             records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
             self._succeed(job, queue, execution, request, {"results": records, "batch_size": 1},
-                          time.perf_counter() - started)  # fmt: skip
+                          {"encode": 0.0, "store": time.perf_counter() - started})  # fmt: skip
         except Exception as exc:
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
             self._pending.release()
 
     def _succeed(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, result: dict[str, Any],
-                 store_seconds: float) -> None:  # fmt: skip
+                 timings: dict[str, float]) -> None:  # fmt: skip
         # The object is stored before RQ hears that the job finished.
         self._retrying(lambda: self._finalize_success(job, queue, execution, result), job)
         latency = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else None
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.hincrby(self.stats_key, "finished", 1)
             metrics.record_status(pipe, request.model, "finished")
-            metrics.record_job(pipe, request.model, encode_seconds=store_seconds, store_seconds=store_seconds,
-                               latency_seconds=latency)  # fmt: skip
+            metrics.record_job(pipe, request.model, encode_seconds=timings.get("encode", 0.0),
+                               store_seconds=timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
             pipe.execute()
         self._done(job, "finished", delete_input=True)
 
