@@ -154,6 +154,7 @@ def procs(env, tmp_path):
 import fcntl  # noqa: E402
 import importlib.util  # noqa: E402
 import shutil  # noqa: E402
+import uuid  # noqa: E402
 
 MOTO_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 S3RVER_CREDENTIALS = {"access_key_id": "S3RVER", "secret_access_key": "S3RVER"}  # s3rver's built-in account
@@ -269,3 +270,31 @@ def s3rver_endpoint(tmp_path_factory):
         yield endpoint
     finally:
         stop_server(process)
+
+
+def use_s3_store(env: dict[str, str], monkeypatch, endpoint: str, credentials: dict[str, str],
+                 prefix: str = "results") -> dict[str, str]:  # fmt: skip
+    """Point this test's processes (started afterwards) and this process at a fresh bucket; returns the settings.
+
+    Only the variables set here reach them: nothing of this machine's AWS setup leaks in.
+    """
+    from latentq.store.s3 import S3Store
+
+    bucket = f"latentq-{uuid.uuid4().hex[:16]}"
+    values = {
+        "LATENTQ_STORE": f"s3://{bucket}/{prefix}",
+        "LATENTQ_S3_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": credentials["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": credentials["secret_access_key"],
+    }
+    for name in [n for n in env if n.startswith(("AWS_", "LATENTQ_S3_"))]:
+        env.pop(name)
+    for name in [n for n in os.environ if n.startswith(("AWS_", "LATENTQ_S3_"))]:
+        monkeypatch.delenv(name)
+    isolation = {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                 "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    for name, value in {**values, **isolation}.items():
+        env[name] = value
+        monkeypatch.setenv(name, value)
+    S3Store.from_url(values["LATENTQ_STORE"]).ensure_bucket()
+    return {**values, "bucket": bucket, "prefix": prefix, "endpoint": endpoint}

@@ -7,6 +7,7 @@ renamed or removed flag breaks this test rather than the deployment.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from pathlib import Path
@@ -20,7 +21,7 @@ from latentq.cli import build_parser
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
-SERVICES = ("redis", "api", "worker", "rq-dashboard")
+SERVICES = ("redis", "minio", "minio-init", "api", "worker", "rq-dashboard")
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +106,64 @@ def test_worker_reserves_nvidia_gpu(compose):
 
 
 @pytest.mark.timeout(30)
-def test_api_and_worker_share_results_and_redis(compose):
-    mounts = {}
+def test_api_and_worker_share_redis_and_the_bucket(compose):
+    minio = _env(_service(compose, "minio"))
+    stores = {}
     for name in ("api", "worker"):
         service = _service(compose, name)
         env = _env(service)
         redis_url = urlparse(env["LATENTQ_REDIS_URL"])
         assert redis_url.scheme == "redis" and redis_url.hostname == "redis"
         assert redis_url.hostname in compose["services"]
-        store = env["LATENTQ_STORE"]
-        sources = [source for source, target in _volumes(service) if target == store]
-        assert sources and _is_named(sources[0]), f"{name}: LATENTQ_STORE must be on a named volume"
-        mounts[name] = sources[0]
-        assert env["LATENTQ_PUBLIC_URL"].startswith("http")
-        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert mounts["api"] == mounts["worker"]
+        store = urlparse(env["LATENTQ_STORE"])
+        assert store.scheme == "s3" and store.netloc and store.path.strip("/"), "results go to s3://bucket/prefix"
+        stores[name] = env["LATENTQ_STORE"]
+        endpoint = urlparse(env["LATENTQ_S3_ENDPOINT_URL"])
+        assert endpoint.hostname == "minio" and endpoint.port == 9000
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])  # fmt: skip
+        # Result URLs are for clients on the host: not a compose-internal hostname.
+        public = urlparse(env["LATENTQ_S3_PUBLIC_URL"])
+        assert public.scheme == "http" and public.hostname not in compose["services"]
+        assert public.port == 9000 and public.path.strip("/") == store.netloc  # path style: /bucket
+        assert not any(source == "results" for source, _ in _volumes(service)), "no shared results volume needed"
+        depends = service["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy"
+        assert depends["minio-init"]["condition"] == "service_completed_successfully"
+    assert stores["api"] == stores["worker"]
+
+
+@pytest.mark.timeout(30)
+def test_minio_serves_s3_and_its_console_from_a_named_volume(compose):
+    minio = _service(compose, "minio")
+    assert str(minio["image"]).startswith("minio/minio")
+    argv = _argv(minio["command"])
+    assert argv[:2] == ["server", "/data"]
+    assert argv[argv.index("--console-address") + 1] == ":9001"
+    data = [source for source, target in _volumes(minio) if target == "/data"]
+    assert data and _is_named(data[0]), "MinIO /data must be on a named volume"
+    assert {("9000", "9000"), ("9001", "9001")} <= _published(minio)
+    assert _argv(minio["healthcheck"]["test"])[-3:] == ["mc", "ready", "local"]
+
+
+@pytest.mark.timeout(30)
+def test_minio_init_creates_the_bucket_and_its_expiry_rule(compose):
+    init = _service(compose, "minio-init")
+    assert str(init["image"]).startswith("minio/mc")
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init.get("restart") == "no", "a one-shot service"
+    script = "\n".join(_argv(init["command"])) if isinstance(init["command"], list) else init["command"]
+    env = _env(_service(compose, "api"))
+    bucket, prefix = urlparse(env["LATENTQ_STORE"]).netloc, urlparse(env["LATENTQ_STORE"]).path.strip("/")
+    assert "mc alias set local http://minio:9000" in script
+    assert f"mc mb --ignore-existing local/{bucket}" in script
+    # The objects live at least as long as the job records that point at them.
+    days = math.ceil(int(env["LATENTQ_RESULT_TTL"]) / 86400)
+    rule = re.search(r"mc ilm rule add --prefix (\S+) --expire-days (\d+) local/(\S+)", script)
+    assert rule and rule.groups() == (f"{prefix}/", str(days), bucket)
+    assert f"arn:aws:s3:::{bucket}/{prefix}/*" in script and '"s3:GetObject"' in script
+    assert "s3:ListBucket" not in script, "anonymous listing would reveal every result key"
+    assert _env(init) == {k: v for k, v in _env(_service(compose, "minio")).items() if k.startswith("MINIO_ROOT")}
 
 
 @pytest.mark.timeout(30)
@@ -161,7 +205,7 @@ def test_named_volumes_declared(compose):
     }
     assert used, "expected named volumes"
     assert used <= declared, f"undeclared volumes: {used - declared}"
-    assert {"redis-data", "results", "hf-cache"} <= declared
+    assert {"redis-data", "minio-data", "hf-cache"} <= declared
 
 
 def _instructions() -> list[tuple[str, str]]:

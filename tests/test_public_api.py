@@ -8,7 +8,7 @@ pytestmark = pytest.mark.timeout(30)
 def test_public_names_are_pinned():
     assert sorted(latentq.__all__) == sorted([
         "Client", "HttpClient", "InvalidRequest", "Job", "JobFailed", "JobStatus", "JobTimeout",
-        "LatentqError", "QueueFull", "ResultObject", "__version__",
+        "LatentqError", "QueueFull", "ResultObject", "__version__", "remote_decode",
     ])  # fmt: skip
     for name in latentq.__all__:
         assert hasattr(latentq, name)

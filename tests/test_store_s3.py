@@ -1,4 +1,4 @@
-"""S3Store against real S3 wire servers started here: moto's standalone server and s3rver.
+"""S3Store against real S3 wire servers (moto and s3rver, started by fixtures in conftest.py).
 
 moto speaks S3 well enough for round trips, prefixes and lifecycle rules, but it checks neither
 presigned signatures nor their expiry. For those, s3rver (Node, from npm, installed once into
@@ -9,16 +9,8 @@ signature ("Signature version 4 calculation is unimplemented" in its authenticat
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
-import importlib.util
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,129 +18,14 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 
 from latentq.errors import ConfigError, StoreError  # noqa: E402
+from latentq.redis_server import free_port  # noqa: E402
 from latentq.store.base import make_key  # noqa: E402
 from latentq.store.s3 import S3Store  # noqa: E402
 
-MOTO_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
-S3RVER_CREDENTIALS = {"access_key_id": "S3RVER", "secret_access_key": "S3RVER"}  # s3rver's built-in account
-S3RVER_PACKAGE = "@20minutes/s3rver@4"  # 5.x needs Node >= 24
-S3RVER_MODULE = Path("node_modules/@20minutes/s3rver")
-S3RVER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentq-test" / "s3rver"
-# s3rver 4 ships no CLI script: start it through its JS API and print the port it bound.
-S3RVER_LAUNCHER = (
-    "const S3rver = require(process.argv[1]);"
-    "new S3rver({address: '127.0.0.1', port: 0, directory: process.argv[2], silent: true})"
-    ".run().then(a => console.log('listening ' + a.port), e => { console.error(e); process.exit(1); });"
-)
+# The servers' fixtures (moto_endpoint, s3rver_endpoint) live in conftest.py, shared with the end-to-end tests.
+from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    """Until the server answers anything over HTTP (any status will do)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    stop(process)
-    raise RuntimeError(f"server at {url} did not answer in {timeout} s:\n{log.read_text(errors='replace')}")
-
-
-@pytest.fixture(autouse=True)
-def isolated_aws_env(monkeypatch, tmp_path):
-    """No AWS or LATENTQ_S3 settings of the machine leak into a test."""
-    for name in list(os.environ):
-        if name.startswith(("AWS_", "LATENTQ_S3_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory):
-    """moto's standalone S3 server in its own process on a free port; yields its endpoint URL."""
-    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
-        pytest.skip("moto[server] is not installed")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(endpoint, process, log)
-        yield endpoint
-    finally:
-        stop(process)
-
-
-def install_s3rver() -> Path:
-    """The s3rver module directory, installed with npm into the cache once; skips if that cannot be done."""
-    module = S3RVER_CACHE / S3RVER_MODULE
-    if (module / "package.json").is_file():
-        return module
-    if not shutil.which("npm") or not shutil.which("node"):
-        pytest.skip("node/npm not found: cannot install s3rver")
-    S3RVER_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(S3RVER_CACHE.parent / "s3rver.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions install once
-        if (module / "package.json").is_file():
-            return module
-        try:
-            subprocess.run(["npm", "view", S3RVER_PACKAGE, "version"], check=True, capture_output=True, timeout=60)
-            subprocess.run(
-                ["npm", "install", "--prefix", str(S3RVER_CACHE), "--no-audit", "--no-fund", S3RVER_PACKAGE],
-                check=True, capture_output=True, timeout=240,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            output = getattr(exc, "stderr", b"") or b""
-            pytest.skip(f"cannot install {S3RVER_PACKAGE} with npm: {exc}: {output.decode(errors='replace')[-500:]}")
-    return module
-
-
-@pytest.fixture(scope="session")
-def s3rver_endpoint(tmp_path_factory):
-    """s3rver (checks SigV4 signatures and expiry) in a node process on a free port; yields its endpoint."""
-    module = install_s3rver()
-    workdir = tmp_path_factory.mktemp("s3rver")
-    log = workdir / "s3rver.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            ["node", "-e", S3RVER_LAUNCHER, str(module), str(workdir / "data")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not (lines := [line for line in log.read_text().splitlines() if line.startswith("listening ")]):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"s3rver did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        endpoint = f"http://127.0.0.1:{int(lines[0].split()[1])}"
-        wait_for_http(endpoint, process, log)
-        yield endpoint
-    finally:
-        stop(process)
+pytestmark = pytest.mark.usefixtures("isolated_aws_env")
 
 
 def new_bucket() -> str:

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull  # noqa: E402
 from .producer import Client, HttpClient, Job  # noqa: E402
+from .remote import remote_decode  # noqa: E402
 from .spec import JobStatus, ResultObject  # noqa: E402
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "QueueFull",
     "ResultObject",
     "__version__",
+    "remote_decode",
 ]

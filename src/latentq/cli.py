@@ -1,4 +1,4 @@
-"""The ``latentq`` command: up, worker, api, submit, status, demo."""
+"""The ``latentq`` command: up, worker, api, submit, status, cleanup, demo."""
 
 from __future__ import annotations
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(submit)
     _add_store(submit)
 
+    cleanup = sub.add_parser("cleanup", help="delete results older than the result TTL (S3: a lifecycle rule)")
+    cleanup.add_argument("--older-than", type=float, help="seconds (default: $LATENTQ_RESULT_TTL, else 86400)")
+    cleanup.add_argument("--sweep", action="store_true",
+                         help="S3: also list and delete old objects now (lifecycle rules act about daily)")
+    _add_store(cleanup)
+
     status = sub.add_parser("status", help="queues and workers at a glance, or one job's status")
     status.add_argument("job_id", nargs="?")
     _add_redis(status)
@@ -96,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from redis import Redis
+    from .connection import redis_from_url
 
     from .config import Settings
     from .models.loader import load_model
@@ -124,7 +130,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("LATENTQ_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
     worker = DecodeWorker(
         models,
-        Redis.from_url(settings.redis_url),
+        redis_from_url(settings.redis_url),
         open_store(settings.store, public_url=settings.public_url),
         max_batch=args.max_batch,
         max_batch_pixels=args.max_batch_pixels or None,
@@ -170,43 +176,172 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DirectBatches:
+    """``latentq submit`` straight through Redis: Client.submit_many and Client.batch_info."""
+
+    def __init__(self) -> None:
+        from .producer import Client
+
+        self.client = Client()
+
+    def submit(self, samples: list, model: str, output_format: str) -> list[tuple[str, list[str]]]:
+        """(batch id, job ids) of each batch, together covering ``samples`` in order."""
+        limit = self.client.settings.limits.max_batch_submit
+        out = []
+        for start in range(0, len(samples), limit):
+            jobs = self.client.submit_many(samples[start : start + limit], model=model, output_format=output_format)
+            out.append((str(jobs[0].batch_id), [job.id for job in jobs]))
+        return out
+
+    def status(self, batch_id: str) -> dict:
+        return self.client.batch_info(batch_id)
+
+    def read(self, result: dict) -> bytes:
+        return self.client.store.get(result["key"])
+
+
+class _HttpBatches:
+    """``latentq submit --api URL``: POST /v1/batches and GET /v1/batches/{id}."""
+
+    def __init__(self, api: str) -> None:
+        import httpx
+
+        self.http = httpx.Client(base_url=api, timeout=60)
+
+    def submit(self, samples: list, model: str, output_format: str) -> list[tuple[str, list[str]]]:
+        import itertools
+
+        import torch
+
+        from .producer.http import _raise_for
+        from .wire import latent_to_bytes
+
+        out = []
+        # An HTTP batch is one stacked tensor: consecutive samples of one shape and dtype go together.
+        for _, group in itertools.groupby(samples, key=lambda t: (tuple(t.shape), t.dtype)):
+            response = self.http.post("/v1/batches", params={"model": model, "output_format": output_format},
+                                      content=latent_to_bytes(torch.stack(list(group))))  # fmt: skip
+            _raise_for(response)
+            body = response.json()
+            out.append((body["id"], body["job_ids"]))
+        return out
+
+    def status(self, batch_id: str) -> dict:
+        from .producer.http import _raise_for
+
+        response = self.http.get(f"/v1/batches/{batch_id}")
+        _raise_for(response)
+        return response.json()
+
+    def read(self, result: dict) -> bytes:
+        response = self.http.get(result["url"])
+        response.raise_for_status()
+        return response.content
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    import time
+
     from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from .producer import Client, HttpClient
+    from .spec import JobStatus
 
-    client = HttpClient(args.api) if args.api else Client()
-    jobs = []
+    labels, samples = [], []
     for path in args.files:
         for name, tensor in load_file(str(path)).items():
             batch = tensor if tensor.ndim == 4 and tensor.shape[0] > 1 else tensor.reshape(1, *tensor.shape[-3:])
             for index, sample in enumerate(batch.unbind(0)):
-                job = client.submit(sample, model=args.model, output_format=args.output_format)
-                label = f"{path.stem}-{name}-{index}"
-                jobs.append((label, job))
-                print(f"{label}\t{job.id}")
+                labels.append(f"{path.stem}-{name}-{index}")
+                samples.append(sample)
+    batches: _DirectBatches | _HttpBatches = _HttpBatches(args.api) if args.api else _DirectBatches()
+    submitted = batches.submit(samples, args.model, args.output_format)
+    label_of: dict[str, str] = {}
+    job_ids = [job_id for _, ids in submitted for job_id in ids]
+    for label, job_id in zip(labels, job_ids):
+        label_of[job_id] = label
+        print(f"{label}\t{job_id}", flush=True)
+    for batch_id, ids in submitted:
+        print(f"batch {batch_id}: {len(ids)} job(s)", file=sys.stderr)
     if not args.wait:
         return 0
-    failed = 0
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    for label, job in tqdm(jobs, desc="decoding", unit="job", file=sys.stderr):
-        try:
-            results = job.wait(timeout=args.timeout)
-        except Exception as exc:
+
+    failed = 0
+
+    def report(job: dict) -> None:
+        nonlocal failed
+        label = label_of[job["id"]]
+        if job["status"] != JobStatus.FINISHED.value:
             failed += 1
-            tqdm.write(f"{label}\t{job.id}\tfailed: {exc}", file=sys.stderr)
-            continue
+            tqdm.write(f"{label}\t{job['id']}\t{job['status']}: {job.get('error') or ''}", file=sys.stderr)
+            return
+        results = job.get("results") or []
         for index, result in enumerate(results):
-            line = f"{label}\t{job.id}\t{result.url}"
+            line = f"{label}\t{job['id']}\t{result['url']}"
             if args.out:
-                ext = result.key.rsplit(".", 1)[-1]
-                target = args.out / f"{label}.{index}.{ext}" if len(results) > 1 else args.out / f"{label}.{ext}"
-                target.write_bytes(job.read(index))
+                ext = result["key"].rsplit(".", 1)[-1]
+                target = args.out / (f"{label}.{index}.{ext}" if len(results) > 1 else f"{label}.{ext}")
+                target.write_bytes(batches.read(result))
                 line += f"\t{target}"
             tqdm.write(line)
+
+    # Poll each batch's status (one request per batch, not per job); the bar advances as jobs end.
+    pending = {batch_id: set(ids) for batch_id, ids in submitted}
+    deadline = time.monotonic() + args.timeout
+    with tqdm(total=len(job_ids), desc="decoding", unit="job", file=sys.stderr) as bar:
+        while pending:
+            for batch_id in list(pending):
+                body = batches.status(batch_id)
+                for job in body["jobs"]:
+                    if job["id"] in pending[batch_id] and JobStatus(job["status"]).is_final:
+                        pending[batch_id].discard(job["id"])
+                        report(job)
+                        bar.update(1)
+                if body["done"]:  # jobs still missing had their records expire
+                    for job_id in pending.pop(batch_id):
+                        report({"id": job_id, "status": "unknown", "error": "its record expired"})
+                        bar.update(1)
+            if pending and time.monotonic() >= deadline:
+                for job_id in sorted(set().union(*pending.values())):
+                    report({"id": job_id, "status": "timeout", "error": f"not done after {args.timeout:g} s"})
+                break
+            if pending:
+                time.sleep(0.2)
     return 1 if failed else 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Results live as long as their job records (LATENTQ_RESULT_TTL): delete what is older."""
+    import math
+
+    from .config import Settings
+    from .errors import ConfigError
+    from .store import LocalStore, open_store
+    from .store.s3 import S3Store
+
+    settings = Settings.from_env()
+    ttl = settings.result_ttl if args.older_than is None else args.older_than
+    if ttl < 0:
+        raise ConfigError(f"--older-than must be >= 0 seconds, not {ttl:g}")
+    store = open_store(settings.store, public_url=settings.public_url)
+    if isinstance(store, LocalStore):
+        print(f"deleted {store.expire(ttl)} result object(s) older than {ttl:g} s from {store.root}")
+        return 0
+    if not isinstance(store, S3Store):
+        raise ConfigError(f"cleanup does not know how to expire {store!r}")
+    where = f"s3://{store.bucket}/{store.prefix}"
+    # Lifecycle rules count whole days: round up so no object goes before its job record does.
+    days = max(1, math.ceil(ttl / 86400))
+    lifecycle = store.set_expiry(days)
+    if lifecycle:
+        print(f"lifecycle rule set: objects under {where} expire after {days} day(s)")
+    else:
+        print(f"{where}: the server does not support lifecycle rules; deleting old objects by listing")
+    if args.sweep or not lifecycle:
+        print(f"deleted {store.expire(ttl)} result object(s) older than {ttl:g} s from {where}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -241,7 +376,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if min(r.psnr for r in rows) >= 28.0 else 1
 
 
-COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_submit, "status": cmd_status, "demo": cmd_demo}
+COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_submit, "status": cmd_status, "demo": cmd_demo,
+            "cleanup": cmd_cleanup}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,4 +197,6 @@ def create_app(
             return JSONResponse({"status": "error", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok", "version": __version__})
 
+    from .batches import install_batch_routes; install_batch_routes(app, client, settings)  # noqa: E702, I001
+    from .remote import install_remote_routes; install_remote_routes(app, client, settings)  # noqa: E702, I001
     return app

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import StoreError
@@ -63,3 +65,30 @@ class LocalStore:
         if self.public_url:
             return f"{self.public_url}/v1/results/{key}"
         return self.path(key).as_uri()
+
+    def expire(self, older_than_seconds: float) -> int:
+        """Delete objects last written more than ``older_than_seconds`` ago; returns how many.
+
+        Stale temp files of interrupted writes go too (uncounted); emptied job directories are removed.
+        """
+        cutoff = time.time() - older_than_seconds
+        if not self.root.is_dir():
+            return 0
+        deleted = 0
+        for directory in self.root.iterdir():
+            try:
+                if not directory.is_dir() or directory.is_symlink():
+                    continue
+                # A directory untouched since the cutoff is not being written into: safe to remove once empty.
+                idle = directory.stat().st_mtime < cutoff
+                for path in directory.iterdir():
+                    if path.is_file() and path.stat().st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+                        if not path.name.startswith(".tmp-"):
+                            deleted += 1
+                if idle:
+                    with contextlib.suppress(OSError):  # it still holds newer objects
+                        directory.rmdir()
+            except FileNotFoundError:  # removed meanwhile by a concurrent cleanup
+                continue
+        return deleted

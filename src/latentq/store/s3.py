@@ -8,6 +8,7 @@ session (sessions are not thread-safe), serves every thread.
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -215,3 +216,28 @@ class S3Store:
                 return False
             raise
         return True
+
+    def expire(self, older_than_seconds: float) -> int:
+        """Delete objects under the prefix last modified more than ``older_than_seconds`` ago; returns how many.
+
+        The fallback for servers without lifecycle rules (and for sub-day TTLs): a listing and batched deletes.
+        """
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_seconds)
+        listing: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{self.prefix}/" if self.prefix else ""}
+        deleted = 0
+        while True:
+            page = self._call("listing", listing["Prefix"], "list_objects_v2", **listing)
+            old = [item["Key"] for item in page.get("Contents", []) if item["LastModified"] < cutoff]
+            for start in range(0, len(old), 1000):  # DeleteObjects takes at most 1000 keys
+                chunk = old[start : start + 1000]
+                answer = self._call("delete", listing["Prefix"], "delete_objects", Bucket=self.bucket,
+                                    Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True})
+                errors = answer.get("Errors") or []
+                if errors:
+                    first = errors[0]
+                    raise S3StoreError(f"S3 delete of s3://{self.bucket}/{first.get('Key')} failed: "
+                                       f"{first.get('Message')}", str(first.get("Code", "")))
+                deleted += len(chunk)
+            if not page.get("IsTruncated"):
+                return deleted
+            listing["ContinuationToken"] = page["NextContinuationToken"]

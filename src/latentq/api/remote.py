@@ -1,0 +1,182 @@
+"""Hugging Face's remote-VAE endpoints: diffusers' ``remote_decode`` and ``remote_encode`` work unchanged.
+
+    remote_decode(endpoint=f"{api}/v1/models/sd15/decode", tensor=latent, scaling_factor=0.18215)
+    remote_encode(endpoint=f"{api}/v1/models/sd15/encode", image=picture, scaling_factor=0.18215)
+
+The request is what that client sends: the raw tensor bytes as the body, and
+query parameters ``shape`` (repeated, one per dimension), ``dtype``,
+``scaling_factor``, ``shift_factor``, ``do_scaling``, ``height``, ``width``,
+``output_type``, ``image_format``, ``partial_postprocess``. The answer is image
+or MP4 bytes, or raw tensor bytes with ``shape`` (JSON) and ``dtype`` headers;
+errors are latentq's JSON error body (the client raises ``RuntimeError(response.json())``).
+Jobs go through the same queues and workers as ``/v1/jobs``; the request waits
+for them (``timeout`` seconds, a latentq extension, default 300).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from ..config import Settings
+from ..errors import InvalidRequest, JobTimeout, LatentTooLarge
+from ..producer.client import Client
+from ..remote import (
+    DEFAULT_TIMEOUT_S,
+    RemoteResult,
+    decode_latent,
+    decode_scaling,
+    encode_images,
+    image_from_bytes,
+    tensor_from_body,
+    tensor_to_bytes,
+)
+
+__all__ = ["install_remote_routes"]
+
+MAX_TIMEOUT_S = 3600.0
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", "none", ""}
+
+
+def _bool(name: str, raw: str | None, default: bool) -> bool:
+    if raw is None:
+        return default
+    value = raw.strip().lower()  # requests sends Python's str(bool): "True" / "False"
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise InvalidRequest(f"{name} must be true or false, got {raw!r}", field=name)
+
+
+def _number(name: str, raw: str | None, kind: type[int] | type[float]) -> float | int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}",
+                             field=name) from None  # fmt: skip
+    if kind is float and (value != value or value in (float("inf"), float("-inf"))):
+        raise InvalidRequest(f"{name} must be finite", field=name)
+    return value
+
+
+def _shape(values: list[str]) -> list[int]:
+    """Repeated ``shape=1&shape=4...`` (what requests makes of a list); one "[1, 4, ...]" or "1,4,..." too."""
+    if len(values) == 1:
+        values = values[0].strip("[]() ").replace(",", " ").split()
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise InvalidRequest(f"shape must be integers, got {values!r}", field="shape") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timeout(raw: str | None) -> float:
+    value = _number("timeout", raw, float)
+    return DEFAULT_TIMEOUT_S if value is None else min(max(float(value), 0.0), MAX_TIMEOUT_S)
+
+
+def _answer(result: RemoteResult) -> Response:
+    headers = {"X-Latentq-Jobs": ",".join(result.job_ids)}
+    if result.tensor is not None:
+        tensor = result.tensor
+        headers.update(shape=json.dumps(list(tensor.shape)), dtype=str(tensor.dtype).removeprefix("torch."))
+        return Response(tensor_to_bytes(tensor), media_type="tensor/binary", headers=headers)
+    return Response(result.data, media_type=result.content_type, headers=headers)
+
+
+def _timed_out(exc: JobTimeout) -> JSONResponse:
+    message = str(exc)
+    return JSONResponse({"error": {"type": "JobTimeout", "message": message, "field": None}, "detail": message},
+                        status_code=504)  # fmt: skip
+
+
+def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> None:
+    """Add ``POST /v1/models/{model}/decode`` and ``/encode`` to ``app``."""
+    limits = settings.limits
+
+    @app.post("/v1/models/{model}/decode", response_class=Response,
+              summary="diffusers remote_decode: raw tensor bytes in, image / tensor / MP4 bytes out")  # fmt: skip
+    async def remote_decode_route(
+        request: Request,
+        model: str,
+        shape: Annotated[list[str] | None, Query(description="the tensor's dimensions, repeated")] = None,
+        dtype: Annotated[str | None, Query(description="float16, float32 or bfloat16")] = None,
+        output_type: Annotated[str, Query(description="pil, pt or mp4")] = "pil",
+        image_format: Annotated[str, Query(description="jpg or png, for output_type=pil")] = "jpg",
+        partial_postprocess: Annotated[str | None, Query(description="pt: uint8 pixels instead of floats")] = None,
+        scaling_factor: Annotated[str | None, Query(description="latents / scaling_factor")] = None,
+        shift_factor: Annotated[str | None, Query(description="then + shift_factor")] = None,
+        do_scaling: Annotated[str | None, Query(description="deprecated: the model's own factors")] = None,
+        height: Annotated[str | None, Query(description="image height, for packed latents")] = None,
+        width: Annotated[str | None, Query(description="image width, for packed latents")] = None,
+        quality: Annotated[str | None, Query(description="jpg / mp4 quality 1..100 (latentq)")] = None,
+        timeout: Annotated[str | None, Query(description="seconds to wait (latentq, default 300)")] = None,
+    ) -> Response:
+        client.registry.get(model)  # unknown model: 404 before reading the body
+        if not shape or dtype is None:
+            raise InvalidRequest("give the tensor's shape and dtype as query parameters", field="shape")
+        sf, shift = decode_scaling(_number("scaling_factor", scaling_factor, float),
+                                   _number("shift_factor", shift_factor, float),
+                                   _bool("do_scaling", do_scaling, False))  # fmt: skip
+        # Accept: tensor/binary with output_type=pil means the client holds a processor and wants floats.
+        wants_tensor = output_type == "pil" and "tensor/binary" in request.headers.get("accept", "")
+        options = dict(
+            output_type=output_type, image_format=image_format,
+            partial_postprocess=_bool("partial_postprocess", partial_postprocess, False), processor=wants_tensor,
+            scaling_factor=sf, shift_factor=shift, height=_number("height", height, int),
+            width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
+            timeout=_timeout(timeout),
+        )  # fmt: skip
+        body = await _read_body(request, limits.max_body_bytes)
+        latent = tensor_from_body(body, _shape(shape), dtype, limits)
+        try:
+            result = await run_in_threadpool(decode_latent, client, latent, model, **options)
+        except JobTimeout as exc:
+            return _timed_out(exc)
+        return _answer(result)
+
+    @app.post("/v1/models/{model}/encode", response_class=Response,
+              summary="diffusers remote_encode: a PNG / JPEG or raw tensor in, the latent's bytes out")  # fmt: skip
+    async def remote_encode_route(
+        request: Request,
+        model: str,
+        shape: Annotated[list[str] | None, Query(description="tensor body: its dimensions, repeated")] = None,
+        dtype: Annotated[str | None, Query(description="tensor body: float16/32, bfloat16 in [0, 1], or uint8")] = None,
+        scaling_factor: Annotated[str | None, Query(description="latents * scaling_factor")] = None,
+        shift_factor: Annotated[str | None, Query(description="after latents - shift_factor")] = None,
+        timeout: Annotated[str | None, Query(description="seconds to wait (latentq, default 300)")] = None,
+    ) -> Response:
+        client.registry.get(model)
+        sf = _number("scaling_factor", scaling_factor, float)
+        shift = _number("shift_factor", shift_factor, float)
+        body = await _read_body(request, limits.max_body_bytes)
+        if shape or dtype is not None:
+            if not shape or dtype is None:
+                raise InvalidRequest("a tensor body needs both shape and dtype", field="shape")
+            image = tensor_from_body(body, _shape(shape), dtype, limits)
+        else:
+            image = await run_in_threadpool(image_from_bytes, body, limits)
+        try:
+            result = await run_in_threadpool(encode_images, client, image, model, scaling_factor=sf,
+                                             shift_factor=shift, timeout=_timeout(timeout))  # fmt: skip
+        except JobTimeout as exc:
+            return _timed_out(exc)
+        return _answer(result)
