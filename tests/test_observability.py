@@ -80,3 +80,23 @@ def test_pixel_budget_splits_large_latents_into_more_decode_calls(procs, redis_c
         job.wait(60)
     large_calls = calls() - small_calls
     assert small_calls == 1 and large_calls == 2
+
+
+def test_json_logs_carry_job_and_batch_ids(procs):
+    import json
+    from pathlib import Path
+
+    worker = procs.spawn("--log-json", "worker", "--model", "taef2", name="jsonworker")
+    procs.wait_for_worker(worker)
+    jobs = Client().submit_many(torch.randn(2, 32, 4, 4), model="taef2")
+    for job in jobs:
+        job.wait(60)
+
+    def finished_line():
+        for line in Path(worker.log_path).read_text().splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("job_id") == jobs[0].id and "finished" in entry.get("message", ""):
+                return entry
+
+    entry = wait_until(finished_line, 10)
+    assert entry["batch_id"] == jobs[0].batch_id and entry["model"] == "taef2" and entry["level"] == "info"

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentq", description="Queued, batched VAE decoding for latent diffusion models.")
     parser.add_argument("--models-file", help="TOML models file (default: $LATENTQ_MODELS)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-json", action="store_true", help="JSON log lines (also $LATENTQ_LOG_JSON=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="Redis (embedded unless configured), workers and the API, in one command")
@@ -346,6 +347,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
+    import time
 
     from rq import Worker
 
@@ -356,12 +358,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.job_id:
         print(json.dumps(client.job_info(args.job_id).to_dict(), indent=2))
         return 0
-    print(f"{'model':<16} {'queued':>7} {'started':>8} {'finished':>9} {'failed':>7} {'workers':>8}")
+    now = time.time()
+    print(f"{'model':<16} {'queued':>7} {'started':>8} {'finished':>9} {'failed':>7} {'workers':>8} {'jobs/min':>9}")
     for name in client.registry.names():
-        queue = client.queue(name)
-        workers = Worker.count(connection=client.connection, queue=queue)
-        print(f"{name:<16} {queue.count:>7} {queue.started_job_registry.count:>8} "
-              f"{queue.finished_job_registry.count:>9} {queue.failed_job_registry.count:>7} {workers:>8}")  # fmt: skip
+        queues = [client.queue(name), client.queue(name, "high")]
+        started = sum(q.started_job_registry.count for q in queues)
+        finished = sum(q.finished_job_registry.count for q in queues)
+        failed = sum(q.failed_job_registry.count for q in queues)
+        # Finished entries expire result_ttl after they end: those expiring latest ended in the last minute.
+        recent = sum(client.connection.zcount(q.finished_job_registry.key, now + client.settings.result_ttl - 60, "+inf")
+                     for q in queues)  # fmt: skip
+        print(f"{name:<16} {client.queued_count(name):>7} {started:>8} {finished:>9} {failed:>7} "
+              f"{client.workers_serving(name):>8} {recent:>9}")  # fmt: skip
     for worker in Worker.all(connection=client.connection):
         models = [keys.model_from_queue(q) or q for q in worker.queue_names()]
         print(f"worker {worker.name}: {worker.get_state()}, models {', '.join(models)}, "
@@ -382,7 +390,14 @@ COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_su
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    if args.log_json or os.environ.get("LATENTQ_LOG_JSON"):
+        from .logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     _apply_env(args)
     from .errors import LatentqError
 

@@ -323,6 +323,7 @@ class DecodeWorker(SimpleWorker):
             metrics.record_job(pipe, request.model, encode_seconds=timings.get("encode", 0.0),
                                store_seconds=timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
             pipe.execute()
+        log.info("job %s finished (batch of %d)", job.id, result.get("batch_size", 1), extra=_log_fields(job))
         self._done(job, "finished", delete_input=True)
 
     def _expire(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest) -> None:
@@ -334,7 +335,7 @@ class DecodeWorker(SimpleWorker):
 
     def _fail(self, job: RQJob, queue: Queue, execution: Any, reason: str, *, permanent: bool,
               status: str = "failed") -> None:  # fmt: skip
-        log.warning("job %s failed: %s", job.id, reason)
+        log.warning("job %s failed: %s", job.id, reason, extra=_log_fields(job))
         if permanent:
             job.retries_left = 0  # retrying bad input cannot help
         will_retry = bool(job.retries_left)
@@ -395,6 +396,12 @@ class DecodeWorker(SimpleWorker):
                 queue.started_job_registry.cleanup()
             except Exception:
                 log.debug("started-registry cleanup of %s failed", queue.name, exc_info=True)
+
+
+def _log_fields(job: RQJob) -> dict[str, Any]:
+    """Fields the JSON log formatter adds to a line about this job."""
+    request = job.kwargs.get("request") or {}
+    return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request.get("model")}
 
 
 def _free_memory() -> None:
