@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _common import IMAGES_DIR, TAEF2_DIR, add_flags, deployment
+from PIL import Image
 
 
 def photos(count: int, size: int) -> list[tuple[str, torch.Tensor]]:

@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
 from _common import add_flags, deployment
 
 

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import add_flags, deployment
 
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import add_flags, deployment
 
 

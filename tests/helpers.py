@@ -8,13 +8,12 @@ import time
 
 import numpy as np
 import torch
+from conftest import IMAGES_DIR, TAEF2_DIR
 from PIL import Image
 
 from latentq.demo import load_image, psnr
 from latentq.models.loader import LoadedModel, load_model, to_uint8
 from latentq.models.registry import load_registry
-
-from conftest import IMAGES_DIR, TAEF2_DIR
 
 __all__ = ["decode_png", "photo_latent", "psnr", "reference_pixels", "taef2", "wait_until"]
 

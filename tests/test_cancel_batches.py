@@ -11,13 +11,12 @@ import sys
 import httpx
 import pytest
 import torch
+from helpers import decode_png, wait_until
 from safetensors.torch import save_file
 
 from latentq import Client, JobStatus
 from latentq.errors import JobConflict
 from latentq.wire import latent_to_bytes
-
-from helpers import decode_png, wait_until
 
 
 def finished_status(url: str, timeout: float = 60) -> dict:

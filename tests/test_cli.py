@@ -6,9 +6,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import IMAGES_DIR, REPO
+from safetensors.torch import save_file
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -10,11 +10,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import decode_png, photo_latent, psnr, reference_pixels, taef2, wait_until
 
 from latentq import Client, JobStatus
 from latentq.wire import latent_to_bytes
-
-from helpers import decode_png, photo_latent, psnr, reference_pixels, taef2, wait_until
 
 
 @pytest.mark.timeout(180)

@@ -16,13 +16,11 @@ import torch
 from diffusers import Flux2Pipeline, FluxPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.video_processor import VideoProcessor
+from helpers import decode_png
+from tiny_configs import CONFIGS
 
 from latentq import Client
 from latentq.models.registry import BUILTIN_MODELS
-
-from conftest import TAEF2_DIR
-from helpers import decode_png
-from tiny_configs import CONFIGS
 
 IMAGE_FAMILIES = ["sd15", "sdxl", "sd3", "flux1", "flux2", "taesd", "taesdxl", "taesd3", "taef1"]
 VIDEO_FAMILIES = ["hunyuanvideo", "wan"]

@@ -9,14 +9,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import decode_png, photo_latent, psnr, reference_pixels, taef2
 from PIL import Image
 from safetensors.torch import load as st_load
+from test_families import CONFIGS
 
 from latentq import Client
 from latentq.models.loader import to_uint8
-
-from helpers import decode_png, photo_latent, psnr, reference_pixels, taef2
-from test_families import CONFIGS
 
 pytestmark = pytest.mark.timeout(300)
 

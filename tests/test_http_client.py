@@ -4,12 +4,11 @@ import asyncio
 
 import pytest
 import torch
+from helpers import decode_png, photo_latent, psnr
 
-from latentq import HttpClient, JobFailed
+from latentq import HttpClient
 from latentq.errors import InvalidLatent, UnknownModel
 from latentq.producer import AsyncHttpClient
-
-from helpers import decode_png, photo_latent, psnr
 
 pytestmark = pytest.mark.timeout(120)
 

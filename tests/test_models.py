@@ -5,15 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import TAEF2_DIR
 from diffusers import AutoencoderKL
+from helpers import photo_latent, psnr
 
 from latentq.errors import ModelLoadError
 from latentq.models.loader import load_model, to_uint8
 from latentq.models.registry import load_registry
 from latentq.models.taef2 import TAEF2
-
-from conftest import TAEF2_DIR
-from helpers import photo_latent, psnr
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,10 +7,9 @@ import re
 import httpx
 import pytest
 import torch
+from helpers import wait_until
 
 from latentq import Client
-
-from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

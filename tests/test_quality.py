@@ -9,14 +9,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES_DIR
+from helpers import decode_png, photo_latent, psnr, taef2
+from test_families import CONFIGS, H, W, make_flux2_weights
 
 from latentq import Client, JobStatus
 from latentq.demo import load_image
 from latentq.models.loader import to_uint8
-
-from conftest import IMAGES_DIR
-from helpers import decode_png, photo_latent, psnr, taef2
-from test_families import CONFIGS, H, W, make_flux2_weights
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import TAEF2_DIR
 
 from latentq.errors import ConfigError, UnknownModel
 from latentq.models.loader import load_model
 from latentq.models.registry import BUILTIN_MODELS, load_registry
-
-from conftest import TAEF2_DIR
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,12 +10,11 @@ import time
 import httpx
 import pytest
 import torch
+from helpers import wait_until
 
 from latentq import Client, JobStatus, QueueFull
 from latentq.config import Settings
 from latentq.wire import latent_to_bytes
-
-from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

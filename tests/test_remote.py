@@ -15,20 +15,19 @@ import numpy as np
 import pytest
 import requests
 import torch
+from conftest import IMAGES_DIR
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import remote_utils
 from diffusers.utils.remote_utils import remote_decode, remote_encode
 from diffusers.video_processor import VideoProcessor
+from helpers import decode_png
 from PIL import Image
 from safetensors.torch import load as st_load
+from tiny_configs import CONFIGS
 
 import latentq
 from latentq import Client
 from latentq.wire import latent_to_bytes
-
-from conftest import IMAGES_DIR
-from helpers import decode_png
-from tiny_configs import CONFIGS
 
 H, W = 48, 64  # decoded size: SD latents of 6x8, FLUX tokens of 3x4
 SD15 = dict(scaling_factor=0.18215)

@@ -8,12 +8,11 @@ import sys
 import time
 
 import pytest
+from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS, use_s3_store
 
 from latentq.cli import main
 from latentq.store import LocalStore
 from latentq.store.base import make_key
-
-from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS, use_s3_store
 
 HOUR = 3600
 

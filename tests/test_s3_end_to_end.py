@@ -7,12 +7,10 @@ import time
 import httpx
 import pytest
 import torch
+from conftest import S3RVER_CREDENTIALS, use_s3_store
 
 from latentq.store.base import make_key
-from latentq.store.s3 import S3Store
 from latentq.wire import latent_to_bytes
-
-from conftest import S3RVER_CREDENTIALS, use_s3_store
 
 boto3 = pytest.importorskip("boto3")
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
+from conftest import MOTO_CREDENTIALS, use_s3_store
+from helpers import decode_png, photo_latent, psnr, wait_until
 
 from latentq import Client
 from latentq.store import open_store
 from latentq.wire import latent_to_bytes
-
-from conftest import MOTO_CREDENTIALS, use_s3_store
-from helpers import decode_png, photo_latent, psnr, wait_until
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -17,13 +17,13 @@ import pytest
 
 boto3 = pytest.importorskip("boto3")
 
+# The servers' fixtures (moto_endpoint, s3rver_endpoint) live in conftest.py, shared with the end-to-end tests.
+from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
+
 from latentq.errors import ConfigError, StoreError  # noqa: E402
 from latentq.redis_server import free_port  # noqa: E402
 from latentq.store.base import make_key  # noqa: E402
 from latentq.store.s3 import S3Store  # noqa: E402
-
-# The servers' fixtures (moto_endpoint, s3rver_endpoint) live in conftest.py, shared with the end-to-end tests.
-from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("isolated_aws_env")
 

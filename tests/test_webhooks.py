@@ -10,11 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from helpers import wait_until
 
 from latentq import Client, JobFailed
 from latentq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify_signature
-
-from helpers import wait_until
 
 SECRET = "test-webhook-secret"
 

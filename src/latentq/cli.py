@@ -103,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .connection import redis_from_url
-
     from .config import Settings
+    from .connection import redis_from_url
     from .models.loader import load_model
     from .models.registry import load_registry
     from .store import open_store

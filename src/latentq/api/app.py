@@ -7,20 +7,22 @@ records from RQ.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from .. import __version__, metrics
 from ..config import Settings
-from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, LatentTooLarge, QueueFull, StoreError
+from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError
 from ..producer.client import Client
 from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from ..wire import latent_from_bytes
+from .batches import install_batch_routes
+from .params import decode_params, read_body
+from .remote import install_remote_routes
 
 __all__ = ["create_app", "MAX_WAIT_S"]
 
@@ -30,19 +32,6 @@ MAX_WAIT_S = 300.0  # longest synchronous wait one request may ask for
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
     body = {"error": {"type": kind, "message": message, "field": field}, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(
@@ -88,49 +77,15 @@ def create_app(
 
     @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)")
     async def submit_job(
-        request: Request,
-        model: Annotated[str, Query(description="model name, see GET /v1/models")],
-        output_format: Annotated[str, Query(description="png, jpeg, webp, tensor or uint8")] = "png",
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        quality: Annotated[int, Query(ge=1, le=100)] = 90,
-        metadata: Annotated[str | None, Query(description="a JSON object kept with the job")] = None,
-        height: Annotated[int | None, Query(description="image height, for packed (FLUX) latents")] = None,
-        width: Annotated[int | None, Query(description="image width, for packed (FLUX) latents")] = None,
-        fps: Annotated[int, Query(ge=1, le=240, description="mp4 frame rate")] = 24,
-        preview: Annotated[bool, Query(description="publish a tiny-autoencoder preview first")] = False,
-        tile: Annotated[bool | None, Query(description="force tiled decode on or off (default: by size)")] = None,
-        priority: Annotated[str, Query(description="normal or high")] = "normal",
-        deadline: Annotated[float | None, Query(description="unix time; not started by then -> expired")] = None,
-        callback_url: Annotated[str | None, Query(description="webhook URL for the job's final status")] = None,
+        request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
     ) -> JSONResponse:
-        try:
-            meta = json.loads(metadata) if metadata else {}
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"metadata is not valid JSON: {exc}", field="metadata") from exc
-        client.registry.get(model)  # unknown model: 404 before reading the body
-        decode_request = DecodeRequest(
-            model=model,
-            output_format=output_format,
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-            quality=quality,
-            metadata=meta,
-            height=height,
-            width=width,
-            fps=fps,
-            preview=preview,
-            tile=tile,
-            priority=priority,
-            deadline=deadline,
-            callback_url=callback_url,
-        )
-        body = await _read_body(request, settings.limits.max_body_bytes)
+        client.registry.get(decode_request.model)  # unknown model: 404 before reading the body
+        body = await read_body(request, settings.limits.max_body_bytes)
         latent = latent_from_bytes(body, settings.limits)
         job = await run_in_threadpool(client.submit_request, latent, decode_request)
         status_url = str(request.url_for("get_job", job_id=job.id))
         return JSONResponse(
-            {"id": job.id, "model": model, "status": "queued", "status_url": status_url},
+            {"id": job.id, "model": decode_request.model, "status": "queued", "status_url": status_url},
             status_code=202,
             headers={"Location": status_url},
         )
@@ -197,6 +152,6 @@ def create_app(
             return JSONResponse({"status": "error", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "redis": "ok", "version": __version__})
 
-    from .batches import install_batch_routes; install_batch_routes(app, client, settings)  # noqa: E702, I001
-    from .remote import install_remote_routes; install_remote_routes(app, client, settings)  # noqa: E702, I001
+    install_batch_routes(app, client, settings)
+    install_remote_routes(app, client, settings)  # diffusers' remote_decode / remote_encode protocol
     return app

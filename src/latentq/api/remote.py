@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
-from ..errors import InvalidRequest, JobTimeout, LatentTooLarge
+from ..errors import InvalidRequest, JobTimeout
 from ..producer.client import Client
 from ..remote import (
     DEFAULT_TIMEOUT_S,
@@ -35,6 +35,7 @@ from ..remote import (
     tensor_from_body,
     tensor_to_bytes,
 )
+from .params import read_body
 
 __all__ = ["install_remote_routes"]
 
@@ -73,19 +74,6 @@ def _shape(values: list[str]) -> list[int]:
         return [int(v) for v in values]
     except ValueError:
         raise InvalidRequest(f"shape must be integers, got {values!r}", field="shape") from None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _timeout(raw: str | None) -> float:
@@ -145,7 +133,7 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
             timeout=_timeout(timeout),
         )  # fmt: skip
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         latent = tensor_from_body(body, _shape(shape), dtype, limits)
         try:
             result = await run_in_threadpool(decode_latent, client, latent, model, **options)
@@ -167,7 +155,7 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
         client.registry.get(model)
         sf = _number("scaling_factor", scaling_factor, float)
         shift = _number("shift_factor", shift_factor, float)
-        body = await _read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes)
         if shape or dtype is not None:
             if not shape or dtype is None:
                 raise InvalidRequest("a tensor body needs both shape and dtype", field="shape")

@@ -144,6 +144,11 @@ class Client:
         **options: Any,
     ) -> list[Job]:
         """One job per sample of a batch tensor or a list, grouped under one batch id."""
+        request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
+                                shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
+        return self.submit_many_request(latents, request)
+
+    def submit_many_request(self, latents: torch.Tensor | Sequence[torch.Tensor], request: DecodeRequest) -> list[Job]:
         if isinstance(latents, torch.Tensor):
             if latents.ndim < 2:
                 raise InvalidLatent(f"submit_many needs a batch of latents, got shape {tuple(latents.shape)}")
@@ -157,8 +162,6 @@ class Client:
                 f"submit_many got {len(samples)} latents, over the limit of {self.settings.limits.max_batch_submit}",
                 field="latents",
             )
-        request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
-                                shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self._enqueue(samples, request, batch_id=uuid.uuid4().hex)
 
     def _validate(self, tensor: torch.Tensor, request: DecodeRequest) -> torch.Tensor:

@@ -1,0 +1,54 @@
+"""What the submit routes share: the decode parameters (one query-string schema) and the body limit."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import Query, Request
+
+from ..errors import InvalidRequest, LatentTooLarge
+from ..spec import DecodeRequest
+
+__all__ = ["decode_params", "read_body"]
+
+
+def decode_params(
+    model: Annotated[str, Query(description="model name, see GET /v1/models")],
+    output_format: Annotated[str, Query(description="png, jpeg, webp, mp4, frames, tensor or uint8")] = "png",
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
+    quality: Annotated[int, Query(ge=1, le=100)] = 90,
+    metadata: Annotated[str | None, Query(description="a JSON object kept with the job")] = None,
+    height: Annotated[int | None, Query(description="image height, for packed (FLUX) latents")] = None,
+    width: Annotated[int | None, Query(description="image width, for packed (FLUX) latents")] = None,
+    fps: Annotated[int, Query(ge=1, le=240, description="mp4 frame rate")] = 24,
+    preview: Annotated[bool, Query(description="publish a tiny-autoencoder preview first")] = False,
+    tile: Annotated[bool | None, Query(description="force tiled decode on or off (default: by size)")] = None,
+    priority: Annotated[str, Query(description="normal or high")] = "normal",
+    deadline: Annotated[float | None, Query(description="unix time; not started by then -> expired")] = None,
+    callback_url: Annotated[str | None, Query(description="webhook URL for the job's final status")] = None,
+) -> DecodeRequest:
+    """A FastAPI dependency: the query string as a validated DecodeRequest."""
+    try:
+        meta = json.loads(metadata) if metadata else {}
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"metadata is not valid JSON: {exc}", field="metadata") from exc
+    return DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
+                         shift_factor=shift_factor, quality=quality, metadata=meta, height=height, width=width,
+                         fps=fps, preview=preview, tile=tile, priority=priority, deadline=deadline,
+                         callback_url=callback_url)  # fmt: skip
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes (before it is all read)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
