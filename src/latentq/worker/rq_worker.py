@@ -29,7 +29,8 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import SimpleWorker
+from rq.executions import Execution
+from rq.worker import SimpleWorker, WorkerStatus
 
 from .. import keys, metrics
 from ..errors import InvalidRequest
@@ -159,20 +160,35 @@ class DecodeWorker(SimpleWorker):
             time.sleep(min(0.001, remaining))
         return jobs
 
-    def _run_batch(self, jobs: list[RQJob]) -> None:
-        executions = {}
-        queues = {}
-        for job in jobs:
-            queue = Queue(job.origin, connection=self.connection, serializer=JSONSerializer)
-            queues[job.id] = queue
-            execution = self.prepare_execution(job)
-            self.prepare_job_execution(job, remove_from_intermediate_queue=True)
-            job.started_at = now()
-            executions[job.id] = execution
-            with self._active_lock:
-                self._active[job.id] = (job, execution)
+    def _start(self, jobs: list[RQJob], queues: dict[str, Queue]) -> tuple[dict[str, Any], list[bytes | None]]:
+        """Mark a whole batch started in RQ and fetch its latents, in one round trip.
 
-        blobs = self.connection.mget([job.kwargs.get("latent_key", "") for job in jobs])
+        The same writes as RQ's prepare_execution + prepare_job_execution, per job,
+        but pipelined for the batch: per-job round trips would cap tiny-job throughput.
+        """
+        ttl = self.execution_ttl
+        executions = {}
+        with self.connection.pipeline() as pipe:
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            for job in jobs:
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                executions[job.id] = execution
+                job.heartbeat(now(), ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queues[job.id].intermediate_queue_key, 1, job.id)
+            pipe.mget([job.kwargs.get("latent_key", "") for job in jobs])
+            blobs = pipe.execute()[-1]
+        with self._active_lock:
+            for job in jobs:
+                self._active[job.id] = (job, executions[job.id])
+        return executions, blobs
+
+    def _run_batch(self, jobs: list[RQJob]) -> None:
+        queues = {job.id: Queue(job.origin, connection=self.connection, serializer=JSONSerializer) for job in jobs}
+        executions, blobs = self._start(jobs, queues)
         by_model: dict[str, list[tuple[RQJob, DecodeRequest, Any]]] = {}
         for job, blob in zip(jobs, blobs):
             context = (job, queues[job.id], executions[job.id])
@@ -317,14 +333,15 @@ class DecodeWorker(SimpleWorker):
         # The object is stored before RQ hears that the job finished.
         self._retrying(lambda: self._finalize_success(job, queue, execution, result), job)
         latency = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else None
-        with self.connection.pipeline(transaction=False) as pipe:
+        log.info("job %s finished (batch of %d)", job.id, result.get("batch_size", 1), extra=_log_fields(job))
+
+        def record(pipe: Any) -> None:
             pipe.hincrby(self.stats_key, "finished", 1)
             metrics.record_status(pipe, request.model, "finished")
             metrics.record_job(pipe, request.model, encode_seconds=timings.get("encode", 0.0),
                                store_seconds=timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
-            pipe.execute()
-        log.info("job %s finished (batch of %d)", job.id, result.get("batch_size", 1), extra=_log_fields(job))
-        self._done(job, "finished", delete_input=True)
+
+        self._done(job, "finished", record)
 
     def _expire(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest) -> None:
         job.meta["expired"] = True
@@ -349,17 +366,18 @@ class DecodeWorker(SimpleWorker):
             with self._active_lock:
                 self._active.pop(job.id, None)
             return
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(self.stats_key, "failed", 1)
-            model = (job.kwargs.get("request") or {}).get("model", "")
-            metrics.record_status(pipe, model, status)
-            pipe.execute()
-        self._done(job, status, delete_input=True)
 
-    def _done(self, job: RQJob, status: str, *, delete_input: bool) -> None:
+        def record(pipe: Any) -> None:
+            pipe.hincrby(self.stats_key, "failed", 1)
+            metrics.record_status(pipe, (job.kwargs.get("request") or {}).get("model", ""), status)
+
+        self._done(job, status, record)
+
+    def _done(self, job: RQJob, status: str, record: Callable[[Any], None]) -> None:
+        """The job ended: count it, delete its input, wake its waiters (one round trip), send its webhook."""
         with self.connection.pipeline(transaction=False) as pipe:
-            if delete_input:
-                pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
+            record(pipe)
+            pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
             pipe.publish(keys.job_done_channel(job.id), status)
             pipe.execute()
         with self._active_lock:
