@@ -28,9 +28,9 @@ def stats(redis_conn, name: str) -> dict[str, int]:
 
 
 def test_sigkill_mid_batch_jobs_are_requeued_and_finished_by_another_worker(procs, redis_conn):
-    doomed = procs.worker("taef2", name="doomed", env=faults(decode_delay_s=30))
+    doomed = procs.worker("taef2", name="doomed", max_wait_ms=200, env=faults(decode_delay_s=30))
     client = Client()
-    jobs = [client.submit(torch.randn(32, 4, 4), model="taef2") for _ in range(4)]
+    jobs = client.submit_many(torch.randn(4, 32, 4, 4), model="taef2")  # one transaction: one batch
     wait_until(lambda: all(job.status() is JobStatus.STARTED for job in jobs), 30)
     killed_at = time.monotonic()
     doomed.send_signal(signal.SIGKILL)
@@ -45,9 +45,9 @@ def test_sigkill_mid_batch_jobs_are_requeued_and_finished_by_another_worker(proc
 
 
 def test_sigterm_finishes_the_current_batch_then_exits(procs):
-    worker = procs.worker("taef2", env=faults(decode_delay_s=2))
+    worker = procs.worker("taef2", max_wait_ms=200, env=faults(decode_delay_s=2))
     client = Client()
-    jobs = [client.submit(torch.randn(32, 4, 4), model="taef2") for _ in range(4)]
+    jobs = client.submit_many(torch.randn(4, 32, 4, 4), model="taef2")
     wait_until(lambda: jobs[0].status() is JobStatus.STARTED, 30)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(60) == 0
