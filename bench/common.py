@@ -109,6 +109,9 @@ class BenchStack:
     models: dict[str, dict[str, Any]]
     extra_env: dict[str, str] = field(default_factory=dict)
     keep_dir: bool = False
+    redis_url: str | None = None  # an existing, disposable Redis database (it is emptied!); default: a private one
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra environment of latentq workers only
+    worker_args: Sequence[str] = ()  # extra command-line arguments of latentq workers
 
     def __post_init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="latentq-bench-")
@@ -121,10 +124,16 @@ class BenchStack:
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> BenchStack:
-        from latentq.redis_server import EmbeddedRedis
+        from latentq.redis_server import EmbeddedRedis, redis_server_binary
 
-        self.redis = EmbeddedRedis().start()
-        self.conn = Redis.from_url(self.redis.url)
+        if self.redis_url is None:
+            try:
+                redis_server_binary()
+            except RuntimeError as exc:
+                raise SystemExit(f"{exc}\n(or point the benchmark at a disposable Redis database with --redis-url)")
+            self.redis = EmbeddedRedis().start()
+        self.conn = Redis.from_url(self.url)
+        self.conn.ping()
         return self
 
     def close(self) -> None:
@@ -147,6 +156,8 @@ class BenchStack:
 
     @property
     def url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
         assert self.redis is not None, "start() first"
         return self.redis.url
 
@@ -164,7 +175,7 @@ class BenchStack:
     def new_scenario(self) -> None:
         """Stop all workers, empty Redis and switch to a fresh store directory."""
         self.stop_workers()
-        self.conn.flushall()
+        self.conn.flushdb()
         self._scenario += 1
         self.store_dir = self.dir / f"store-{self._scenario}"
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +212,10 @@ class BenchStack:
         if log_level:
             args += ["--log-level", log_level]
         args += ["worker", "--model", model, "--device", device, "--max-batch", str(max_batch),
-                 "--max-wait-ms", str(max_wait_ms), "--name", name, *extra]  # fmt: skip
+                 "--max-wait-ms", str(max_wait_ms), "--name", name, *extra, *self.worker_args]  # fmt: skip
         if dtype:
             args += ["--dtype", dtype]
-        return self._spawn(name, args, env, kind="latentq")
+        return self._spawn(name, args, {**self.worker_env, **(env or {})}, kind="latentq")
 
     def spawn_rq_worker(self, name: str, *, model: str = "taef2", burst: bool = True,
                         env: dict[str, str] | None = None) -> Worker:  # fmt: skip
@@ -241,7 +252,8 @@ class BenchStack:
         while RQWorker.count(connection=self.conn, queue=queue) < count:
             for worker in self.workers:
                 if worker.process.poll() is not None and worker.kind == "latentq":
-                    raise RuntimeError(f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log_tail()}")
+                    code = worker.process.returncode
+                    raise RuntimeError(f"worker {worker.name} exited ({code}):\n{worker.log_tail()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} worker(s) for {model} did not register within {timeout} s")
             time.sleep(0.05)
@@ -305,6 +317,31 @@ def wait_registries(conn: Redis, queue_name: str, expected: int, timeout: float,
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {w.name}:\n{w.log_tail(1500)}" for w in processes)
             raise TimeoutError(f"only {done} finished + {bad} failed of {expected} after {timeout} s\n{tails}")
+        time.sleep(poll)
+
+
+def wait_worker_counts(stack: BenchStack, names: Sequence[str], expected: int, timeout: float,
+                       poll: float = 0.005) -> tuple[int, int]:  # fmt: skip
+    """Poll the latentq workers' stats hashes until their ``finished + failed`` reach ``expected``.
+
+    Unlike job records or RQ's registries, these counters do not expire with result_ttl.
+    Returns (finished, failed).
+    """
+    from latentq import keys
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with stack.conn.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hmget(keys.worker_stats_key(name), "finished", "failed")
+            rows = pipe.execute()
+        finished = sum(int(r[0] or 0) for r in rows)
+        failed = sum(int(r[1] or 0) for r in rows)
+        if finished + failed >= expected:
+            return finished, failed
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {w.name}:\n{w.log_tail(1500)}" for w in stack.workers)
+            raise TimeoutError(f"only {finished} finished + {failed} failed of {expected} after {timeout} s\n{tails}")
         time.sleep(poll)
 
 
@@ -446,8 +483,102 @@ def machine_summary() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}, {torch_info}"
+    return f"{cpu}, {usable_cpus()} CPUs usable (of {os.cpu_count()}), Python {platform.python_version()}, {torch_info}"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: ``taskset -c 0,1`` gives 2)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- a shared machine
+class ForeignCPU:
+    """CPU seconds used by everything outside this benchmark's process tree since construction.
+
+    Benchmarks on a small shared machine are only as good as its quietness: each row
+    records how many cores other processes used meanwhile, so a disturbed number is
+    visible in the report instead of silently wrong. It is the machine's busy time
+    (psutil.cpu_times: all but idle, iowait, steal and guest) minus this process's,
+    its live descendants' and its reaped children's CPU time.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._busy0 = self._busy()
+        self._own0, self._live0 = self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        import psutil
+
+        t = psutil.cpu_times()
+        skip = ("idle", "iowait", "steal", "guest", "guest_nice")
+        return sum(getattr(t, name) for name in t._fields if name not in skip)
+
+    @staticmethod
+    def _own() -> tuple[float, dict[tuple[int, float], float]]:
+        import psutil
+
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        live = {}
+        for child in psutil.Process().children(recursive=True):
+            try:
+                cpu = child.cpu_times()
+                live[(child.pid, child.create_time())] = cpu.user + cpu.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return own, live
+
+    def seconds(self) -> float:
+        busy = self._busy() - self._busy0
+        own1, live1 = self._own()
+        ours = own1 - self._own0
+        ours += sum(cpu - self._live0.get(key, 0.0) for key, cpu in live1.items())
+        # children alive at the start and reaped since: os.times counts their whole life
+        ours -= sum(cpu for key, cpu in self._live0.items() if key not in live1)
+        return max(0.0, busy - ours)
+
+    def cores(self) -> float:
+        """Average cores used by other processes since construction."""
+        wall = time.perf_counter() - self.started
+        return self.seconds() / wall if wall > 0 else 0.0
+
+
+def wait_for_quiet(max_wait: float, threshold_cores: float = 0.15, window: float = 1.0) -> tuple[float, float]:
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold_cores`` over ``window`` s.
+
+    Returns (seconds waited, the last window's foreign cores).
+    """
+    started = time.perf_counter()
+    announced = False
+    while True:
+        probe = ForeignCPU()
+        time.sleep(window)
+        cores = probe.cores()
+        waited = time.perf_counter() - started
+        if cores < threshold_cores or waited >= max_wait:
+            return waited, cores
+        if not announced:
+            log(f"the machine is busy (other processes use {cores:.2f} cores); waiting up to {max_wait:.0f} s")
+            announced = True
+
+
+def load_average() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+        return f"{one:.2f} / {five:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM -> SystemExit, so that the ``with`` blocks stop the workers and the Redis server."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
