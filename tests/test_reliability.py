@@ -54,10 +54,24 @@ def test_sigterm_finishes_the_current_batch_then_exits(procs):
     assert [job.status() for job in jobs] == [JobStatus.FINISHED] * 4
 
 
-def test_transient_store_failures_are_retried(procs):
-    procs.worker("taef2", env=faults(store_failures=2))
+def test_transient_store_failures_are_retried_and_the_job_finishes_once(procs, redis_conn):
+    procs.worker("taef2", name="flaky-store", env=faults(store_failures=2))
     job = Client().submit(torch.randn(32, 4, 4), model="taef2")
-    assert job.wait(60)[0].bytes > 0
+    (result,) = job.wait(60)
+    assert result.bytes > 0 and Client().store.exists(result.key)
+    assert stats(redis_conn, "flaky-store")["finished"] == 1
+
+
+def test_a_store_that_keeps_failing_fails_the_job_with_its_error(procs, env):
+    from latentq import JobFailed
+
+    procs.env = {**procs.env, "LATENTQ_MAX_RETRIES": "0"}
+    procs.worker("taef2", env=faults(store_failures=1000))
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2")
+    with pytest.raises(JobFailed, match="store write failed"):
+        job.wait(60)
+    info = job.info()
+    assert info.status is JobStatus.FAILED and info.results == []
 
 
 def test_out_of_memory_batches_split_in_halves(procs, redis_conn):
@@ -84,26 +98,33 @@ def test_out_of_memory_single_job_falls_back_to_tiled_then_fails_clearly(procs, 
         untileable.wait(60)
 
 
-def test_backpressure_client_and_api(procs, env):
-    limited = {"LATENTQ_MAX_QUEUED": "3"}
-    procs.env = {**procs.env, **limited}
+def test_backpressure_client_and_api_until_the_queue_drains(procs, env):
+    procs.env = {**procs.env, "LATENTQ_MAX_QUEUED": "10"}
     api = procs.api()
-    client = Client(settings=Settings.from_env(max_queued=3))
-    for _ in range(3):
+    client = Client(settings=Settings.from_env(max_queued=10))
+    queued = [client.submit(torch.randn(32, 2, 2), model="taef2") for _ in range(10)]
+    with pytest.raises(QueueFull, match="limit is 10"):
         client.submit(torch.randn(32, 2, 2), model="taef2")
-    with pytest.raises(QueueFull, match="limit is 3"):
-        client.submit(torch.randn(32, 2, 2), model="taef2")
-    response = httpx.post(f"{api}/v1/jobs", params={"model": "taef2"}, content=latent_to_bytes(torch.randn(32, 2, 2)))
+    body = latent_to_bytes(torch.randn(32, 2, 2))
+    response = httpx.post(f"{api}/v1/jobs", params={"model": "taef2"}, content=body)
     assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
-    assert "limit is 3" in response.json()["error"]["message"]
+    assert "limit is 10" in response.json()["error"]["message"]
+    procs.worker("taef2")
+    for job in queued:
+        job.wait(60)
+    accepted = httpx.post(f"{api}/v1/jobs", params={"model": "taef2"}, content=body)
+    assert accepted.status_code == 202
+    assert client.submit(torch.randn(32, 2, 2), model="taef2").wait(60)
 
 
-def test_high_priority_jobs_go_first(procs):
+def test_high_priority_job_submitted_after_ten_normal_ones_starts_first(procs):
+    procs.worker("taef2", max_batch=1, max_wait_ms=0, env=faults(decode_delay_s=0.3))
     client = Client()
-    normal = [client.submit(torch.randn(32, 4, 4), model="taef2") for _ in range(5)]
+    busy = client.submit(torch.randn(32, 4, 4), model="taef2")
+    wait_until(lambda: busy.status() is JobStatus.STARTED, 30)  # the worker is busy
+    normal = [client.submit(torch.randn(32, 4, 4), model="taef2") for _ in range(10)]
     urgent = client.submit(torch.randn(32, 4, 4), model="taef2", priority="high")
-    procs.worker("taef2", max_batch=1, max_wait_ms=0)
-    for job in normal + [urgent]:
+    for job in [busy, *normal, urgent]:
         job.wait(60)
     started = {job.id: job.info().started_at for job in normal + [urgent]}
     assert started[urgent.id] < min(started[job.id] for job in normal)

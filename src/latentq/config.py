@@ -27,6 +27,7 @@ class Settings:
     max_queued: int = 10_000  # per model: beyond it submit raises QueueFull / the API answers 429
     max_retries: int = 2  # re-runs of a job whose worker died or whose store write kept failing
     limits: Limits = field(default_factory=Limits)
+    api_keys: tuple[str, ...] = ()  # bearer tokens the API accepts; empty: no authentication
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -37,6 +38,7 @@ class Settings:
             "models_file": env.get("LATENTQ_MODELS") or None,
             "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
             "limits": Limits.from_env(),
+            "api_keys": tuple(k.strip() for k in env.get("LATENTQ_API_KEYS", "").split(",") if k.strip()),
         }
         for name in ("latent_ttl", "result_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
             raw = env.get(f"LATENTQ_{name.upper()}")

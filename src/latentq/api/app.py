@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
@@ -21,6 +22,7 @@ from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from ..wire import latent_from_bytes
 from .batches import install_batch_routes
+from .auth import install_api_keys
 from .params import decode_params, read_body
 from .remote import install_remote_routes
 
@@ -47,6 +49,15 @@ def create_app(
     )
     app.state.client = client
     app.state.store = store
+    if settings.api_keys:
+        install_api_keys(app, settings.api_keys)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own checks (types, ranges) in latentq's error shape, naming the field and the limit.
+        first = exc.errors()[0] if exc.errors() else {}
+        field = str(first.get("loc", ["", "?"])[-1])
+        return _error(422, "InvalidRequest", f"{field}: {first.get('msg', 'invalid value')}", field)
 
     @app.exception_handler(LatentqError)
     async def latentq_error(_: Request, exc: LatentqError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,12 @@ __all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob"]
 _ERRORS: dict[str, type[InvalidRequest]] = {
     cls.__name__: cls for cls in (InvalidRequest, InvalidLatent, LatentTooLarge, UnknownModel, UnsupportedFormat)
 }
+
+
+def _auth_headers(api_key: str | None) -> dict[str, str]:
+    """``api_key`` or ``$LATENTQ_API_KEY`` as a bearer token, when the API asks for one."""
+    key = api_key or os.environ.get("LATENTQ_API_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -112,8 +119,9 @@ class HttpJob:
 class HttpClient:
     """``HttpClient("http://host:8000").submit(latent, model="taef2").wait()``"""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0, http: httpx.Client | None = None) -> None:
-        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, timeout: float = 30.0, api_key: str | None = None,
+                 http: httpx.Client | None = None) -> None:  # fmt: skip
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=_auth_headers(api_key))
 
     def submit(
         self,
@@ -190,8 +198,9 @@ class AsyncHttpJob:
 class AsyncHttpClient:
     """The asyncio twin of ``HttpClient``."""
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0, http: httpx.AsyncClient | None = None) -> None:
-        self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, timeout: float = 30.0, api_key: str | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:  # fmt: skip
+        self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth_headers(api_key))
 
     async def submit(
         self,
