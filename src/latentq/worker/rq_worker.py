@@ -408,12 +408,18 @@ class DecodeWorker(SimpleWorker):
                 self._requeue_abandoned()
 
     def _requeue_abandoned(self) -> None:
-        """RQ's own abandoned-job handling: expired executions are retried (or failed when out of retries)."""
+        """RQ's own abandoned-job handling: expired executions are retried (or failed when out of retries).
+
+        The finished and failed registries are pruned too, so entries of expired job records do not pile
+        up in Redis between RQ's own (10-minute) maintenance runs.
+        """
         for queue in self.queues:
             try:
                 queue.started_job_registry.cleanup()
+                queue.finished_job_registry.cleanup()
+                queue.failed_job_registry.cleanup()
             except Exception:
-                log.debug("started-registry cleanup of %s failed", queue.name, exc_info=True)
+                log.debug("registry cleanup of %s failed", queue.name, exc_info=True)
 
 
 def _log_fields(job: RQJob) -> dict[str, Any]:
