@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 from redis import Redis
 from rq import Queue
+from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.executions import Execution
 from rq.worker import SimpleWorker, WorkerStatus
 
 from .. import keys, metrics
@@ -49,6 +49,7 @@ from .pipeline import (
     store_latent,
     store_output,
 )
+from .reliable_queue import ReliableQueue
 
 __all__ = ["DecodeWorker"]
 
@@ -82,11 +83,12 @@ class DecodeWorker(SimpleWorker):
         store_attempts: int = 4,
         url_for: Callable[[str], str] | None = None,
     ) -> None:
-        queues = [Queue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
+        queues = [ReliableQueue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
                   for m in models]  # fmt: skip
-        queues += [Queue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
+        queues += [ReliableQueue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
         # A short worker TTL makes a dead worker disappear from `rq info` and model status soon.
-        super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30)
+        super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30,
+                         queue_class=ReliableQueue)  # fmt: skip
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.models = models
@@ -148,7 +150,7 @@ class DecodeWorker(SimpleWorker):
         jobs = [first]
         deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
-            got = Queue.dequeue_any(
+            got = ReliableQueue.dequeue_any(
                 model_queues, None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
             )
             if got is not None:
@@ -416,6 +418,8 @@ class DecodeWorker(SimpleWorker):
         for queue in self.queues:
             try:
                 queue.started_job_registry.cleanup()
+                # Jobs a dead worker had popped but not yet started: RQ retries them after a minute there.
+                queue.intermediate_queue.cleanup(self, queue)
                 queue.finished_job_registry.cleanup()
                 queue.failed_job_registry.cleanup()
             except Exception:
