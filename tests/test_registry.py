@@ -53,7 +53,7 @@ def test_env_variable_names_the_file(tmp_path, monkeypatch):
     path = tmp_path / "m.toml"
     path.write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n')
     monkeypatch.setenv("LATENTQ_MODELS", str(path))
-    assert load_registry().get("taef2").source == str(TAEF2_DIR)
+    assert load_registry().get("taef2").source == str(TAEF2_DIR.resolve())
 
 
 @pytest.mark.parametrize(
