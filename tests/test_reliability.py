@@ -8,9 +8,10 @@ import signal
 import time
 
 import httpx
+import numpy as np
 import pytest
 import torch
-from helpers import wait_until
+from helpers import decode_png, reference_pixels, taef2, wait_until
 
 from latentq import Client, JobStatus, QueueFull
 from latentq.config import Settings
@@ -30,7 +31,8 @@ def stats(redis_conn, name: str) -> dict[str, int]:
 def test_sigkill_mid_batch_jobs_are_requeued_and_finished_by_another_worker(procs, redis_conn):
     doomed = procs.worker("taef2", name="doomed", max_wait_ms=200, env=faults(decode_delay_s=30))
     client = Client()
-    jobs = client.submit_many(torch.randn(4, 32, 4, 4), model="taef2")  # one transaction: one batch
+    latents = torch.randn(4, 32, 4, 4)
+    jobs = client.submit_many(latents, model="taef2")  # one transaction: one batch
     wait_until(lambda: all(job.status() is JobStatus.STARTED for job in jobs), 30)
     killed_at = time.monotonic()
     doomed.send_signal(signal.SIGKILL)
@@ -42,6 +44,9 @@ def test_sigkill_mid_batch_jobs_are_requeued_and_finished_by_another_worker(proc
     assert recovery < 60, recovery
     assert all(job.info().worker == "rescuer" for job in jobs)
     assert list(redis_conn.scan_iter("latentq:latent:*")) == []
+    for job, latent in zip(jobs, latents):  # the rescued images are the decodes of their own latents
+        diff = np.abs(decode_png(job.read()).astype(int) - reference_pixels(taef2(), latent).astype(int)).max()
+        assert diff <= 1
 
 
 def test_sigterm_finishes_the_current_batch_then_exits(procs):

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output pixels (x frames) one decode call may hold; 0: no budget (default 16M)")
     worker.add_argument("--encode-threads", type=int, default=4, help="threads encoding and storing results")
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
+    worker.add_argument("--heartbeat-interval", type=float, default=5.0,
+                        help="seconds between heartbeats; a dead worker's jobs are re-queued after 3x this (default 5)")
     worker.add_argument("--no-previews", action="store_true", help="do not load the models' preview decoders")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     _add_redis(worker)
@@ -140,6 +142,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         limits=settings.limits,
         name=args.name,
         previews=previews,
+        heartbeat_interval=args.heartbeat_interval,
     )
     worker.work(burst=args.burst, logging_level=args.log_level)
     return 0
