@@ -29,6 +29,8 @@ import torch
 from _common import IMAGES_DIR, TAEF2_DIR, add_flags, deployment
 from PIL import Image
 
+from latentq.demo import psnr
+
 
 def photos(count: int, size: int) -> list[tuple[str, torch.Tensor]]:
     """Up to ``count`` photos, center-cropped to size x size: (name, (1, 3, H, W) in [0, 1])."""
@@ -48,11 +50,6 @@ def denoise(target: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
     for step in range(steps):
         latent = latent + (target - latent) / (steps - step)  # the last step lands on the target
     return latent
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 class Decoder:
