@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
     worker.add_argument("--max-batch-pixels", type=int, default=16 * 1024 * 1024,
                         help="output pixels (x frames) one decode call may hold; 0: no budget (default 16M)")
-    worker.add_argument("--encode-threads", type=int, default=4, help="threads encoding and storing results")
+    worker.add_argument("--encode-threads", type=int, default=None,
+                        help="threads encoding and storing results while the next batch decodes; 0: in line "
+                             "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
     worker.add_argument("--heartbeat-interval", type=float, default=5.0,
                         help="seconds between heartbeats; a dead worker's jobs are re-queued after 3x this (default 5)")

@@ -8,6 +8,7 @@ machine did.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 from redis import Redis
@@ -15,7 +16,7 @@ from redis.client import Pipeline
 
 from . import keys
 
-__all__ = ["HISTOGRAMS", "record_job", "record_batch", "record_status", "render"]
+__all__ = ["HISTOGRAMS", "MetricsBatch", "record_batch", "record_status", "render"]
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
@@ -28,29 +29,54 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
 STATUSES = ("finished", "failed", "canceled", "expired")
 
 
-def _observe(pipe: Pipeline, key: str, name: str, value: float) -> None:
-    bounds, _ = HISTOGRAMS[name]
-    for bound in bounds:
-        if value <= bound:
-            pipe.hincrby(key, f"{name}_bucket:{bound:g}", 1)
-    pipe.hincrby(key, f"{name}_bucket:+Inf", 1)
-    pipe.hincrbyfloat(key, f"{name}_sum", value)
-    pipe.hincrby(key, f"{name}_count", 1)
+class MetricsBatch:
+    """Observations gathered in memory, then written as one HINCRBY per touched hash field.
+
+    A worker finishing a batch of jobs records them all at once: a histogram
+    observation touches up to 17 cumulative bucket fields, and sending those
+    per job would cost more than the queue itself.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._sums: Counter[tuple[str, str]] = Counter()
+
+    def observe(self, model: str, name: str, value: float) -> None:
+        key = keys.metrics_key(model)
+        bounds, _ = HISTOGRAMS[name]
+        for bound in bounds:
+            if value <= bound:
+                self._counts[key, f"{name}_bucket:{bound:g}"] += 1
+        self._counts[key, f"{name}_bucket:+Inf"] += 1
+        self._counts[key, f"{name}_count"] += 1
+        self._sums[key, f"{name}_sum"] += value
+
+    def status(self, model: str, status: str, count: int = 1) -> None:
+        self._counts[keys.metrics_key(model), f"jobs_total:{status}"] += count
+
+    def batch(self, model: str, batch_size: int, decode_seconds: float) -> None:
+        self.observe(model, "batch_size", batch_size)
+        self.observe(model, "decode_seconds", decode_seconds)
+
+    def job(self, model: str, *, encode_seconds: float, store_seconds: float, latency_seconds: float | None) -> None:
+        self.observe(model, "encode_seconds", encode_seconds)
+        self.observe(model, "store_seconds", store_seconds)
+        if latency_seconds is not None and latency_seconds >= 0:
+            self.observe(model, "job_latency_seconds", latency_seconds)
+
+    def write(self, pipe: Redis | Pipeline) -> None:
+        for (key, field), count in self._counts.items():
+            pipe.hincrby(key, field, count)
+        for (key, field), total in self._sums.items():
+            pipe.hincrbyfloat(key, field, total)
+        self._counts.clear()
+        self._sums.clear()
 
 
 def record_batch(pipe: Pipeline, model: str, batch_size: int, decode_seconds: float) -> None:
-    key = keys.metrics_key(model)
-    _observe(pipe, key, "batch_size", batch_size)
-    _observe(pipe, key, "decode_seconds", decode_seconds)
-
-
-def record_job(pipe: Pipeline, model: str, *, encode_seconds: float, store_seconds: float,
-               latency_seconds: float | None) -> None:  # fmt: skip
-    key = keys.metrics_key(model)
-    _observe(pipe, key, "encode_seconds", encode_seconds)
-    _observe(pipe, key, "store_seconds", store_seconds)
-    if latency_seconds is not None and latency_seconds >= 0:
-        _observe(pipe, key, "job_latency_seconds", latency_seconds)
+    batch = MetricsBatch()
+    batch.batch(model, batch_size, decode_seconds)
+    batch.write(pipe)
 
 
 def record_status(connection: Redis | Pipeline, model: str, status: str, count: int = 1) -> None:

@@ -24,7 +24,7 @@ from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
 from ..wire import latent_to_bytes
-from .status import job_info
+from .status import STATUS_FROM_RQ, job_info
 
 __all__ = ["Client", "Job"]
 
@@ -236,7 +236,9 @@ class Client:
         if deadline is not None and time.time() > deadline and rq_job.get_status(refresh=False).value == "queued":
             self._expire_queued(rq_job)
         queue = Queue(rq_job.origin, connection=self.connection, serializer=JSONSerializer)
-        workers = self.workers_serving(model) if model else 0
+        # Live workers matter only to a job that still waits; counting them costs round trips.
+        waiting = rq_job.get_status(refresh=False).value in ("queued", "deferred", "scheduled")
+        workers = self.workers_serving(model) if model and waiting else None
         return job_info(rq_job, url_for or self.store.url, queue=queue, workers=workers)
 
     def _expire_queued(self, rq_job: RQJob) -> None:
@@ -262,15 +264,25 @@ class Client:
         pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(keys.job_done_channel(job_id))
+            job_deadline = ((self._fetch(job_id).kwargs or {}).get("request") or {}).get("deadline")
             while True:
-                info = self.job_info(job_id)  # after subscribing, so no end is missed
+                # Checked after subscribing, so no end is missed; one field, the full status only at the end.
                 remaining = deadline - time.monotonic()
-                if info.status.is_final or remaining <= 0:
-                    return info
+                if self._has_ended(job_id, job_deadline) or remaining <= 0:
+                    return self.job_info(job_id)
                 # The periodic re-check also covers ends nobody published (a TTL, a manual change).
                 pubsub.get_message(timeout=min(remaining, 1.0))
         finally:
             pubsub.close()
+
+    def _has_ended(self, job_id: str, job_deadline: float | None) -> bool:
+        raw = self.connection.hget(RQJob.key_for(job_id), "status")
+        if raw is None:
+            return True  # gone: job_info says how (JobNotFound)
+        status = STATUS_FROM_RQ.get(raw.decode(), JobStatus.QUEUED)
+        if status is JobStatus.QUEUED:  # past its deadline, job_info expires it
+            return job_deadline is not None and time.time() > job_deadline
+        return status.is_final
 
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a job that has not started; its latent is deleted. A started or ended job is a JobConflict."""

@@ -8,6 +8,8 @@ A decode worker always listens on several queues (high and normal priority,
 per model), so here every pop is an LMOVE/BLMOVE of one queue: the queues
 are tried in priority order, and while all are empty the worker blocks
 briefly on the last (the busiest, normal-priority one) and tries again.
+Filling a batch pops many jobs in one round trip (``pop_many``), with the
+same LMOVE into the intermediate lists, so a dying worker loses none.
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ from rq.exceptions import DequeueTimeout
 __all__ = ["ReliableQueue", "IDLE_BLOCK_S"]
 
 IDLE_BLOCK_S = 0.2  # how long an idle worker blocks on one queue before checking the others again
+
+# KEYS: queue, its intermediate list, queue, ...  ARGV[1]: most ids to move. Returns id, key index pairs.
+_POP_MANY = """
+local wanted = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS, 2 do
+  while #out < 2 * wanted do
+    local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
+    if not id then break end
+    out[#out + 1] = id
+    out[#out + 1] = i
+  end
+end
+return out
+"""
 
 
 class ReliableQueue(Queue):
@@ -50,3 +67,24 @@ class ReliableQueue(Queue):
                 continue
             if result is not None:
                 return result
+
+    @classmethod
+    def pop_many(cls, queues: list[Queue], count: int, connection: Any, job_class: Any = None,
+                 serializer: Any = None) -> list[tuple[Any, Queue]]:  # fmt: skip
+        """Up to ``count`` jobs from the queues in priority order, moved and fetched in two round trips."""
+        if count <= 0 or not queues:
+            return []
+        keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
+        popped = connection.eval(_POP_MANY, len(keys), *keys, count)
+        pairs = [(popped[i].decode(), queues[(int(popped[i + 1]) - 1) // 2]) for i in range(0, len(popped), 2)]
+        if not pairs:
+            return []
+        job_class = job_class or queues[0].job_class
+        jobs = job_class.fetch_many([job_id for job_id, _ in pairs], connection=connection, serializer=serializer)
+        # A job whose record is gone is skipped, as RQ's dequeue does; its id is dropped from the intermediate list.
+        found, gone = [], []
+        for job, (job_id, queue) in zip(jobs, pairs):
+            (found if job is not None else gone).append((job, queue) if job is not None else (job_id, queue))
+        for job_id, queue in gone:
+            connection.lrem(queue.intermediate_queue_key, 1, job_id)
+        return found

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from redis import Redis
@@ -38,6 +38,7 @@ from ..models.loader import LoadedModel
 from ..spec import DecodeRequest, Limits
 from ..store import ObjectStore
 from ..webhooks import WebhookSender
+from .completion import Committer, Completed
 from .faults import Faults
 from .pipeline import (
     DecodedImage,
@@ -74,7 +75,7 @@ class DecodeWorker(SimpleWorker):
         max_batch: int = 8,
         max_wait_ms: float = 5.0,
         max_batch_pixels: int | None = 16 * 1024 * 1024,
-        encode_threads: int = 4,
+        encode_threads: int | None = None,
         limits: Limits | None = None,
         name: str | None = None,
         heartbeat_interval: float = 5.0,
@@ -105,7 +106,11 @@ class DecodeWorker(SimpleWorker):
         # Executions expire this long after the last heartbeat: the bound on noticing a dead worker.
         self.execution_ttl = int(max(10, 3 * heartbeat_interval))
         self.job_monitoring_interval = int(max(1, heartbeat_interval))
-        self._pool = ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
+        if encode_threads is None:
+            encode_threads = default_encode_threads(models.values())
+        self.encode_threads = encode_threads
+        self._pool = (ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
+                      if encode_threads > 0 else InlineExecutor())  # fmt: skip
         # Bounds decoded-but-not-yet-stored outputs held in memory.
         self._pending = threading.BoundedSemaphore(max(2 * max_batch, 2 * encode_threads))
         self._active: dict[str, tuple[RQJob, Any]] = {}
@@ -114,6 +119,7 @@ class DecodeWorker(SimpleWorker):
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="latentq-heartbeat", daemon=True)
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
+        self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts)
 
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -134,6 +140,7 @@ class DecodeWorker(SimpleWorker):
     def teardown(self) -> None:
         # Warm shutdown: encode and store everything decoded before leaving.
         self._pool.shutdown(wait=True)
+        self._committer.close()
         self._stop_heartbeats.set()
         if self.webhooks is not None:
             self.webhooks.close()
@@ -145,22 +152,29 @@ class DecodeWorker(SimpleWorker):
         return [q for q in self.queues if keys.model_from_queue(q.name) == model]
 
     def _collect(self, first: RQJob, queue: Queue) -> list[RQJob]:
-        """The first job plus what else waits for its model (high priority first), up to max_batch."""
+        """The first job plus what else waits for its model (high priority first), up to max_batch.
+
+        The batching window (``max_wait``) opens only when more than one job was waiting: a
+        burst is arriving and more of it may follow. A lone job at light load is decoded at
+        once; under steady load jobs pile up while a batch decodes, and batches form anyway.
+        """
         model_queues = self._model_queues(keys.model_from_queue(queue.name) or "")
-        jobs = [first]
+        jobs = [first] + self._pop(model_queues, self.max_batch - 1)
+        if len(jobs) == 1 or len(jobs) >= self.max_batch:
+            return jobs
         deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
-            got = ReliableQueue.dequeue_any(
-                model_queues, None, connection=self.connection, job_class=self.job_class, serializer=self.serializer
-            )
-            if got is not None:
-                jobs.append(got[0])
-                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             time.sleep(min(0.001, remaining))
+            jobs += self._pop(model_queues, self.max_batch - len(jobs))
         return jobs
+
+    def _pop(self, queues: list[Queue], count: int) -> list[RQJob]:
+        popped = ReliableQueue.pop_many(queues, count, self.connection, job_class=self.job_class,
+                                        serializer=self.serializer)  # fmt: skip
+        return [job for job, _ in popped]
 
     def _start(self, jobs: list[RQJob], queues: dict[str, Queue]) -> tuple[dict[str, Any], list[bytes | None]]:
         """Mark a whole batch started in RQ and fetch its latents, in one round trip.
@@ -311,7 +325,7 @@ class DecodeWorker(SimpleWorker):
                 preview.result()  # the preview is published before the full result
             result = {"results": records, "batch_size": decoded.batch_size,
                       "decode_ms": round(decoded.decode_ms, 3), "tiled": decoded.tiled}  # fmt: skip
-            self._succeed(job, queue, execution, request, result, timings)
+            self._committer.submit(Completed(job, queue, execution, request.model, result, timings))
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
@@ -323,27 +337,27 @@ class DecodeWorker(SimpleWorker):
             request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
             started = time.perf_counter()
             records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
-            self._succeed(job, queue, execution, request, {"results": records, "batch_size": 1},
-                          {"encode": 0.0, "store": time.perf_counter() - started})  # fmt: skip
+            self._committer.submit(Completed(job, queue, execution, request.model,
+                                             {"results": records, "batch_size": 1},
+                                             {"encode": 0.0, "store": time.perf_counter() - started}))  # fmt: skip
         except Exception as exc:
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
             self._pending.release()
 
-    def _succeed(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, result: dict[str, Any],
-                 timings: dict[str, float]) -> None:  # fmt: skip
-        # The object is stored before RQ hears that the job finished.
-        self._retrying(lambda: self._finalize_success(job, queue, execution, result), job)
-        latency = (now() - job.enqueued_at).total_seconds() if job.enqueued_at else None
-        log.info("job %s finished (batch of %d)", job.id, result.get("batch_size", 1), extra=_log_fields(job))
+    def _after_commit(self, item: Completed) -> None:
+        """A job is marked finished in Redis (committer thread)."""
+        log.info("job %s finished (batch of %d)", item.job.id, item.result.get("batch_size", 1),
+                 extra=_log_fields(item.job))  # fmt: skip
+        with self._active_lock:
+            self._active.pop(item.job.id, None)
+        self._send_webhook(item.job)
 
-        def record(pipe: Any) -> None:
-            pipe.hincrby(self.stats_key, "finished", 1)
-            metrics.record_status(pipe, request.model, "finished")
-            metrics.record_job(pipe, request.model, encode_seconds=timings.get("encode", 0.0),
-                               store_seconds=timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
-
-        self._done(job, "finished", record)
+    def commit_failed(self, items: list[Completed]) -> None:
+        """The committer gave up on marking these finished (Redis unreachable): fail them, retryably."""
+        for item in items:
+            self._fail(item.job, item.queue, item.execution, "could not record the finished job in Redis",
+                       permanent=False)  # fmt: skip
 
     def _expire(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest) -> None:
         job.meta["expired"] = True
@@ -376,7 +390,7 @@ class DecodeWorker(SimpleWorker):
         self._done(job, status, record)
 
     def _done(self, job: RQJob, status: str, record: Callable[[Any], None]) -> None:
-        """The job ended: count it, delete its input, wake its waiters (one round trip), send its webhook."""
+        """The job failed or expired: count it, delete its input, wake its waiters, send its webhook."""
         with self.connection.pipeline(transaction=False) as pipe:
             record(pipe)
             pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
@@ -384,6 +398,9 @@ class DecodeWorker(SimpleWorker):
             pipe.execute()
         with self._active_lock:
             self._active.pop(job.id, None)
+        self._send_webhook(job)
+
+    def _send_webhook(self, job: RQJob) -> None:
         callback = (job.kwargs.get("request") or {}).get("callback_url")
         if callback and self.webhooks is not None:
             try:
@@ -424,6 +441,27 @@ class DecodeWorker(SimpleWorker):
                 queue.failed_job_registry.cleanup()
             except Exception:
                 log.debug("registry cleanup of %s failed", queue.name, exc_info=True)
+
+
+def default_encode_threads(models: Any) -> int:
+    """Overlap encoding with decoding only when the decode runs on a GPU.
+
+    On a CPU the decode already uses every core: encoder threads beside it only
+    preempt torch's threads, so results are encoded in line, as a user's loop does.
+    """
+    return 4 if any(str(model.device).startswith("cuda") for model in models) else 0
+
+
+class InlineExecutor(Executor):
+    """``submit`` runs the call at once in the calling thread (``--encode-threads 0``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
 
 
 def _log_fields(job: RQJob) -> dict[str, Any]:

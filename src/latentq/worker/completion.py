@@ -1,0 +1,138 @@
+"""Marking finished jobs finished: many jobs per Redis round trip.
+
+RQ's own success path costs several round trips per job (a WATCH on the
+job's dependents, then a MULTI/EXEC) plus, here, metrics and the done
+message. For tiny decodes that is most of a job's cost. The encode threads
+hand each stored job to one committer thread instead, which takes whatever
+has piled up and writes it all in one transaction: RQ's records (status,
+result, finished registry, execution cleanup, worker counters), the metrics,
+the deletion of the latent and the wake-up messages for waiting clients.
+
+latentq jobs never have RQ dependents, so the WATCH that guards RQ's
+dependents bookkeeping is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rq.job import Job as RQJob
+from rq.job import JobStatus as RQStatus
+from rq.utils import now
+
+from .. import keys
+from ..metrics import MetricsBatch
+
+__all__ = ["Completed", "Committer"]
+
+log = logging.getLogger("latentq.worker")
+
+MAX_COMMIT = 256  # jobs per transaction: bounds one MULTI/EXEC's size under a flood of tiny jobs
+
+
+@dataclass
+class Completed:
+    """A job whose outputs are stored: what the committer needs to mark it finished."""
+
+    job: RQJob
+    queue: Any
+    execution: Any
+    model: str
+    result: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Committer:
+    """One thread that commits finished jobs in batches; ``after(job)`` runs once each is committed."""
+
+    def __init__(self, worker: Any, after: Callable[[Completed], None], attempts: int = 4) -> None:
+        self.worker = worker
+        self.after = after
+        self.attempts = max(1, attempts)
+        self._queue: queue.Queue[Completed | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="latentq-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Completed) -> None:
+        self._queue.put(item)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Commit everything submitted so far, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            items = [] if first is None else [first]
+            stopping = first is None
+            while len(items) < MAX_COMMIT:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                items.append(more)
+            if items:
+                self._commit_with_retries(items)
+            if stopping:
+                return
+
+    def _commit_with_retries(self, items: list[Completed]) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._commit(items)
+                break
+            except Exception:
+                if attempt == self.attempts:
+                    log.exception("could not mark %d finished jobs finished", len(items))
+                    self.worker.commit_failed(items)
+                    return
+                time.sleep(0.1 * 2 ** (attempt - 1))
+        for item in items:
+            try:
+                self.after(item)
+            except Exception:
+                log.exception("after-commit step of job %s failed", item.job.id)
+
+    def _commit(self, items: list[Completed]) -> None:
+        worker = self.worker
+        ended = now()
+        metrics = MetricsBatch()
+        working = 0.0
+        # A transaction, as RQ's own: a job is finished with its result and registry entry, or not at all.
+        with worker.connection.pipeline() as pipe:
+            for item in items:
+                job = item.job
+                job.ended_at = ended
+                job._status = RQStatus.FINISHED
+                job._result = item.result
+                if job.started_at is not None:
+                    working += (ended - job.started_at).total_seconds()
+                result_ttl = job.get_result_ttl(worker.default_result_ttl)
+                if result_ttl != 0:
+                    job._handle_success(result_ttl, pipeline=pipe, worker_name=worker.name,
+                                        execution_id=item.execution.id, execution_started_at=item.execution.created_at,
+                                        execution_ended_at=ended)  # fmt: skip
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                worker.cleanup_execution(job, pipeline=pipe, execution=item.execution)
+                pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
+                latency = (ended - job.enqueued_at).total_seconds() if job.enqueued_at else None
+                metrics.status(item.model, "finished")
+                metrics.job(item.model, encode_seconds=item.timings.get("encode", 0.0),
+                            store_seconds=item.timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
+            pipe.hincrby(worker.key, "successful_job_count", len(items))
+            pipe.hincrbyfloat(worker.key, "total_working_time", working)
+            pipe.hincrby(worker.stats_key, "finished", len(items))
+            metrics.write(pipe)
+            for item in items:
+                pipe.publish(keys.job_done_channel(item.job.id), "finished")
+            pipe.execute()
