@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    up.add_argument("--max-batch", type=int, default=8)
+    up.add_argument("--max-batch", type=int, help="workers' --max-batch (default: the device's)")
     up.add_argument("--max-wait-ms", type=float, default=5.0)
     _add_redis(up)
     _add_store(up)
@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", action="append", dest="models", help="model to serve (repeat; default taef2)")
     worker.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     worker.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="override the models' dtype")
-    worker.add_argument("--max-batch", type=int, default=8, help="most jobs in one decode call (default 8)")
-    worker.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
-    worker.add_argument("--max-batch-pixels", type=int, default=16 * 1024 * 1024,
-                        help="output pixels (x frames) one decode call may hold; 0: no budget (default 16M)")
+    worker.add_argument("--max-batch", type=int,
+                        help="most jobs in one decode call (default 8 on a GPU, 32 on a CPU)")  # fmt: skip
+    worker.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="when more than one job waits, how long to wait for the batch to fill (default 5)")
+    worker.add_argument("--max-batch-pixels", type=int,
+                        help="output pixels (x frames) one decode call may hold; 0: no budget "
+                             "(default 16M on a GPU; 65536 on a CPU, where only small images gain from batching)")  # fmt: skip
     worker.add_argument("--encode-threads", type=int, default=None,
                         help="threads encoding and storing results while the next batch decodes; 0: in line "
                              "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
@@ -137,7 +140,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis_from_url(settings.redis_url),
         open_store(settings.store, public_url=settings.public_url),
         max_batch=args.max_batch,
-        max_batch_pixels=args.max_batch_pixels or None,
+        max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
         webhooks=webhooks,
         max_wait_ms=args.max_wait_ms,
         encode_threads=args.encode_threads,

@@ -2,7 +2,9 @@
 
 Recording goes through Redis (one hash per model) rather than process memory
 so that ``GET /metrics`` on any API replica sees what every worker on every
-machine did.
+machine did. A histogram is kept as one counter per bucket (not cumulative)
+plus a sum: an observation is two HINCRBYs, and ``render`` accumulates the
+buckets into Prometheus' cumulative ``le`` series.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
 STATUSES = ("finished", "failed", "canceled", "expired")
 
 
+def _bucket(bounds: tuple[float, ...], value: float) -> str:
+    """The field of the first bucket whose upper bound holds ``value``."""
+    for bound in bounds:
+        if value <= bound:
+            return f"{bound:g}"
+    return "+Inf"
+
+
 class MetricsBatch:
     """Observations gathered in memory, then written as one HINCRBY per touched hash field.
 
-    A worker finishing a batch of jobs records them all at once: a histogram
-    observation touches up to 17 cumulative bucket fields, and sending those
-    per job would cost more than the queue itself.
+    A worker records a whole batch of jobs at once, in the same round trip that
+    marks them finished.
     """
 
     def __init__(self) -> None:
@@ -44,11 +53,7 @@ class MetricsBatch:
     def observe(self, model: str, name: str, value: float) -> None:
         key = keys.metrics_key(model)
         bounds, _ = HISTOGRAMS[name]
-        for bound in bounds:
-            if value <= bound:
-                self._counts[key, f"{name}_bucket:{bound:g}"] += 1
-        self._counts[key, f"{name}_bucket:+Inf"] += 1
-        self._counts[key, f"{name}_count"] += 1
+        self._counts[key, f"{name}_bucket:{_bucket(bounds, value)}"] += 1
         self._sums[key, f"{name}_sum"] += value
 
     def status(self, model: str, status: str, count: int = 1) -> None:
@@ -117,9 +122,11 @@ def render(connection: Redis, models: Iterable[str], queue_depth: dict[str, int]
         family(name, "histogram", help_text)
         for model in models:
             data, label = hashes[model], f'model="{_escape(model)}"'
+            cumulative = 0
             for bound in (*bounds, math.inf):
                 le = "+Inf" if bound == math.inf else f"{bound:g}"
-                out.append(f'latentq_{name}_bucket{{{label},le="{le}"}} {data.get(f"{name}_bucket:{le}", "0")}')
+                cumulative += int(data.get(f"{name}_bucket:{le}", 0))
+                out.append(f'latentq_{name}_bucket{{{label},le="{le}"}} {cumulative}')
             out.append(f"latentq_{name}_sum{{{label}}} {float(data.get(f'{name}_sum', 0)):g}")
-            out.append(f"latentq_{name}_count{{{label}}} {data.get(f'{name}_count', '0')}")
+            out.append(f"latentq_{name}_count{{{label}}} {cumulative}")
     return "\n".join(out) + "\n"

@@ -36,7 +36,7 @@ class StackOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "cpu"
-    max_batch: int = 8
+    max_batch: int | None = None  # None: the worker's default for its device
     max_wait_ms: float = 5.0
     redis_url: str | None = None
     log_level: str = "warning"
@@ -74,7 +74,9 @@ class Stack:
         os.environ["LATENTQ_REDIS_URL"] = self.redis_url
         for index in range(opts.workers):
             args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
-                    "--max-batch", str(opts.max_batch), "--max-wait-ms", str(opts.max_wait_ms)]  # fmt: skip
+                    "--max-wait-ms", str(opts.max_wait_ms)]  # fmt: skip
+            if opts.max_batch is not None:
+                args += ["--max-batch", str(opts.max_batch)]
             for model in opts.models:
                 args += ["--model", model]
             self.workers.append(subprocess.Popen(args, env=env))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 from redis import Redis
+from redis.client import PubSub
 from rq import Queue, Retry, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
@@ -86,6 +88,11 @@ class Client:
         self._store = store
         self.connection = connection or redis_from_url(self.settings.redis_url)
         self._queues: dict[str, Queue] = {}
+        # One pub/sub connection per waiting thread, kept between waits: opening one per wait
+        # costs a connect and a handshake, several round trips.
+        self._waiters = threading.local()
+        self._pubsubs: list[PubSub] = []
+        self._pubsubs_lock = threading.Lock()
 
     @property
     def store(self) -> ObjectStore:
@@ -100,7 +107,10 @@ class Client:
         return self._queues[name]
 
     def queued_count(self, model: str) -> int:
-        return self.queue(model).count + self.queue(model, "high").count
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue(model).key)
+            pipe.llen(self.queue(model, "high").key)
+            return sum(pipe.execute())
 
     def workers_serving(self, model: str) -> int:
         return Worker.count(connection=self.connection, queue=self.queue(model))
@@ -261,9 +271,10 @@ class Client:
     def wait_for(self, job_id: str, timeout: float) -> JobInfo:
         """The job's status as soon as it ends, or at the timeout: woken by the worker's message, not polling."""
         deadline = time.monotonic() + timeout
-        pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._pubsub()
+        channel = keys.job_done_channel(job_id)
         try:
-            pubsub.subscribe(keys.job_done_channel(job_id))
+            pubsub.subscribe(channel)
             job_deadline = ((self._fetch(job_id).kwargs or {}).get("request") or {}).get("deadline")
             while True:
                 # Checked after subscribing, so no end is missed; one field, the full status only at the end.
@@ -271,9 +282,29 @@ class Client:
                 if self._has_ended(job_id, job_deadline) or remaining <= 0:
                     return self.job_info(job_id)
                 # The periodic re-check also covers ends nobody published (a TTL, a manual change).
+                # Any message (also a late one for an earlier job's channel) only triggers the re-check.
                 pubsub.get_message(timeout=min(remaining, 1.0))
         finally:
-            pubsub.close()
+            try:
+                pubsub.unsubscribe(channel)
+            except Exception:  # a broken connection: the next wait opens a new one
+                self._drop_pubsub(pubsub)
+
+    def _pubsub(self) -> PubSub:
+        pubsub = getattr(self._waiters, "pubsub", None)
+        if pubsub is None:
+            pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
+            self._waiters.pubsub = pubsub
+            with self._pubsubs_lock:
+                self._pubsubs.append(pubsub)
+        return pubsub
+
+    def _drop_pubsub(self, pubsub: PubSub) -> None:
+        self._waiters.pubsub = None
+        with self._pubsubs_lock:
+            if pubsub in self._pubsubs:
+                self._pubsubs.remove(pubsub)
+        pubsub.close()
 
     def _has_ended(self, job_id: str, job_deadline: float | None) -> bool:
         raw = self.connection.hget(RQJob.key_for(job_id), "status")
@@ -322,6 +353,10 @@ class Client:
         }
 
     def close(self) -> None:
+        with self._pubsubs_lock:
+            pubsubs, self._pubsubs = self._pubsubs, []
+        for pubsub in pubsubs:
+            pubsub.close()
         self.connection.close()
 
     def __enter__(self) -> Client:

@@ -24,7 +24,8 @@ from typing import Any
 
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
-from rq.utils import now
+from rq.results import Result
+from rq.utils import now, utcformat
 
 from .. import keys
 from ..metrics import MetricsBatch
@@ -118,11 +119,18 @@ class Committer:
                 if job.started_at is not None:
                     working += (ended - job.started_at).total_seconds()
                 result_ttl = job.get_result_ttl(worker.default_result_ttl)
+                # What RQ's Job._handle_success + cleanup write, less a re-save of the unchanged job
+                # fields and the expiry of dependents/dependencies keys that latentq jobs never have.
+                pipe.hset(job.key, mapping={"status": RQStatus.FINISHED.value, "ended_at": utcformat(ended)})
                 if result_ttl != 0:
-                    job._handle_success(result_ttl, pipeline=pipe, worker_name=worker.name,
-                                        execution_id=item.execution.id, execution_started_at=item.execution.created_at,
-                                        execution_ended_at=ended)  # fmt: skip
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                    Result.create(job, Result.Type.SUCCESSFUL, return_value=item.result, ttl=result_ttl,
+                                  worker_name=worker.name, pipeline=pipe, execution_id=item.execution.id,
+                                  execution_started_at=item.execution.created_at, execution_ended_at=ended)  # fmt: skip
+                    job.finished_job_registry.add(job, result_ttl, pipe)
+                if result_ttl == 0:
+                    job.delete(pipeline=pipe, remove_from_queue=False)
+                elif result_ttl is not None and result_ttl > 0:  # negative: kept (persisted at start)
+                    pipe.expire(job.key, result_ttl)
                 worker.cleanup_execution(job, pipeline=pipe, execution=item.execution)
                 pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
                 latency = (ended - job.enqueued_at).total_seconds() if job.enqueued_at else None
@@ -133,6 +141,7 @@ class Committer:
             pipe.hincrbyfloat(worker.key, "total_working_time", working)
             pipe.hincrby(worker.stats_key, "finished", len(items))
             metrics.write(pipe)
+            worker.write_decode_metrics(pipe)
             for item in items:
                 pipe.publish(keys.job_done_channel(item.job.id), "finished")
             pipe.execute()

@@ -52,7 +52,17 @@ from .pipeline import (
 )
 from .reliable_queue import ReliableQueue
 
-__all__ = ["DecodeWorker"]
+__all__ = ["BATCH_DEFAULTS", "DecodeWorker"]
+
+# Defaults by where the models run (flags override each).
+# GPU: batches of up to 8 within 16M output pixels, encoded by 4 threads while the next batch decodes.
+# CPU: a decode call costs about its pixels whatever the batch, and large batches fall out of cache
+# (TAEF2 at 128x128: +20% per image at batch 8), so only small images batch; the decode already
+# uses every core, so results are encoded in line rather than by threads that preempt it.
+BATCH_DEFAULTS: dict[str, dict[str, int]] = {
+    "cuda": {"max_batch": 8, "max_batch_pixels": 16 * 1024 * 1024, "encode_threads": 4},
+    "cpu": {"max_batch": 32, "max_batch_pixels": 256 * 256, "encode_threads": 0},
+}
 
 log = logging.getLogger("latentq.worker")
 
@@ -72,9 +82,9 @@ class DecodeWorker(SimpleWorker):
         connection: Redis,
         store: ObjectStore,
         *,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         max_wait_ms: float = 5.0,
-        max_batch_pixels: int | None = 16 * 1024 * 1024,
+        max_batch_pixels: int | None = -1,  # -1: the device's default; None: no pixel budget
         encode_threads: int | None = None,
         limits: Limits | None = None,
         name: str | None = None,
@@ -84,14 +94,20 @@ class DecodeWorker(SimpleWorker):
         store_attempts: int = 4,
         url_for: Callable[[str], str] | None = None,
     ) -> None:
+        self._last_beat = 0.0
         queues = [ReliableQueue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
                   for m in models]  # fmt: skip
         queues += [ReliableQueue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
         # A short worker TTL makes a dead worker disappear from `rq info` and model status soon.
         super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30,
                          queue_class=ReliableQueue)  # fmt: skip
+        on_gpu = any(str(model.device).startswith("cuda") for model in models.values())
+        defaults = BATCH_DEFAULTS["cuda" if on_gpu else "cpu"]
+        max_batch = defaults["max_batch"] if max_batch is None else max_batch
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if max_batch_pixels is not None and max_batch_pixels < 0:
+            max_batch_pixels = defaults["max_batch_pixels"]
         self.models = models
         self.previews = previews or {}  # served model -> its tiny preview decoder
         self.store = store
@@ -107,7 +123,7 @@ class DecodeWorker(SimpleWorker):
         self.execution_ttl = int(max(10, 3 * heartbeat_interval))
         self.job_monitoring_interval = int(max(1, heartbeat_interval))
         if encode_threads is None:
-            encode_threads = default_encode_threads(models.values())
+            encode_threads = defaults["encode_threads"]
         self.encode_threads = encode_threads
         self._pool = (ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
                       if encode_threads > 0 else InlineExecutor())  # fmt: skip
@@ -120,6 +136,10 @@ class DecodeWorker(SimpleWorker):
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
         self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts)
+        # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
+        self._decode_metrics = metrics.MetricsBatch()
+        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0}
+        self._decode_lock = threading.Lock()
 
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -127,15 +147,34 @@ class DecodeWorker(SimpleWorker):
         self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch})
         self._heartbeat_thread.start()
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ beats before and after every job, three round trips each time. The worker key
+        # outlives worker_ttl + 60 s, so one beat a second, in one round trip, is plenty.
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        if timeout is None and time.monotonic() - self._last_beat < 1.0:
+            return None
+        self._last_beat = time.monotonic()
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipe)
+            pipe.execute()
+        return None
+
+    def write_decode_metrics(self, pipe: Any) -> None:
+        """Add the decode counters gathered since the last write to ``pipe``."""
+        with self._decode_lock:
+            self._decode_metrics.write(pipe)
+            for field, count in self._decode_stats.items():
+                if count:
+                    pipe.hincrby(self.stats_key, field, count)
+                    self._decode_stats[field] = 0
+
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         return self.execution_ttl
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         jobs = self._collect(job, queue)
-        try:
-            self._run_batch(jobs)
-        finally:
-            self.set_state("idle")
+        self._run_batch(jobs)  # RQ marks the worker idle before its next pop
 
     def teardown(self) -> None:
         # Warm shutdown: encode and store everything decoded before leaving.
@@ -158,6 +197,8 @@ class DecodeWorker(SimpleWorker):
         burst is arriving and more of it may follow. A lone job at light load is decoded at
         once; under steady load jobs pile up while a batch decodes, and batches form anyway.
         """
+        if getattr(first, "waiting_behind", None) == 0 or self.max_batch == 1:
+            return [first]  # nothing else was waiting when it was popped
         model_queues = self._model_queues(keys.model_from_queue(queue.name) or "")
         jobs = [first] + self._pop(model_queues, self.max_batch - 1)
         if len(jobs) == 1 or len(jobs) >= self.max_batch:
@@ -242,11 +283,10 @@ class DecodeWorker(SimpleWorker):
         try:
             started = time.perf_counter()
             decoded = decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile)
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.hincrby(self.stats_key, "decode_calls", 1)
-                pipe.hincrby(self.stats_key, "decoded_jobs", len(group))
-                metrics.record_batch(pipe, model.spec.name, len(group), time.perf_counter() - started)
-                pipe.execute()
+            with self._decode_lock:
+                self._decode_stats["decode_calls"] += 1
+                self._decode_stats["decoded_jobs"] += len(group)
+                self._decode_metrics.batch(model.spec.name, len(group), time.perf_counter() - started)
             return list(decoded)
         except Exception as exc:
             _free_memory()
@@ -323,8 +363,9 @@ class DecodeWorker(SimpleWorker):
             records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings), job)
             if preview is not None:
                 preview.result()  # the preview is published before the full result
-            result = {"results": records, "batch_size": decoded.batch_size,
-                      "decode_ms": round(decoded.decode_ms, 3), "tiled": decoded.tiled}  # fmt: skip
+            result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
+                      "encode_ms": round(timings.get("encode", 0.0) * 1000, 3),
+                      "store_ms": round(timings.get("store", 0.0) * 1000, 3), "tiled": decoded.tiled}  # fmt: skip
             self._committer.submit(Completed(job, queue, execution, request.model, result, timings))
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
@@ -393,6 +434,7 @@ class DecodeWorker(SimpleWorker):
         """The job failed or expired: count it, delete its input, wake its waiters, send its webhook."""
         with self.connection.pipeline(transaction=False) as pipe:
             record(pipe)
+            self.write_decode_metrics(pipe)
             pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
             pipe.publish(keys.job_done_channel(job.id), status)
             pipe.execute()
@@ -441,15 +483,6 @@ class DecodeWorker(SimpleWorker):
                 queue.failed_job_registry.cleanup()
             except Exception:
                 log.debug("registry cleanup of %s failed", queue.name, exc_info=True)
-
-
-def default_encode_threads(models: Any) -> int:
-    """Overlap encoding with decoding only when the decode runs on a GPU.
-
-    On a CPU the decode already uses every core: encoder threads beside it only
-    preempt torch's threads, so results are encoded in line, as a user's loop does.
-    """
-    return 4 if any(str(model.device).startswith("cuda") for model in models) else 0
 
 
 class InlineExecutor(Executor):
