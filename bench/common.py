@@ -204,15 +204,15 @@ class BenchStack:
         return Client(settings=settings)
 
     # --- workers ----------------------------------------------------------------------
-    def spawn_worker(self, name: str, *, model: str = "taef2", device: str = "cpu", max_batch: int = 8,
+    def spawn_worker(self, name: str, *, model: str = "taef2", device: str = "cpu", max_batch: int | None = 8,
                      max_wait_ms: float = 5.0, dtype: str | None = None, log_level: str | None = None,
                      extra: Sequence[str] = (), env: dict[str, str] | None = None) -> Worker:  # fmt: skip
         """``python -m latentq worker ...`` (its log goes to a file in the stack's directory)."""
         args = [sys.executable, "-m", "latentq"]
         if log_level:
             args += ["--log-level", log_level]
-        args += ["worker", "--model", model, "--device", device, "--max-batch", str(max_batch),
-                 "--max-wait-ms", str(max_wait_ms), "--name", name, *extra, *self.worker_args]  # fmt: skip
+        args += ["worker", "--model", model, "--device", device, "--max-wait-ms", str(max_wait_ms), "--name", name,
+                 *(["--max-batch", str(max_batch)] if max_batch is not None else []), *extra, *self.worker_args]  # fmt: skip
         if dtype:
             args += ["--dtype", dtype]
         return self._spawn(name, args, {**self.worker_env, **(env or {})}, kind="latentq")

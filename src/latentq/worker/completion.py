@@ -106,14 +106,15 @@ class Committer:
 
     def _commit(self, items: list[Completed]) -> None:
         worker = self.worker
-        ended = now()
+        committed = now()
         metrics = MetricsBatch()
         working = 0.0
         # A transaction, as RQ's own: a job is finished with its result and registry entry, or not at all.
         with worker.connection.pipeline() as pipe:
             for item in items:
                 job = item.job
-                job.ended_at = ended
+                # As in RQ, a job ends when its work does (here: its output stored), before the bookkeeping.
+                ended = job.ended_at = job.ended_at or committed
                 job._status = RQStatus.FINISHED
                 job._result = item.result
                 if job.started_at is not None:

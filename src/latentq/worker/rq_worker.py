@@ -225,9 +225,10 @@ class DecodeWorker(SimpleWorker):
         """
         ttl = self.execution_ttl
         executions = {}
-        with self.connection.pipeline() as pipe:
+        # No MULTI: a worker that dies halfway leaves an execution that expires or an id in the intermediate
+        # list, and RQ's cleanup re-queues the job either way. The worker's own heartbeat is RQ's loop's.
+        with self.connection.pipeline(transaction=False) as pipe:
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            self.heartbeat(ttl, pipeline=pipe)
             for job in jobs:
                 execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
                 self.executions[execution.id] = execution
@@ -363,6 +364,7 @@ class DecodeWorker(SimpleWorker):
             records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings), job)
             if preview is not None:
                 preview.result()  # the preview is published before the full result
+            job.ended_at = now()
             result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
                       "encode_ms": round(timings.get("encode", 0.0) * 1000, 3),
                       "store_ms": round(timings.get("store", 0.0) * 1000, 3), "tiled": decoded.tiled}  # fmt: skip
@@ -378,6 +380,7 @@ class DecodeWorker(SimpleWorker):
             request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
             started = time.perf_counter()
             records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
+            job.ended_at = now()
             self._committer.submit(Completed(job, queue, execution, request.model,
                                              {"results": records, "batch_size": 1},
                                              {"encode": 0.0, "store": time.perf_counter() - started}))  # fmt: skip
