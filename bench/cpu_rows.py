@@ -26,6 +26,7 @@ from common import (
     redis_used_memory,
     rss_bytes,
     seconds_between,
+    usable_cpus,
     wait_for_quiet,
     wait_registries,
     wait_worker_counts,
@@ -194,8 +195,13 @@ def plain_rq_throughput(stack: BenchStack, latents: torch.Tensor, args) -> dict:
 def latentq_throughput(stack: BenchStack, latents: torch.Tensor, workers: int, max_batch: int, args) -> dict:
     stack.new_scenario()
     names = [f"tput-{workers}w-b{max_batch}-{i}" for i in range(workers)]
+    # Workers on one machine split its cores (--torch-threads), as a deployment of several CPU workers would:
+    # each with torch's default of one thread per core would oversubscribe them.
+    threads = max(1, usable_cpus() // workers)
+    extra = ("--torch-threads", str(threads)) if workers > 1 else ()
     for name in names:
-        stack.spawn_worker(name, max_batch=max_batch, max_wait_ms=args.max_wait_ms, log_level=args.worker_log_level)
+        stack.spawn_worker(name, max_batch=max_batch, max_wait_ms=args.max_wait_ms, log_level=args.worker_log_level,
+                           extra=extra)  # fmt: skip
     startup = stack.wait_for_workers(workers)
     client = stack.client()
     warm_up(client, latents.shape[-1], jobs=2 * workers)

@@ -73,7 +73,8 @@ def throughput_markdown(data: dict, missed: list[str]) -> str:
             if not ok:
                 missed.append(f"b: {r['images_per_s'] / base:.2f}x of the in-process loop (mean of a and a2; "
                               f"{r['images_per_s'] / a_rate:.2f}x of a alone; target >= 0.95x)")  # fmt: skip
-        notes = {"c": f"{meta['cpus']} CPUs shared by both workers", "c1": f"{meta['cpus']} CPUs shared"}.get(row, "")
+        split = f"{meta['cpus']} CPUs split: --torch-threads {max(1, meta['cpus'] // 2)} each"
+        notes = split if row in ("c", "c1") else ""
         if r.get("clock_ok") is False:
             notes = join_notes(notes, f"**clock check failed** ({r['clock_early_ms']:.0f} / "
                                       f"{r['clock_late_ms']:.0f} ms)")  # fmt: skip
@@ -304,7 +305,7 @@ def write_plot(data: dict, path: Path) -> str:
         disturbed = any(data["load"].get(k, 0.0) >= DISTURBED_CORES for k in present)
         systems.append(
             {
-                "label": label.format(mb=mb) + (" *" if disturbed else ""),
+                "label": label.format(mb=str(mb).split(",")[0]) + (" *" if disturbed else ""),
                 "colour": colour,
                 "ips": sum(values) / len(values),
                 "spread": (min(values), max(values)),

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--encode-threads", type=int, default=None,
                         help="threads encoding and storing results while the next batch decodes; 0: in line "
                              "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
+    worker.add_argument("--torch-threads", type=int,
+                        help="torch's intra-op threads (default: torch's, one per core); with several CPU "
+                             "workers on one machine, cores / workers")  # fmt: skip
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
     worker.add_argument("--heartbeat-interval", type=float, default=5.0,
                         help="seconds between heartbeats; a dead worker's jobs are re-queued after 3x this (default 5)")
@@ -120,6 +123,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     registry = load_registry(settings.models_file)
     log = logging.getLogger("latentq")
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     models, previews = {}, {}
     for name in args.models or ["taef2"]:
         spec = registry.get(name)
