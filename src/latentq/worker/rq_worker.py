@@ -245,7 +245,9 @@ class DecodeWorker(SimpleWorker):
         return executions, blobs
 
     def _run_batch(self, jobs: list[RQJob]) -> None:
-        queues = {job.id: Queue(job.origin, connection=self.connection, serializer=JSONSerializer) for job in jobs}
+        by_name = {queue.name: queue for queue in self.queues}
+        queues = {job.id: by_name.get(job.origin) or Queue(job.origin, connection=self.connection,
+                                                            serializer=JSONSerializer) for job in jobs}  # fmt: skip
         executions, blobs = self._start(jobs, queues)
         by_model: dict[str, list[tuple[RQJob, DecodeRequest, Any]]] = {}
         for job, blob in zip(jobs, blobs):
