@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 import torch
 from helpers import wait_until
@@ -173,3 +174,26 @@ def test_without_a_secret_deliveries_are_unsigned(receiver, monkeypatch):
     (delivery,) = receiver.deliveries
     assert SIGNATURE_HEADER.lower() not in delivery.headers and TIMESTAMP_HEADER.lower() in delivery.headers
     assert not delivery.verifies()
+
+
+@pytest.mark.timeout(120)
+def test_a_job_canceled_through_the_api_sends_its_webhook(signed_procs, receiver):
+    api = signed_procs.api()  # no worker: the job stays queued until canceled
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/canceled")
+    assert httpx.delete(f"{api}/v1/jobs/{job.id}", timeout=30).status_code == 200
+    wait_until(lambda: len(receiver.deliveries) >= 1, 30)
+    (delivery,) = receiver.deliveries
+    assert delivery.path == "/hooks/canceled" and delivery.verifies()
+    body = json.loads(delivery.body)
+    assert body["id"] == job.id and body["status"] == "canceled"
+
+
+@pytest.mark.timeout(60)
+def test_a_producer_cancel_sends_the_webhook_by_close(receiver, env, monkeypatch):
+    monkeypatch.setenv("LATENTQ_WEBHOOK_SECRET", SECRET)
+    with Client() as client:
+        job = client.submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/mine")
+        assert client.cancel(job.id).status.value == "canceled"
+    # close() delivered it
+    assert [d.path for d in receiver.deliveries] == ["/hooks/mine"]
+    assert json.loads(receiver.deliveries[0].body)["status"] == "canceled" and receiver.deliveries[0].verifies()

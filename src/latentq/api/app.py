@@ -7,6 +7,8 @@ records from RQ.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -41,8 +43,17 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store, public_url=settings.public_url)
+    owns_client = client is None
     client = client or Client(settings=settings, store=store)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_client:  # delivers the webhooks of jobs canceled through this API
+            await run_in_threadpool(client.close)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="latentq",
         version=__version__,
         description="Queued, batched VAE decoding for latent diffusion models.",

@@ -26,6 +26,7 @@ from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
 from ..wire import latent_to_bytes
+from ..webhooks import WebhookSender
 from .status import STATUS_FROM_RQ, job_info
 
 __all__ = ["Client", "Job"]
@@ -93,6 +94,7 @@ class Client:
         self._waiters = threading.local()
         self._pubsubs: list[PubSub] = []
         self._pubsubs_lock = threading.Lock()
+        self._webhooks: WebhookSender | None = None  # for jobs that end here (canceled, expired)
 
     @property
     def store(self) -> ObjectStore:
@@ -262,11 +264,23 @@ class Client:
         self._end_without_worker(rq_job, "expired")
 
     def _end_without_worker(self, rq_job: RQJob, status: str) -> None:
+        """A queued job ended here (canceled, or expired): what a worker does when a job ends."""
+        request = rq_job.kwargs.get("request") or {}
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.delete(rq_job.kwargs.get("latent_key", keys.latent_key(rq_job.id)))
-            metrics.record_status(pipe, (rq_job.kwargs.get("request") or {}).get("model", ""), status)
+            metrics.record_status(pipe, request.get("model", ""), status)
             pipe.publish(keys.job_done_channel(rq_job.id), status)
             pipe.execute()
+        if request.get("callback_url"):
+            rq_job.refresh()
+            self._webhook_sender().send(request["callback_url"], job_info(rq_job, self.store.url).to_dict())
+
+    def _webhook_sender(self) -> WebhookSender:
+        # Started on first use: most producers never cancel a job that has a callback.
+        with self._pubsubs_lock:
+            if self._webhooks is None:
+                self._webhooks = WebhookSender()
+            return self._webhooks
 
     def wait_for(self, job_id: str, timeout: float) -> JobInfo:
         """The job's status as soon as it ends, or at the timeout: woken by the worker's message, not polling."""
@@ -353,8 +367,12 @@ class Client:
         }
 
     def close(self) -> None:
+        """Deliver pending webhooks (of jobs canceled or expired here), then drop the connections."""
         with self._pubsubs_lock:
             pubsubs, self._pubsubs = self._pubsubs, []
+            webhooks, self._webhooks = self._webhooks, None
+        if webhooks is not None:
+            webhooks.close()
         for pubsub in pubsubs:
             pubsub.close()
         self.connection.close()
