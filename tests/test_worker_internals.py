@@ -38,18 +38,59 @@ def test_pop_many_takes_high_priority_first_keeps_ids_in_intermediate_lists_and_
     assert redis_conn.lrange(queues[1].key, 0, -1) == [normal[2].id.encode(), normal[3].id.encode()]
 
 
-def test_dequeue_reports_how_many_jobs_wait_behind_the_popped_one(env, redis_conn):
+def cpu_worker(models_file, redis_conn, tmp_path, name: str, **options) -> DecodeWorker:
+    model = load_model(load_registry(models_file).get("taef2"), "cpu")
+    return DecodeWorker({"taef2": model}, redis_conn, LocalStore(tmp_path / "store"), name=name, **options)
+
+
+def close(worker: DecodeWorker) -> None:
+    worker._committer.close()
+    worker._pool.shutdown()
+
+
+def test_intake_starts_the_popped_job_and_what_waits_behind_it_in_four_round_trips(env, models_file, redis_conn,
+                                                                                      tmp_path):  # fmt: skip
     client = Client()
     jobs = client.submit_many(torch.randn(3, 32, 2, 2), model="taef2")
-    queues = model_queues(redis_conn)
+    worker = cpu_worker(models_file, redis_conn, tmp_path, "intake", max_wait_ms=0)
+    worker.register_birth()
+    queues = worker.model_queues("taef2")
 
-    first, _ = ReliableQueue.dequeue_any(queues, None, connection=redis_conn, serializer=JSONSerializer)
-    assert first.id == jobs[0].id and first.waiting_behind == 2
-    ReliableQueue.pop_many(queues, 5, redis_conn, serializer=JSONSerializer)
-    client.submit(torch.randn(32, 2, 2), model="taef2")
-    last, _ = ReliableQueue.dequeue_any(queues, 1, connection=redis_conn, serializer=JSONSerializer)
-    assert last.waiting_behind == 0
-    assert ReliableQueue.dequeue_any(queues, None, connection=redis_conn, serializer=JSONSerializer) is None
+    first, queue = ReliableQueue.dequeue_any(queues, None, connection=redis_conn, serializer=JSONSerializer)
+    assert first.id == jobs[0].id and first.origin == keys.queue_name("taef2")
+    calls = []
+    original = redis_conn.pipeline
+    redis_conn.pipeline = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        batch = worker._intake.take(first, queue)
+    finally:
+        redis_conn.pipeline = original
+
+    assert [job.id for job in batch.jobs] == [job.id for job in jobs]
+    assert all(blob for blob in batch.blobs) and first.kwargs["request"]["model"] == "taef2"
+    assert [client.job_info(job.id).status.value for job in jobs] == ["started"] * 3
+    assert first.get_status(refresh=False).value == "started" and first.worker_name == "intake"
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    assert len(calls) == 3  # start of the popped job; the others' records (after one Lua pop); their start
+    close(worker)
+
+
+def test_intake_skips_a_popped_job_whose_record_is_gone_and_leaves_nothing_behind(env, models_file, redis_conn,
+                                                                                    tmp_path):  # fmt: skip
+    job = Client().submit(torch.randn(32, 2, 2), model="taef2")
+    redis_conn.delete(f"rq:job:{job.id}")
+    worker = cpu_worker(models_file, redis_conn, tmp_path, "gone")
+    worker.register_birth()
+    popped, queue = ReliableQueue.dequeue_any(worker.model_queues("taef2"), None, connection=redis_conn,
+                                              serializer=JSONSerializer)  # fmt: skip
+
+    batch = worker._intake.take(popped, queue)
+
+    assert batch.jobs == [] and batch.blobs == []
+    assert not redis_conn.exists(f"rq:job:{job.id}", f"latentq:latent:{job.id}")
+    assert redis_conn.zcard(queue.started_job_registry.key) == 0
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    close(worker)
 
 
 def test_histograms_store_one_bucket_per_observation_and_render_cumulative(redis_conn):
@@ -76,13 +117,10 @@ def test_histograms_store_one_bucket_per_observation_and_render_cumulative(redis
 
 
 def test_a_cpu_worker_batches_small_images_only_and_encodes_in_line(env, models_file, redis_conn, tmp_path):
-    model = load_model(load_registry(models_file).get("taef2"), "cpu")
-    store = LocalStore(tmp_path / "store")
-    default = DecodeWorker({"taef2": model}, redis_conn, store, name="defaults")
+    default = cpu_worker(models_file, redis_conn, tmp_path, "defaults")
     assert (default.max_batch, default.max_batch_pixels, default.encode_threads) == (32, 256 * 256, 0)
-    chosen = DecodeWorker({"taef2": model}, redis_conn, store, name="chosen", max_batch=8, max_batch_pixels=None,
-                          encode_threads=2)  # fmt: skip
+    chosen = cpu_worker(models_file, redis_conn, tmp_path, "chosen", max_batch=8, max_batch_pixels=None,
+                        encode_threads=2)  # fmt: skip
     assert (chosen.max_batch, chosen.max_batch_pixels, chosen.encode_threads) == (8, None, 2)
-    for worker in (default, chosen):
-        worker._committer.close()
-        worker._pool.shutdown()
+    close(default)
+    close(chosen)

@@ -48,15 +48,14 @@ class ReliableQueue(Queue):
                     serializer: Any = None, death_penalty_class: Any = None) -> tuple[Any, Queue] | None:  # fmt: skip
         """RQ's pop (same signature), always by LMOVE/BLMOVE of one queue at a time.
 
-        The popped job comes back with ``waiting_behind``: how many jobs its worker's queues
-        still held, read in the same round trip as the job itself, so that a worker at light
-        load knows without asking again that there is nothing to batch it with.
+        The popped job comes back as its id only (its record is not read here): the decode
+        worker reads it in the same round trip that marks it started (see ``intake``).
         """
         queues = list(queues)
         deadline = time.monotonic() + (timeout or 0)
         while True:
             for queue in queues:
-                result = cls._take(queues, queue, None, connection, job_class, serializer)
+                result = cls._take(queue, None, connection, job_class, serializer)
                 if result is not None:
                     return result
             remaining = deadline - time.monotonic()
@@ -66,30 +65,20 @@ class ReliableQueue(Queue):
                 raise DequeueTimeout(timeout, [queue.key for queue in queues])
             try:
                 # Idle: block on the last queue (the busiest, normal-priority one) a short while.
-                result = cls._take(queues, queues[-1], min(remaining, IDLE_BLOCK_S), connection, job_class, serializer)
+                result = cls._take(queues[-1], min(remaining, IDLE_BLOCK_S), connection, job_class, serializer)
             except DequeueTimeout:
                 continue
             if result is not None:
                 return result
 
     @classmethod
-    def _take(cls, queues: list[Queue], queue: Queue, timeout: float | None, connection: Any, job_class: Any,
+    def _take(cls, queue: Queue, timeout: float | None, connection: Any, job_class: Any,
               serializer: Any) -> tuple[Any, Queue] | None:  # fmt: skip
         popped = cls.lmove(connection, queue.key, timeout)  # type: ignore[arg-type]
         if popped is None:
             return None
-        job_id = as_text(popped[1])
-        job_cls = job_class or queue.job_class
-        with connection.pipeline(transaction=False) as pipe:
-            pipe.hgetall(job_cls.key_for(job_id))
-            for other in queues:
-                pipe.llen(other.key)
-            raw, *lengths = pipe.execute()
-        if not raw:
-            return None  # its record is gone (RQ's dequeue skips such ids too); the next pop goes on
-        job = job_cls(job_id, connection=connection, serializer=serializer)
-        job.restore(raw)
-        job.waiting_behind = sum(lengths)
+        job = (job_class or queue.job_class)(as_text(popped[1]), connection=connection, serializer=serializer)
+        job.origin = queue.name
         return job, queue
 
     @classmethod

@@ -40,6 +40,7 @@ from ..store import ObjectStore
 from ..webhooks import WebhookSender
 from .completion import Committer, Completed
 from .faults import Faults
+from .intake import Batch, Intake
 from .pipeline import (
     DecodedImage,
     decode_group,
@@ -99,8 +100,9 @@ class DecodeWorker(SimpleWorker):
                   for m in models]  # fmt: skip
         queues += [ReliableQueue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
         # A short worker TTL makes a dead worker disappear from `rq info` and model status soon.
+        # log_job_description off: RQ logs each popped job before its record is read (see intake).
         super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30,
-                         queue_class=ReliableQueue)  # fmt: skip
+                         queue_class=ReliableQueue, log_job_description=False)  # fmt: skip
         on_gpu = any(str(model.device).startswith("cuda") for model in models.values())
         defaults = BATCH_DEFAULTS["cuda" if on_gpu else "cpu"]
         max_batch = defaults["max_batch"] if max_batch is None else max_batch
@@ -136,6 +138,7 @@ class DecodeWorker(SimpleWorker):
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
         self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts)
+        self._intake = Intake(self)
         # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
         self._decode_metrics = metrics.MetricsBatch()
         self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0}
@@ -173,8 +176,11 @@ class DecodeWorker(SimpleWorker):
         return self.execution_ttl
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        jobs = self._collect(job, queue)
-        self._run_batch(jobs)  # RQ marks the worker idle before its next pop
+        batch = self._intake.take(job, queue)
+        with self._active_lock:
+            for started in batch.jobs:
+                self._active[started.id] = (started, batch.executions[started.id])
+        self._run_batch(batch)  # RQ marks the worker idle before its next pop
 
     def teardown(self) -> None:
         # Warm shutdown: encode and store everything decoded before leaving.
@@ -187,70 +193,14 @@ class DecodeWorker(SimpleWorker):
         self.connection.expire(self.stats_key, 3600)
 
     # --- batching -------------------------------------------------------------
-    def _model_queues(self, model: str) -> list[Queue]:
+    def model_queues(self, model: str) -> list[Queue]:
+        """The model's queues in the order they are served: high priority first."""
         return [q for q in self.queues if keys.model_from_queue(q.name) == model]
 
-    def _collect(self, first: RQJob, queue: Queue) -> list[RQJob]:
-        """The first job plus what else waits for its model (high priority first), up to max_batch.
-
-        The batching window (``max_wait``) opens only when more than one job was waiting: a
-        burst is arriving and more of it may follow. A lone job at light load is decoded at
-        once; under steady load jobs pile up while a batch decodes, and batches form anyway.
-        """
-        if getattr(first, "waiting_behind", None) == 0 or self.max_batch == 1:
-            return [first]  # nothing else was waiting when it was popped
-        model_queues = self._model_queues(keys.model_from_queue(queue.name) or "")
-        jobs = [first] + self._pop(model_queues, self.max_batch - 1)
-        if len(jobs) == 1 or len(jobs) >= self.max_batch:
-            return jobs
-        deadline = time.monotonic() + self.max_wait
-        while len(jobs) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            time.sleep(min(0.001, remaining))
-            jobs += self._pop(model_queues, self.max_batch - len(jobs))
-        return jobs
-
-    def _pop(self, queues: list[Queue], count: int) -> list[RQJob]:
-        popped = ReliableQueue.pop_many(queues, count, self.connection, job_class=self.job_class,
-                                        serializer=self.serializer)  # fmt: skip
-        return [job for job, _ in popped]
-
-    def _start(self, jobs: list[RQJob], queues: dict[str, Queue]) -> tuple[dict[str, Any], list[bytes | None]]:
-        """Mark a whole batch started in RQ and fetch its latents, in one round trip.
-
-        The same writes as RQ's prepare_execution + prepare_job_execution, per job,
-        but pipelined for the batch: per-job round trips would cap tiny-job throughput.
-        """
-        ttl = self.execution_ttl
-        executions = {}
-        # No MULTI: a worker that dies halfway leaves an execution that expires or an id in the intermediate
-        # list, and RQ's cleanup re-queues the job either way. The worker's own heartbeat is RQ's loop's.
-        with self.connection.pipeline(transaction=False) as pipe:
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            for job in jobs:
-                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-                self.executions[execution.id] = execution
-                executions[job.id] = execution
-                job.heartbeat(now(), ttl, pipeline=pipe)
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-                pipe.lrem(queues[job.id].intermediate_queue_key, 1, job.id)
-            pipe.mget([job.kwargs.get("latent_key", "") for job in jobs])
-            blobs = pipe.execute()[-1]
-        with self._active_lock:
-            for job in jobs:
-                self._active[job.id] = (job, executions[job.id])
-        return executions, blobs
-
-    def _run_batch(self, jobs: list[RQJob]) -> None:
-        by_name = {queue.name: queue for queue in self.queues}
-        queues = {job.id: by_name.get(job.origin) or Queue(job.origin, connection=self.connection,
-                                                            serializer=JSONSerializer) for job in jobs}  # fmt: skip
-        executions, blobs = self._start(jobs, queues)
+    def _run_batch(self, batch: Batch) -> None:
+        queues, executions = batch.queues, batch.executions
         by_model: dict[str, list[tuple[RQJob, DecodeRequest, Any]]] = {}
-        for job, blob in zip(jobs, blobs):
+        for job, blob in zip(batch.jobs, batch.blobs):
             context = (job, queues[job.id], executions[job.id])
             try:
                 model_name = keys.model_from_queue(job.origin) or ""
