@@ -22,7 +22,6 @@ from typing import Any
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job as RQJob
-from rq.utils import now
 from rq.worker import WorkerStatus
 
 from .. import keys
@@ -124,8 +123,7 @@ class Intake:
                 execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
                 worker.executions[execution.id] = execution
                 batch.executions[job.id] = execution
-                job.heartbeat(now(), ttl, pipeline=pipe)
-                job.prepare_for_execution(worker.name, pipeline=pipe)
+                job.prepare_for_execution(worker.name, pipeline=pipe)  # sets last_heartbeat too
                 pipe.persist(job.key)
                 pipe.lrem(queues[job.id].intermediate_queue_key, 1, job.id)
             latent_keys = [keys.latent_key(job.id) if fetch else job.kwargs.get("latent_key", keys.latent_key(job.id))
