@@ -67,6 +67,15 @@ from report import render_markdown, to_json, write_plot
 from latentq.worker.rq_worker import BATCH_DEFAULTS
 
 
+def median_rounds(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each row's median round by images/s, with every round's rate beside it."""
+    rows = {}
+    for row, rounds in results.items():
+        ordered = sorted(rounds, key=lambda r: r["images_per_s"])
+        rows[row] = {**ordered[(len(ordered) - 1) // 2], "rounds": [r["images_per_s"] for r in rounds]}
+    return rows
+
+
 def batch_size(max_batch: int | None, hw: int) -> int:
     """Jobs per decode call for latents of hw x hw: the flag, or what the worker's CPU defaults give."""
     if max_batch is not None:
@@ -85,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latent-hw", type=int, default=16, help="latent height = width for the throughput rows "
                         "(default 16: 32x16x16 -> 128x128 px)")  # fmt: skip
     parser.add_argument("--images", type=int, default=64, help="latents per throughput row (default 64)")
+    parser.add_argument("--rounds", type=int, default=None, help="runs of the throughput rows, interleaved; each "
+                        "row reports its median round (default 3, --quick 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=None, help="workers' --max-batch (rows b, c, d, e, f; "
                         "default: the worker's own CPU defaults, max-batch 32 within 65,536 output pixels per "
                         "decode call)")  # fmt: skip
@@ -133,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.only) - set("apbcdef")
     if unknown:
         parser.error(f"--only takes row letters from 'apbcdef', not {''.join(sorted(unknown))!r}")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if args.quick:
         args.images = min(args.images, 16)
         args.tiny_jobs = min(args.tiny_jobs, 200)
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict = {
         "meta": {"quick": args.quick, "machine": machine_summary(), "cpus": usable_cpus(), "taef2": str(args.taef2),
                  "load_at_start": load_average(), "channels": CHANNELS, "latent_hw": hw, "images": args.images,
+                 "rounds": args.rounds,
                  "max_batch": batch_text(args.max_batch, hw), "max_batch_tiny": batch_text(args.max_batch, 1),
                  "max_wait_ms": args.max_wait_ms, "tiny_format": args.tiny_format,
                  "latency_jobs": args.latency_jobs, "memory_jobs": args.memory_jobs,
@@ -216,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         tput = data["throughput"]
         rows = tput.setdefault("rows", {})
 
+        results: dict[str, list[dict]] = {}  # row -> one result per round
+
         def row_a() -> None:
             batch = batch_size(args.max_batch, hw)
             single, batched = per_decode_ms(model, hw, batch, repeats=3 if args.quick else 7)
@@ -224,31 +240,41 @@ def main(argv: list[str] | None = None) -> int:
             tput.update(single_decode_ms=single, batched_decode_ms=batched, model_load_ms=load_sw.seconds * 1000)
             tiny_ms = per_decode_ms(model, 1, batch_size(args.max_batch, 1), repeats=5)
             tiny.update(tiny_single_ms=tiny_ms[0], tiny_batched_ms=tiny_ms[1])
-            log(f"row a: in-process loop over {args.images} latents")
-            rows["a"] = in_process_loop(model, latents, Path(scratch) / "a")
 
         tiny: dict[str, float] = {}
-        guard.run("a", row_a)
+        guard.run("a-setup", row_a)
 
-        # a, p, b, a2, b1, c, c1: the in-process loop brackets rows p and b, since the machine drifts. Each row
-        # is its own section: one that fails (say plain RQ) does not take the others with it.
+        # a, p, b, a2, b1, c, c1: the in-process loop brackets rows p and b, since the machine drifts, and the
+        # whole sequence runs --rounds times; each row reports its median round. Each row is its own section:
+        # one that fails (say plain RQ) does not take the others with it.
+        def keep(row: str, result: dict) -> None:
+            results.setdefault(row, []).append(result)
+            rows.update(median_rounds(results))
+
         def queue_row(row: str, what: str, fn, *fn_args) -> None:
             log(f"row {row}: {what}")
-            attempt(row, lambda: rows.__setitem__(row, guard.run(row, fn, stack, latents, *fn_args)))
+            attempt(row, lambda: keep(row, guard.run(row, fn, stack, latents, *fn_args)))
 
-        if "p" in rows_wanted:
-            queue_row("p", "plain RQ, SimpleWorker, one job per latent", plain_rq_throughput, args)
-        if "b" in rows_wanted:
-            label = f"latentq, 1 worker, max-batch {batch_text(args.max_batch, hw)}"
-            queue_row("b", label, latentq_throughput, 1, args.max_batch,
-                      args)  # fmt: skip
-        if rows_wanted & set("pbc"):
-            log("row a2: the in-process loop again (drift check)")
-            rows["a2"] = guard.run("a2", in_process_loop, model, latents, Path(scratch) / "a2")
-        for row, wanted, workers, max_batch in (("b1", "b", 1, 1), ("c", "c", 2, args.max_batch), ("c1", "c", 2, 1)):
-            if wanted in rows_wanted and not (args.no_batch1 and row.endswith("1")):
-                queue_row(row, f"latentq, {workers} worker(s), max-batch {max_batch}", latentq_throughput, workers,
-                          max_batch, args)  # fmt: skip
+        def in_process_row(row: str) -> None:
+            log(f"row {row}: in-process loop over {args.images} latents")
+            keep(row, guard.run(row, in_process_loop, model, latents, Path(scratch) / row))
+
+        for round_index in range(args.rounds):
+            log(f"throughput round {round_index + 1} of {args.rounds}")
+            in_process_row("a")
+            if "p" in rows_wanted:
+                queue_row("p", "plain RQ, SimpleWorker, one job per latent", plain_rq_throughput, args)
+            if "b" in rows_wanted:
+                label = f"latentq, 1 worker, max-batch {batch_text(args.max_batch, hw)}"
+                queue_row("b", label, latentq_throughput, 1, args.max_batch, args)
+            if rows_wanted & set("pbc"):
+                in_process_row("a2")
+            for row, wanted, workers, max_batch in (("b1", "b", 1, 1), ("c", "c", 2, args.max_batch),
+                                                    ("c1", "c", 2, 1)):  # fmt: skip
+                if wanted in rows_wanted and not (args.no_batch1 and row.endswith("1")):
+                    queue_row(row, f"latentq, {workers} worker(s), max-batch {max_batch}", latentq_throughput,
+                              workers, max_batch, args)  # fmt: skip
+            write(final=False)
         model = None  # the in-process rows are done: free it
 
         def section_d() -> None:

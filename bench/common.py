@@ -211,8 +211,9 @@ class BenchStack:
         args = [sys.executable, "-m", "latentq"]
         if log_level:
             args += ["--log-level", log_level]
+        batch = ["--max-batch", str(max_batch)] if max_batch is not None else []  # None: the worker's default
         args += ["worker", "--model", model, "--device", device, "--max-wait-ms", str(max_wait_ms), "--name", name,
-                 *(["--max-batch", str(max_batch)] if max_batch is not None else []), *extra, *self.worker_args]  # fmt: skip
+                 *batch, *extra, *self.worker_args]  # fmt: skip
         if dtype:
             args += ["--dtype", dtype]
         return self._spawn(name, args, {**self.worker_env, **(env or {})}, kind="latentq")

@@ -75,6 +75,8 @@ def throughput_markdown(data: dict, missed: list[str]) -> str:
                               f"{r['images_per_s'] / a_rate:.2f}x of a alone; target >= 0.95x)")  # fmt: skip
         split = f"{meta['cpus']} CPUs split: --torch-threads {max(1, meta['cpus'] // 2)} each"
         notes = split if row in ("c", "c1") else ""
+        if len(r.get("rounds", [])) > 1:
+            notes = join_notes(notes, "rounds " + " / ".join(f"{v:.1f}" for v in r["rounds"]))
         if r.get("clock_ok") is False:
             notes = join_notes(notes, f"**clock check failed** ({r['clock_early_ms']:.0f} / "
                                       f"{r['clock_late_ms']:.0f} ms)")  # fmt: skip
@@ -95,7 +97,9 @@ def throughput_markdown(data: dict, missed: list[str]) -> str:
         "finished; the timestamps come from the same machine's clock, checked against this process's).\n\n"
         f"Ratios are against the in-process loop measured in this run: the mean of a and a2 ({base:.2f} "
         "images/s; a and a2 bracket rows p and b, because the in-process rate itself drifts by 10-20% between "
-        "runs on small VMs), and against a alone. The target is judged on the first.\n\n"
+        "runs on small VMs), and against a alone. The target is judged on the first. The sequence a, p, b, a2, "
+        f"b1, c, c1 ran {meta.get('rounds', 1)} time(s), interleaved; each row shows its median round (every "
+        "round's images/s in its notes).\n\n"
         + markdown_table(["row", "setup", "images/s", "p50 ms", "p99 ms", "vs mean(a, a2)", "vs a", "seconds",
                           "mean batch", "target", "met", "notes"], table)
     )  # fmt: skip
