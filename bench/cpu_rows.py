@@ -403,19 +403,21 @@ class Guard:
     def __init__(self, args) -> None:
         self.args = args
         self.load: dict[str, float] = {}
-        self.attempts: dict[str, list[float]] = {}
+        self.attempts: dict[str, list[list[float]]] = {}  # row -> per call (round), each attempt's disturbance
 
     def run(self, row: str, fn, *fn_args, **fn_kwargs):
         """Run a row; if other processes used >= 0.10 cores meanwhile, wait and rerun it (``--retries``),
         keeping the least disturbed attempt. Every attempt's disturbance is kept for the report."""
         best = None
+        tries: list[float] = []
+        self.attempts.setdefault(row, []).append(tries)
         for attempt in range(1 + max(0, self.args.retries)):
             if self.args.quiet_wait > 0:
                 wait_for_quiet(self.args.quiet_wait)
             probe = ForeignCPU()
             result = fn(*fn_args, **fn_kwargs)
             cores = probe.cores()
-            self.attempts.setdefault(row, []).append(cores)
+            tries.append(cores)
             if best is None or cores < best[0]:
                 best = (cores, result)
             if cores < 0.10:
@@ -424,7 +426,7 @@ class Guard:
                 f"row {row}: other processes used {cores:.2f} cores meanwhile; "
                 + ("running it again" if attempt < self.args.retries else "keeping the least disturbed attempt")
             )
-        self.load[row] = best[0]
+        self.load[row] = max(self.load.get(row, 0.0), best[0])  # the worst round's
         return best[1]
 
     def note(self, row: str) -> str:
@@ -440,7 +442,9 @@ class Guard:
 
     def retried(self) -> list[str]:
         return [
-            f"{row}: {len(tries)} attempts, other processes' cores {', '.join(f'{c:.2f}' for c in tries)}"
-            for row, tries in self.attempts.items()
+            f"{row}{f' (round {i + 1})' if len(calls) > 1 else ''}: {len(tries)} attempts, other processes' cores "
+            f"{', '.join(f'{c:.2f}' for c in tries)}"
+            for row, calls in self.attempts.items()
+            for i, tries in enumerate(calls)
             if len(tries) > 1
         ]

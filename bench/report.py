@@ -125,9 +125,10 @@ def dispatch_markdown(data: dict, missed: list[str]) -> str:
     return (
         f"### Dispatch: {ours['jobs']} tiny jobs (1x{meta['channels']}x1x1 -> 8x8 {meta['tiny_format']})\n\n"
         f"In-process decode of one tiny latent: {d['tiny_single_ms']:.2f} ms; {d['tiny_batched_ms']:.2f} ms per "
-        f"image in a batch of {meta['max_batch_tiny'].split()[0]}. All jobs are queued before the worker starts; jobs/s = jobs / "
-        "(last job's ended_at - first job's started_at), nothing subtracted. queue ms/job = that span / jobs "
-        "minus the mean decode time per job (the job results' decode_ms / batch_size: a latentq job reports its "
+        f"image in a batch of {str(meta['max_batch_tiny']).split(',')[0]}. All jobs are queued before the worker "
+        "starts; jobs/s = jobs / (last job's ended_at - first job's started_at), nothing subtracted. queue "
+        "ms/job = that span / jobs minus the mean decode time per job (the job results' decode_ms / "
+        "batch_size: a latentq job reports its "
         "batch's decode), i.e. what the queue itself costs per job; \"after 1st\": the span after the first job "
         "ended / the other jobs, minus the mean decode of the jobs that started after it (no warm-up decode, no "
         "first batch). The "
