@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     RESULTS_DIR,
+    VAE_CONFIGS,
     BenchStack,
     Stopwatch,
     check_all_finished,
@@ -51,20 +52,7 @@ MODEL = "sd15"
 QUEUE = "latentq." + MODEL
 LATENT_CHANNELS = 4
 
-# stable-diffusion-v1-5/vae/config.json, less the bookkeeping keys
-SD15_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
+SD15_VAE_CONFIG = VAE_CONFIGS["sd15"]
 # --small: the same architecture, narrower, for a smoke run of this script on a CPU
 SMALL_VAE_CONFIG = {**SD15_VAE_CONFIG, "block_out_channels": [32, 64, 64, 64], "layers_per_block": 1,
                     "sample_size": 128}  # fmt: skip

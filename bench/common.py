@@ -37,6 +37,27 @@ FINAL_BAD = (b"failed", b"stopped", b"canceled")
 
 
 # --------------------------------------------------------------------------------------------- models files
+# Full-size VAE configs for the GPU scripts: the repos' vae/config.json, less bookkeeping keys. latentq's
+# registry (src/latentq/models/registry.py) names only the hub sources, not the architectures.
+_KL: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+}
+VAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd15": {**_KL, "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215},
+    # stabilityai/sdxl-vae. force_upcast only tells pipelines to decode in float32 (the real weights overflow
+    # in fp16); the VAE ignores it, so here SDXL decodes in fp16 like madebyollin/sdxl-vae-fp16-fix would.
+    "sdxl": {**_KL, "latent_channels": 4, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
+    "flux1": {**_KL, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+              "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True},
+}  # fmt: skip
+
 def toml_value(value: Any) -> str:
     """A TOML value for a str / bool / number / list / dict (dicts become inline tables)."""
     if isinstance(value, bool):

@@ -33,30 +33,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, exit_on_sigterm, fmt, log, markdown_table
+from common import RESULTS_DIR, VAE_CONFIGS, exit_on_sigterm, fmt, log, markdown_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the configs are inline: the hub must never be asked
 
-# The repos' vae/config.json, less bookkeeping keys. latentq's registry (src/latentq/models/registry.py)
-# names only the hub sources of these models, not their architecture, so the configs live here.
-_KL: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "norm_num_groups": 32,
-}
-CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": {**_KL, "latent_channels": 4, "sample_size": 512, "scaling_factor": 0.18215},
-    # stabilityai/sdxl-vae. force_upcast only tells pipelines to decode in float32 (the real weights overflow
-    # in fp16); the VAE ignores it, so here SDXL decodes in fp16 like madebyollin/sdxl-vae-fp16-fix would.
-    "sdxl": {**_KL, "latent_channels": 4, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
-    "flux1": {**_KL, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-              "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True},
-}  # fmt: skip
 # --small: tests/tiny_configs.py's shrink of the same classes (same code paths, 8x spatial factor)
 SMALL = {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32}
 FULL = {"sizes": "512,1024", "dtypes": "float16,bfloat16", "batches": "1,2,4,8,16", "repeats": 3, "min_time": 0.3}
@@ -115,8 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     if not off]  # fmt: skip
     args.tilings = [t for t, off in ((False, args.no_untiled), (True, args.no_tiled)) if not off]
     for name in args.models:
-        if name not in CONFIGS:
-            p.error(f"unknown model {name!r}; known: {', '.join(CONFIGS)}")
+        if name not in VAE_CONFIGS:
+            p.error(f"unknown model {name!r}; known: {', '.join(VAE_CONFIGS)}")
     for name in args.dtypes:
         if name not in ("float16", "bfloat16", "float32"):
             p.error(f"unknown dtype {name!r}")
@@ -135,7 +115,7 @@ def build_vae(name: str, small: bool, seed: int, device):
 
     torch.manual_seed(seed)
     with device:  # random init on the GPU: seconds instead of ~12 s per model on the CPU
-        return AutoencoderKL(**{**CONFIGS[name], **(SMALL if small else {})}).eval()
+        return AutoencoderKL(**{**VAE_CONFIGS[name], **(SMALL if small else {})}).eval()
 
 
 def set_tiling(vae, tiled: bool, tile_px: int) -> None:
