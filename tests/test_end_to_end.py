@@ -38,7 +38,9 @@ def test_photo_through_the_http_api(procs):
 
 
 @pytest.mark.timeout(180)
-def test_sixteen_waiting_jobs_decode_in_two_calls_and_match_single_decodes(procs, redis_conn):
+# 0: a CPU worker's default, results encoded in line; 2: a GPU worker's way, threads encode while it decodes.
+@pytest.mark.parametrize("encode_threads", ["0", "2"])
+def test_sixteen_waiting_jobs_decode_in_two_calls_and_match_single_decodes(procs, redis_conn, encode_threads):
     client = Client()
     generator = torch.Generator().manual_seed(0)
     latents = [torch.randn(32, 12, 16, generator=generator) for _ in range(16)]
@@ -46,7 +48,8 @@ def test_sixteen_waiting_jobs_decode_in_two_calls_and_match_single_decodes(procs
     assert client.queue("taef2").count == 16
 
     # No pixel budget: this is about the count (tests/test_observability.py covers the budget).
-    procs.worker("taef2", max_batch=8, max_wait_ms=50, name="batcher", extra=("--max-batch-pixels", "0"))
+    procs.worker("taef2", max_batch=8, max_wait_ms=50, name="batcher",
+                 extra=("--max-batch-pixels", "0", "--encode-threads", encode_threads))  # fmt: skip
     results = [job.wait(timeout=120) for job in jobs]
 
     stats = redis_conn.hgetall("latentq:worker-stats:batcher")

@@ -65,10 +65,12 @@ def test_tiled_decode_above_the_threshold(procs, tmp_path, models_file):
     assert np.abs(got_tiled - got_plain).max() <= np.abs(tiled - plain).max() + 1
 
 
-def test_preview_is_published_before_the_full_result(procs, tmp_path, models_file):
+@pytest.mark.parametrize("encode_threads", ["0", "2"])  # a CPU worker's default; a GPU worker's threads
+def test_preview_is_published_before_the_full_result(procs, tmp_path, models_file, encode_threads):
     make_flux2_weights(tmp_path / "flux2")
     models_file.write_text(models_file.read_text() + f'\n[models.flux2]\nsource = "{tmp_path / "flux2"}"\n')
-    procs.worker("flux2", env={"LATENTQ_FAULTS": json.dumps({"decode_delay_s": 2.0})})
+    procs.worker("flux2", env={"LATENTQ_FAULTS": json.dumps({"decode_delay_s": 2.0})},
+                 extra=("--encode-threads", encode_threads))  # fmt: skip
     client = Client()
     latent = torch.randn(1, (H // 16) * (W // 16), 128)
     job = client.submit(latent, model="flux2", height=H, width=W, preview=True)
