@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="runs of the throughput rows, interleaved; each "
                         "row reports its median round (default 3, --quick 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=None, help="workers' --max-batch (rows b, c, d, e, f; "
-                        "default: the worker's own CPU defaults, max-batch 32 within 65,536 output pixels per "
+                        "default: the worker's own CPU defaults, max-batch 32 within 32,768 output pixels per "
                         "decode call)")  # fmt: skip
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="workers' --max-wait-ms (default 5, "
                         "latentq's default)")  # fmt: skip

@@ -118,7 +118,7 @@ def test_histograms_store_one_bucket_per_observation_and_render_cumulative(redis
 
 def test_a_cpu_worker_batches_small_images_only_and_encodes_in_line(env, models_file, redis_conn, tmp_path):
     default = cpu_worker(models_file, redis_conn, tmp_path, "defaults")
-    assert (default.max_batch, default.max_batch_pixels, default.encode_threads) == (32, 256 * 256, 0)
+    assert (default.max_batch, default.max_batch_pixels, default.encode_threads) == (32, 2 * 128 * 128, 0)
     chosen = cpu_worker(models_file, redis_conn, tmp_path, "chosen", max_batch=8, max_batch_pixels=None,
                         encode_threads=2)  # fmt: skip
     assert (chosen.max_batch, chosen.max_batch_pixels, chosen.encode_threads) == (8, None, 2)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="when more than one job waits, how long to wait for the batch to fill (default 5)")
     worker.add_argument("--max-batch-pixels", type=int,
                         help="output pixels (x frames) one decode call may hold; 0: no budget "
-                             "(default 16M on a GPU; 65536 on a CPU, where only small images gain from batching)")  # fmt: skip
+                             "(default 16M on a GPU; 32768 on a CPU, where only small images gain from batching)")  # fmt: skip
     worker.add_argument("--encode-threads", type=int, default=None,
                         help="threads encoding and storing results while the next batch decodes; 0: in line "
                              "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip

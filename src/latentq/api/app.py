@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from .. import __version__, metrics
@@ -23,8 +23,8 @@ from ..producer.client import Client
 from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from ..wire import latent_from_bytes
-from .batches import install_batch_routes
 from .auth import install_api_keys
+from .batches import install_batch_routes
 from .params import decode_params, read_body
 from .remote import install_remote_routes
 

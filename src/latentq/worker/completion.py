@@ -50,23 +50,44 @@ class Completed:
 
 
 class Committer:
-    """One thread that commits finished jobs in batches; ``after(job)`` runs once each is committed."""
+    """Commits finished jobs in batches; ``after(job)`` runs once each is committed.
 
-    def __init__(self, worker: Any, after: Callable[[Completed], None], attempts: int = 4) -> None:
+    Threaded (a GPU worker, whose encoder threads finish jobs while the next batch decodes):
+    one thread takes whatever has piled up. In line (a CPU worker, which finishes its jobs
+    in the decoding thread): jobs gather until ``flush()``, called once per batch, so no
+    thread competes with the decode for the cores.
+    """
+
+    def __init__(self, worker: Any, after: Callable[[Completed], None], attempts: int = 4, *,
+                 threaded: bool = True) -> None:  # fmt: skip
         self.worker = worker
         self.after = after
         self.attempts = max(1, attempts)
         self._queue: queue.Queue[Completed | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="latentq-commit", daemon=True)
-        self._thread.start()
+        self._gathered: list[Completed] = []
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="latentq-commit", daemon=True)
+            self._thread.start()
 
     def submit(self, item: Completed) -> None:
-        self._queue.put(item)
+        if self._thread is None:
+            self._gathered.append(item)
+        else:
+            self._queue.put(item)
+
+    def flush(self) -> None:
+        """In line: commit what gathered since the last flush (threaded: nothing to do)."""
+        while self._gathered:
+            items, self._gathered = self._gathered[:MAX_COMMIT], self._gathered[MAX_COMMIT:]
+            self._commit_with_retries(items)
 
     def close(self, timeout: float = 60.0) -> None:
         """Commit everything submitted so far, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+        self.flush()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:

@@ -58,11 +58,12 @@ __all__ = ["BATCH_DEFAULTS", "DecodeWorker"]
 # Defaults by where the models run (flags override each).
 # GPU: batches of up to 8 within 16M output pixels, encoded by 4 threads while the next batch decodes.
 # CPU: a decode call costs about its pixels whatever the batch, and large batches fall out of cache
-# (TAEF2 at 128x128: +20% per image at batch 8), so only small images batch; the decode already
-# uses every core, so results are encoded in line rather than by threads that preempt it.
+# (TAEF2 at 128x128: +10% per image at batch 4, +20% at 8), so only small images batch. The decode
+# already uses every core, and torch's threads stall when another thread preempts one of them, so
+# results are encoded and marked finished in line, between decodes, not by threads beside them.
 BATCH_DEFAULTS: dict[str, dict[str, int]] = {
     "cuda": {"max_batch": 8, "max_batch_pixels": 16 * 1024 * 1024, "encode_threads": 4},
-    "cpu": {"max_batch": 32, "max_batch_pixels": 256 * 256, "encode_threads": 0},
+    "cpu": {"max_batch": 32, "max_batch_pixels": 2 * 128 * 128, "encode_threads": 0},
 }
 
 log = logging.getLogger("latentq.worker")
@@ -137,7 +138,8 @@ class DecodeWorker(SimpleWorker):
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="latentq-heartbeat", daemon=True)
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
-        self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts)
+        self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts,
+                                    threaded=encode_threads > 0)  # fmt: skip
         self._intake = Intake(self)
         # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
         self._decode_metrics = metrics.MetricsBatch()
@@ -180,7 +182,10 @@ class DecodeWorker(SimpleWorker):
         with self._active_lock:
             for started in batch.jobs:
                 self._active[started.id] = (started, batch.executions[started.id])
-        self._run_batch(batch)  # RQ marks the worker idle before its next pop
+        try:
+            self._run_batch(batch)  # RQ marks the worker idle before its next pop
+        finally:
+            self._committer.flush()
 
     def teardown(self) -> None:
         # Warm shutdown: encode and store everything decoded before leaving.
