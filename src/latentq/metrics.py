@@ -18,7 +18,7 @@ from redis.client import Pipeline
 
 from . import keys
 
-__all__ = ["HISTOGRAMS", "MetricsBatch", "record_batch", "record_status", "render"]
+__all__ = ["HISTOGRAMS", "MetricsBatch", "record_status", "render"]
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
@@ -76,12 +76,6 @@ class MetricsBatch:
             pipe.hincrbyfloat(key, field, total)
         self._counts.clear()
         self._sums.clear()
-
-
-def record_batch(pipe: Pipeline, model: str, batch_size: int, decode_seconds: float) -> None:
-    batch = MetricsBatch()
-    batch.batch(model, batch_size, decode_seconds)
-    batch.write(pipe)
 
 
 def record_status(connection: Redis | Pipeline, model: str, status: str, count: int = 1) -> None:

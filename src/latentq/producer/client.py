@@ -25,8 +25,8 @@ from ..models.registry import Registry, load_registry
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
-from ..wire import latent_to_bytes
 from ..webhooks import WebhookSender
+from ..wire import latent_to_bytes
 from .status import STATUS_FROM_RQ, job_info
 
 __all__ = ["Client", "Job"]

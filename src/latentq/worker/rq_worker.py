@@ -25,12 +25,11 @@ from typing import Any, Callable
 
 from redis import Redis
 from rq import Queue
-from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
-from rq.worker import SimpleWorker, WorkerStatus
+from rq.worker import SimpleWorker
 
 from .. import keys, metrics
 from ..errors import InvalidRequest
