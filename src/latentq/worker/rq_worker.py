@@ -1,12 +1,12 @@
 """The decode worker: RQ's in-process worker, plus dynamic batching per model.
 
 RQ's loop blocks for the first job (with its heartbeats, maintenance,
-suspension and signal handling); ``execute_job`` then takes whatever else is
-waiting for that model, up to ``max_batch``, waiting at most ``max_wait_ms``
-from the first. Each job is marked started in RQ, decoded in a shared
-``vae.decode`` with same-shape neighbours, and handed to a thread pool that
-encodes, stores and records its own success or failure, while the main
-thread goes back for the next batch.
+suspension and signal handling); ``execute_job`` then starts it and whatever
+else waits for that model, up to ``max_batch`` (``intake``). Jobs are decoded
+in a shared ``vae.decode`` with same-shape neighbours; each is then encoded
+and stored (by a thread pool on a GPU, while the next batch decodes; in line
+on a CPU), and the committer marks stored jobs finished, many per Redis
+transaction (``completion``). A job that fails is recorded on its own.
 
 Failure handling: a bad job fails alone and at once; an out-of-memory batch is
 split in halves, a single job then falls back to tiled decode; store writes
@@ -346,7 +346,7 @@ class DecodeWorker(SimpleWorker):
             self._pending.release()
 
     def _after_commit(self, item: Completed) -> None:
-        """A job is marked finished in Redis (committer thread)."""
+        """A job is marked finished in Redis (the committer's thread, or the decoding one on a CPU)."""
         log.info("job %s finished (batch of %d)", item.job.id, item.result.get("batch_size", 1),
                  extra=_log_fields(item.job))  # fmt: skip
         with self._active_lock:
