@@ -22,10 +22,9 @@ from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, Que
 from ..producer.client import Client
 from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
-from ..wire import latent_from_bytes
 from .auth import install_api_keys
 from .batches import install_batch_routes
-from .params import decode_params, read_body
+from .params import decode_params, read_latent
 from .remote import install_remote_routes
 
 __all__ = ["create_app", "MAX_WAIT_S"]
@@ -101,9 +100,7 @@ def create_app(
     async def submit_job(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
     ) -> JSONResponse:
-        client.registry.get(decode_request.model)  # unknown model: 404 before reading the body
-        body = await read_body(request, settings.limits.max_body_bytes)
-        latent = latent_from_bytes(body, settings.limits)
+        latent = await read_latent(request, decode_request, client.registry, settings.limits)
         job = await run_in_threadpool(client.submit_request, latent, decode_request)
         status_url = str(request.url_for("get_job", job_id=job.id))
         return JSONResponse(

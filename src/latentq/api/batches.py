@@ -16,8 +16,7 @@ from ..config import Settings
 from ..errors import InvalidLatent
 from ..producer.client import Client
 from ..spec import DecodeRequest
-from ..wire import latent_from_bytes
-from .params import decode_params, read_body
+from .params import decode_params, read_latent
 
 __all__ = ["install_batch_routes"]
 
@@ -27,9 +26,7 @@ def install_batch_routes(app: FastAPI, client: Client, settings: Settings) -> No
     async def submit_batch(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
     ) -> JSONResponse:
-        client.registry.get(decode_request.model)  # unknown model: 404 before reading the body
-        body = await read_body(request, settings.limits.max_body_bytes)
-        batch = latent_from_bytes(body, settings.limits)
+        batch = await read_latent(request, decode_request, client.registry, settings.limits)
         if batch.ndim < 2:
             raise InvalidLatent(f"a batch needs shape (B, ...), got {tuple(batch.shape)}", field="body")
         jobs = await run_in_threadpool(client.submit_many_request, batch, decode_request)

@@ -6,11 +6,14 @@ import json
 from typing import Annotated
 
 from fastapi import Query, Request
+from torch import Tensor
 
 from ..errors import InvalidRequest, LatentTooLarge
-from ..spec import DecodeRequest
+from ..models.registry import Registry
+from ..spec import DecodeRequest, Limits
+from ..wire import latent_from_bytes
 
-__all__ = ["decode_params", "read_body"]
+__all__ = ["decode_params", "read_body", "read_latent"]
 
 
 def decode_params(
@@ -38,6 +41,12 @@ def decode_params(
                          shift_factor=shift_factor, quality=quality, metadata=meta, height=height, width=width,
                          fps=fps, preview=preview, tile=tile, priority=priority, deadline=deadline,
                          callback_url=callback_url)  # fmt: skip
+
+
+async def read_latent(request: Request, decode_request: DecodeRequest, registry: Registry, limits: Limits) -> Tensor:
+    """The submitted tensor of a decode route: the model checked first (404 before the body is read)."""
+    registry.get(decode_request.model)
+    return latent_from_bytes(await read_body(request, limits.max_body_bytes), limits)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
