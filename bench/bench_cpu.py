@@ -64,6 +64,7 @@ from cpu_rows import (
 )
 from report import render_markdown, to_json, write_plot
 
+from latentq.config import Settings
 from latentq.worker.rq_worker import BATCH_DEFAULTS
 
 
@@ -108,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 150)")  # fmt: skip
     parser.add_argument("--memory-jobs", type=int, default=2000, help="jobs in row f (default 2000)")
     parser.add_argument("--memory-first", type=int, default=200, help="first sample after this many (default 200)")
-    parser.add_argument("--short-ttl", type=int, default=3, help="result_ttl (s) of row f's second run; 0 skips it "
-                        "(default 3)")  # fmt: skip
+    parser.add_argument("--record-ttl", type=int, default=Settings().record_ttl,
+                        help="LATENTQ_RECORD_TTL of row f: seconds Redis keeps a finished job's record; each memory "
+                        f"sample waits for it to pass (default {Settings().record_ttl}, latentq's default)")  # fmt: skip
     parser.add_argument("--no-batch1", "--no-diagnostics", dest="no_batch1", action="store_true",
                         help="skip the max-batch 1 rows b1 and c1")  # fmt: skip
     parser.add_argument("--only", default="apbcdef", help="rows to run, e.g. 'pb' or 'def' (default apbcdef; a "
@@ -152,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.latency_jobs = min(args.latency_jobs, 30)
         args.memory_jobs = min(args.memory_jobs, 300)
         args.memory_first = min(args.memory_first, 50)
-        args.short_ttl = 0
+        args.record_ttl = min(args.record_ttl, 2)
         args.quiet_wait = min(args.quiet_wait, 3.0)
         args.retries = 0
     try:
@@ -289,14 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     wait_ms, args))  # fmt: skip
 
         def section_f() -> None:
-            log(f"row f: {args.memory_jobs} tiny jobs, memory after {args.memory_first} and after all")
+            log(f"row f: {args.memory_jobs} tiny jobs, memory after {args.memory_first} and after all, each "
+                f"sampled once the {args.record_ttl} s record TTL has passed")  # fmt: skip
             data["memory"].append(guard.run("f", memory_run, stack, args.memory_jobs, args.memory_first, args,
-                                            None, 0.5))  # fmt: skip
-            if args.short_ttl:
-                ttl = args.short_ttl
-                log(f"row f: again with result_ttl {ttl} s, sampling {ttl + 2} s after each stage")
-                data["memory"].append(guard.run("f-ttl", memory_run, stack, args.memory_jobs, args.memory_first,
-                                                args, ttl, ttl + 2.0))  # fmt: skip
+                                            args.record_ttl))  # fmt: skip
 
         for row, section in (("d", section_d), ("e", section_e), ("f", section_f)):
             if row in rows_wanted:

@@ -202,7 +202,12 @@ class BenchStack:
         self.store_dir.mkdir(parents=True, exist_ok=True)
 
     def client(self, **settings_overrides: Any):
-        """A ``latentq.Client`` on this stack (settings overrides such as ``result_ttl=60``)."""
+        """A ``latentq.Client`` on this stack (settings overrides such as ``record_ttl=60``).
+
+        Redis keeps job records an hour unless told otherwise: the rows read each job's RQ record
+        (timings, batch size) after the run. The worker's commit writes the same either way.
+        """
+        settings_overrides.setdefault("record_ttl", 3600)
         import dataclasses
 
         from latentq import Client
@@ -346,7 +351,7 @@ def wait_worker_counts(stack: BenchStack, names: Sequence[str], expected: int, t
                        poll: float = 0.005) -> tuple[int, int]:  # fmt: skip
     """Poll the latentq workers' stats hashes until their ``finished + failed`` reach ``expected``.
 
-    Unlike job records or RQ's registries, these counters do not expire with result_ttl.
+    Unlike job records or RQ's registries, these counters do not expire with the record TTL.
     Returns (finished, failed).
     """
     from latentq import keys

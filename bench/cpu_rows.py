@@ -38,6 +38,7 @@ CHANNELS = 32  # TAEF2 latents: (B, 32, h, w) -> (B, 3, 8h, 8w)
 QUEUE = "latentq." + MODEL
 PLAIN_QUEUE = "plain"  # row p's queue: a user's own, not latentq's
 SUBMIT_CHUNK = 1024  # Limits.max_batch_submit
+HEARTBEAT_S = 5.0  # the worker's default --heartbeat-interval: its registry cleanup runs once per interval
 BENCH_DIR = Path(__file__).resolve().parent
 CLOCK_SLACK_S = 0.05  # allowed disagreement between RQ's timestamps and this process's clock
 
@@ -360,28 +361,31 @@ def light_load_latency(stack: BenchStack, count: int, max_wait_ms: float, args) 
 
 
 # --------------------------------------------------------------------------------------------- row f
-def memory_run(stack: BenchStack, total: int, first: int, args, result_ttl: int | None, settle_s: float) -> dict:
-    """``first`` tiny jobs, sample; the rest, sample. ``settle_s``: wait before each sample (TTL expiry)."""
+def memory_run(stack: BenchStack, total: int, first: int, args, record_ttl: int) -> dict:
+    """``first`` tiny jobs, sample; the rest, sample. Each sample waits until the jobs' Redis records
+    expired (``record_ttl``) and the worker's registry cleanup ran; then every job's status is read
+    back (from the store, for records Redis no longer holds)."""
     stack.new_scenario()
-    worker = stack.spawn_worker(f"memory-ttl{result_ttl or 'default'}", max_batch=args.max_batch,
+    worker = stack.spawn_worker(f"memory-ttl{record_ttl}", max_batch=args.max_batch,
                                 max_wait_ms=args.max_wait_ms, log_level=args.worker_log_level)  # fmt: skip
     stack.wait_for_workers(1)
-    client = stack.client(result_ttl=result_ttl) if result_ttl else stack.client()
+    client = stack.client(record_ttl=record_ttl)
     tiny = torch.randn(total, CHANNELS, 1, 1)
     conn = stack.conn
     redis_empty = redis_used_memory(conn)
+    settle_s = record_ttl + 2 * HEARTBEAT_S + 1.0
+    job_ids: list[str] = []
 
     def run(latents: torch.Tensor, done_before: int) -> None:
-        # The worker's own counters: with a short result_ttl, job records vanish soon after they finish.
-        submit_all(client, latents, args.tiny_format)
+        # The worker's own counters: job records leave Redis record_ttl after they finish.
+        job_ids.extend(job.id for job in submit_all(client, latents, args.tiny_format))
         _, failed = wait_worker_counts(stack, [worker.name], done_before + latents.shape[0], timeout=args.timeout,
                                        poll=0.05)  # fmt: skip
         if failed:
             raise RuntimeError(f"{failed} jobs failed in the memory run:\n{worker.log_tail()}")
 
     def sample() -> tuple[int, int, int]:
-        if settle_s:
-            time.sleep(settle_s)
+        time.sleep(settle_s)
         keys = conn.dbsize()
         return redis_used_memory(conn), rss_bytes(worker.pid), keys
 
@@ -389,11 +393,14 @@ def memory_run(stack: BenchStack, total: int, first: int, args, result_ttl: int 
     redis_first, rss_first, keys_first = sample()
     run(tiny[first:], first)
     redis_all, rss_all, keys_all = sample()
+    answered = sum(client.job_info(job_id).status.value == "finished" for job_id in job_ids)
+    in_redis = sum(conn.exists(f"rq:job:{job_id}") for job_id in job_ids)
     client.close()
     stack.stop_workers()
-    return {"result_ttl": result_ttl, "redis_empty": redis_empty, "redis_first": redis_first,
+    return {"record_ttl": record_ttl, "settle_s": settle_s, "redis_empty": redis_empty, "redis_first": redis_first,
             "redis_all": redis_all, "rss_first": rss_first, "rss_all": rss_all, "keys_first": keys_first,
-            "keys_all": keys_all, "per_job_bytes": (redis_all - redis_first) / max(1, total - first)}  # fmt: skip
+            "keys_all": keys_all, "per_job_bytes": (redis_all - redis_first) / max(1, total - first),
+            "statuses_answered": answered, "records_in_redis": in_redis, "jobs": len(job_ids)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- a shared machine

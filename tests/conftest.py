@@ -298,3 +298,13 @@ def use_s3_store(env: dict[str, str], monkeypatch, endpoint: str, credentials: d
         monkeypatch.setenv(name, value)
     S3Store.from_url(values["LATENTQ_STORE"]).ensure_bucket()
     return {**values, "bucket": bucket, "prefix": prefix, "endpoint": endpoint}
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_env(request, env, monkeypatch) -> dict[str, str]:
+    """Run the test once with the local directory store and once with S3 (moto's server)."""
+    if request.param == "local":
+        return {"kind": "local", "LATENTQ_STORE": env["LATENTQ_STORE"]}
+    pytest.importorskip("boto3")
+    endpoint = request.getfixturevalue("moto_endpoint")
+    return {"kind": "s3", **use_s3_store(env, monkeypatch, endpoint, MOTO_CREDENTIALS, "results/param")}

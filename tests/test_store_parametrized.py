@@ -9,21 +9,11 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from conftest import MOTO_CREDENTIALS, use_s3_store
 from helpers import decode_png, photo_latent, psnr, wait_until
 
 from latentq import Client
 from latentq.store import open_store
 from latentq.wire import latent_to_bytes
-
-
-@pytest.fixture(params=["local", "s3"])
-def store_env(request, env, monkeypatch) -> dict[str, str]:
-    if request.param == "local":
-        return {"kind": "local", "LATENTQ_STORE": env["LATENTQ_STORE"]}
-    pytest.importorskip("boto3")
-    endpoint = request.getfixturevalue("moto_endpoint")
-    return {"kind": "s3", **use_s3_store(env, monkeypatch, endpoint, MOTO_CREDENTIALS, "results/param")}
 
 
 def expected_url_start(store_env: dict[str, str], api: str) -> str:

@@ -361,29 +361,26 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
-    import time
 
     from rq import Worker
 
-    from . import keys
+    from . import keys, metrics
     from .producer import Client
 
     client = Client()
     if args.job_id:
         print(json.dumps(client.job_info(args.job_id).to_dict(), indent=2))
         return 0
-    now = time.time()
+    # finished / failed: all-time totals (the metrics counters; Redis keeps job records only briefly).
     print(f"{'model':<16} {'queued':>7} {'started':>8} {'finished':>9} {'failed':>7} {'workers':>8} {'jobs/min':>9}")
     for name in client.registry.names():
         queues = [client.queue(name), client.queue(name, "high")]
         started = sum(q.started_job_registry.count for q in queues)
-        finished = sum(q.finished_job_registry.count for q in queues)
-        failed = sum(q.failed_job_registry.count for q in queues)
-        # Finished entries expire result_ttl after they end: those expiring latest ended in the last minute.
-        recent = sum(client.connection.zcount(q.finished_job_registry.key, now + client.settings.result_ttl - 60, "+inf")
-                     for q in queues)  # fmt: skip
+        totals = client.connection.hmget(keys.metrics_key(name), "jobs_total:finished", "jobs_total:failed")
+        finished, failed = (int(value or 0) for value in totals)
+        recent = metrics.finished_last_minute(client.connection, name)
         print(f"{name:<16} {client.queued_count(name):>7} {started:>8} {finished:>9} {failed:>7} "
-              f"{client.workers_serving(name):>8} {recent:>9}")  # fmt: skip
+              f"{client.workers_serving(name):>8} {recent:>9.0f}")  # fmt: skip
     for worker in Worker.all(connection=client.connection):
         models = [keys.model_from_queue(q) or q for q in worker.queue_names()]
         print(f"worker {worker.name}: {worker.get_state()}, models {', '.join(models)}, "

@@ -21,7 +21,9 @@ class Settings:
     models_file: str | None = None
     public_url: str | None = None
     latent_ttl: int = 24 * 3600  # seconds a queued latent may wait
-    result_ttl: int = 24 * 3600  # seconds RQ keeps a finished job's record
+    result_ttl: int = 24 * 3600  # seconds a finished job's outputs and stored record are kept
+    # Seconds Redis keeps a finished job's RQ record (capped at result_ttl); then the stored record answers.
+    record_ttl: int = 60
     failure_ttl: int = 7 * 24 * 3600
     job_timeout: int = 600  # seconds one job may run once started
     max_queued: int = 10_000  # per model: beyond it submit raises QueueFull / the API answers 429
@@ -40,9 +42,14 @@ class Settings:
             "limits": Limits.from_env(),
             "api_keys": tuple(k.strip() for k in env.get("LATENTQ_API_KEYS", "").split(",") if k.strip()),
         }
-        for name in ("latent_ttl", "result_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
+        for name in ("latent_ttl", "result_ttl", "record_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
             raw = env.get(f"LATENTQ_{name.upper()}")
             if raw:
                 values[name] = int(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def redis_record_ttl(self) -> int:
+        """RQ's result_ttl for a job: how long Redis keeps it once finished (0: deleted at once)."""
+        return max(0, min(self.record_ttl, self.result_ttl))

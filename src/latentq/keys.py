@@ -15,6 +15,7 @@ __all__ = [
     "queue_name",
     "worker_stats_key",
     "metrics_key",
+    "finished_per_minute_key",
     "job_done_channel",
     "high_priority_queue_name",
     "WORKER_STATS_PATTERN",
@@ -66,6 +67,11 @@ def worker_stats_key(worker_name: str) -> str:
 def metrics_key(model: str) -> str:
     """Counters and histogram buckets of one model (hash), rendered by GET /metrics."""
     return f"{PREFIX}metrics:{model}"
+
+
+def finished_per_minute_key(model: str, minute: int) -> str:
+    """Jobs of a model finished in one wall-clock minute (``int(time / 60)``; counter, expires after 3)."""
+    return f"{PREFIX}finished-minute:{model}:{minute}"
 
 
 def job_done_channel(job_id: str) -> str:

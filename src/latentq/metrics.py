@@ -10,6 +10,7 @@ buckets into Prometheus' cumulative ``le`` series.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -18,7 +19,7 @@ from redis.client import Pipeline
 
 from . import keys
 
-__all__ = ["HISTOGRAMS", "MetricsBatch", "record_status", "render"]
+__all__ = ["HISTOGRAMS", "MetricsBatch", "finished_last_minute", "record_status", "render"]
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
@@ -29,6 +30,7 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
     "job_latency_seconds": (_SECONDS, "End to end: enqueued to result stored"),
 }
 STATUSES = ("finished", "failed", "canceled", "expired")
+MINUTE_KEY_TTL = 180  # per-minute throughput counters: the current and previous minute are read
 
 
 def _bucket(bounds: tuple[float, ...], value: float) -> str:
@@ -49,6 +51,7 @@ class MetricsBatch:
     def __init__(self) -> None:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._sums: Counter[tuple[str, str]] = Counter()
+        self._finished: Counter[str] = Counter()  # per model, for the per-minute throughput counter
 
     def observe(self, model: str, name: str, value: float) -> None:
         key = keys.metrics_key(model)
@@ -58,6 +61,8 @@ class MetricsBatch:
 
     def status(self, model: str, status: str, count: int = 1) -> None:
         self._counts[keys.metrics_key(model), f"jobs_total:{status}"] += count
+        if status == "finished":
+            self._finished[model] += count
 
     def batch(self, model: str, batch_size: int, decode_seconds: float) -> None:
         self.observe(model, "batch_size", batch_size)
@@ -74,12 +79,27 @@ class MetricsBatch:
             pipe.hincrby(key, field, count)
         for (key, field), total in self._sums.items():
             pipe.hincrbyfloat(key, field, total)
+        minute = int(time.time() // 60)
+        for model, count in self._finished.items():
+            pipe.incrby(keys.finished_per_minute_key(model, minute), count)
+            pipe.expire(keys.finished_per_minute_key(model, minute), MINUTE_KEY_TTL)
         self._counts.clear()
         self._sums.clear()
+        self._finished.clear()
 
 
 def record_status(connection: Redis | Pipeline, model: str, status: str, count: int = 1) -> None:
     connection.hincrby(keys.metrics_key(model), f"jobs_total:{status}", count)
+
+
+def finished_last_minute(connection: Redis, model: str) -> float:
+    """Jobs finished in about the last 60 s: this minute's count plus the unexpired share of the previous one."""
+    now = time.time()
+    minute = int(now // 60)
+    current, previous = connection.mget(keys.finished_per_minute_key(model, minute),
+                                        keys.finished_per_minute_key(model, minute - 1))  # fmt: skip
+    elapsed = (now % 60) / 60
+    return int(current or 0) + int(previous or 0) * (1 - elapsed)
 
 
 def _escape(value: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,3 +220,19 @@ class JobInfo:
         data = dataclasses.asdict(self)
         data["status"] = self.status.value
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobInfo:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["status"] = JobStatus(values["status"])
+        values["results"] = [ResultObject.from_dict(item) for item in values.get("results") or []]
+        if values.get("preview"):
+            values["preview"] = ResultObject.from_dict(values["preview"])
+        return cls(**values)
+
+    def with_urls(self, url_for: Callable[[str], str | None]) -> JobInfo:
+        """A copy whose result (and preview) URLs are made by ``url_for(key)``."""
+        results = [dataclasses.replace(item, url=url_for(item.key)) for item in self.results]
+        preview = dataclasses.replace(self.preview, url=url_for(self.preview.key)) if self.preview else None
+        return dataclasses.replace(self, results=results, preview=preview)

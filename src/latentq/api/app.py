@@ -20,6 +20,7 @@ from .. import __version__, metrics
 from ..config import Settings
 from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError
 from ..producer.client import Client
+from ..records import is_record_key
 from ..spec import DecodeRequest
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from .auth import install_api_keys
@@ -143,6 +144,8 @@ def create_app(
     @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object")
     async def get_result(key: str) -> Response:
         check_key(key)
+        if is_record_key(key):  # a job's stored status: read through GET /v1/jobs/{id} (and its auth)
+            raise StoreError(f"no result object {key!r}")
         if isinstance(store, LocalStore):
             path = store.path(key)
             if not path.is_file():

@@ -22,6 +22,7 @@ from ..config import TASK_FUNCTION, Settings
 from ..connection import redis_from_url
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
+from ..records import read_record
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
@@ -208,7 +209,7 @@ class Client:
                 kwargs={"request": request.to_dict(), "latent_key": keys.latent_key(job_id), "shape": list(tensor.shape)},
                 job_id=job_id,
                 timeout=settings.job_timeout,
-                result_ttl=settings.result_ttl,
+                result_ttl=settings.redis_record_ttl,  # then the record in the store answers
                 failure_ttl=settings.failure_ttl,
                 ttl=settings.latent_ttl,
                 meta={"batch_id": batch_id} if batch_id else None,
@@ -234,14 +235,24 @@ class Client:
         info = self.job_info(job_id)
         return Job(self, job_id, info.model, info.batch_id)
 
-    def _fetch(self, job_id: str) -> RQJob:
+    def _fetch(self, job_id: str) -> RQJob | None:
+        """The job's RQ record, or None once Redis no longer holds it."""
         try:
             return RQJob.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
         except NoSuchJobError:
-            raise JobNotFound(f"no job {job_id!r}") from None
+            return None
+
+    def _stored_info(self, job_id: str, url_for=None) -> JobInfo:
+        """A job Redis no longer holds: its record in the store, if it finished within the result TTL."""
+        info = read_record(self.store, job_id, url_for or self.store.url)
+        if info is None:
+            raise JobNotFound(f"no job {job_id!r} (never submitted, or older than the result TTL)")
+        return info
 
     def job_info(self, job_id: str, url_for=None) -> JobInfo:
         rq_job = self._fetch(job_id)
+        if rq_job is None:
+            return self._stored_info(job_id, url_for)
         request = (rq_job.kwargs or {}).get("request", {})
         model = request.get("model", "")
         deadline = request.get("deadline")
@@ -289,7 +300,10 @@ class Client:
         channel = keys.job_done_channel(job_id)
         try:
             pubsub.subscribe(channel)
-            job_deadline = ((self._fetch(job_id).kwargs or {}).get("request") or {}).get("deadline")
+            rq_job = self._fetch(job_id)
+            if rq_job is None:  # ended a while ago (or unknown: JobNotFound)
+                return self._stored_info(job_id)
+            job_deadline = ((rq_job.kwargs or {}).get("request") or {}).get("deadline")
             while True:
                 # Checked after subscribing, so no end is missed; one field, the full status only at the end.
                 remaining = deadline - time.monotonic()
@@ -323,7 +337,7 @@ class Client:
     def _has_ended(self, job_id: str, job_deadline: float | None) -> bool:
         raw = self.connection.hget(RQJob.key_for(job_id), "status")
         if raw is None:
-            return True  # gone: job_info says how (JobNotFound)
+            return True  # gone from Redis: job_info reads its stored record
         status = STATUS_FROM_RQ.get(raw.decode(), JobStatus.QUEUED)
         if status is JobStatus.QUEUED:  # past its deadline, job_info expires it
             return job_deadline is not None and time.time() > job_deadline
@@ -332,8 +346,8 @@ class Client:
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a job that has not started; its latent is deleted. A started or ended job is a JobConflict."""
         rq_job = self._fetch(job_id)
-        status = self.job_info(job_id).status
-        if status is not JobStatus.QUEUED:
+        status = self.job_info(job_id).status  # JobNotFound for an unknown job
+        if rq_job is None or status is not JobStatus.QUEUED:
             verb = "will finish" if status is JobStatus.STARTED else "cannot be canceled"
             raise JobConflict(f"job {job_id} is {status.value} and {verb}")
         try:

@@ -28,10 +28,17 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, workers: int | None = None) -> JobInfo:
-    """Build a JobInfo; ``url_for(key)`` turns a result key into a URL."""
+def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, workers: int | None = None,
+             *, result: dict | None = None) -> JobInfo:  # fmt: skip
+    """Build a JobInfo; ``url_for(key)`` turns a result key into a URL.
+
+    ``result``: the finished job's result record, when the caller holds it (the worker, before it
+    marks the job finished); otherwise a finished job's is read from Redis.
+    """
     rq_status = rq_job.get_status(refresh=False)
     status = STATUS_FROM_RQ.get(rq_status.value if rq_status else "queued", JobStatus.QUEUED)
+    if result is not None:
+        status = JobStatus.FINISHED
     request = (rq_job.kwargs or {}).get("request", {})
     meta = rq_job.meta or {}
     if meta.get("expired") and status in (JobStatus.FAILED, JobStatus.CANCELED):
@@ -56,7 +63,7 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
         if workers == 0:
             info["waiting_reason"] = f"no live worker serves model {request.get('model', '')!r}"
     elif status is JobStatus.FINISHED:
-        record = rq_job.return_value(refresh=True) or {}
+        record = result if result is not None else rq_job.return_value(refresh=True) or {}
         info["results"] = [
             ResultObject.from_dict({**item, "url": url_for(item["key"])}) for item in record.get("results", [])
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -32,8 +33,9 @@ class LocalStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path(key)
-        # The key's random token makes the temp name unique; O_EXCL refuses a clash all the same.
-        tmp = path.parent / f".tmp-{path.name}"
+        # A fresh temp name per write: keys without a random token (a job's record) may be rewritten
+        # by a retried job, and a crashed write must not block the next one. O_EXCL refuses a clash.
+        tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

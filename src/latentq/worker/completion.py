@@ -29,6 +29,7 @@ from rq.utils import now, utcformat
 
 from .. import keys
 from ..metrics import MetricsBatch
+from ..spec import JobInfo
 
 __all__ = ["Completed", "Committer"]
 
@@ -45,7 +46,8 @@ class Completed:
     queue: Any
     execution: Any
     model: str
-    result: dict[str, Any]
+    result: dict[str, Any]  # RQ's return value
+    info: JobInfo  # the status it reports once finished (as written to the store)
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -34,7 +34,9 @@ from rq.worker import SimpleWorker
 from .. import keys, metrics
 from ..errors import InvalidRequest
 from ..models.loader import LoadedModel
-from ..spec import DecodeRequest, Limits
+from ..producer.status import job_info
+from ..records import write_record
+from ..spec import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
 from ..webhooks import WebhookSender
 from .completion import Committer, Completed
@@ -322,9 +324,9 @@ class DecodeWorker(SimpleWorker):
                 preview.result()  # the preview is published before the full result
             job.ended_at = now()
             result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
-                      "encode_ms": round(timings.get("encode", 0.0) * 1000, 3),
-                      "store_ms": round(timings.get("store", 0.0) * 1000, 3), "tiled": decoded.tiled}  # fmt: skip
-            self._committer.submit(Completed(job, queue, execution, request.model, result, timings))
+                      "tiled": decoded.tiled}  # fmt: skip
+            info = self._store_record(job, result, timings)
+            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings))
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
@@ -337,13 +339,24 @@ class DecodeWorker(SimpleWorker):
             started = time.perf_counter()
             records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
             job.ended_at = now()
-            self._committer.submit(Completed(job, queue, execution, request.model,
-                                             {"results": records, "batch_size": 1},
-                                             {"encode": 0.0, "store": time.perf_counter() - started}))  # fmt: skip
+            timings = {"encode": 0.0, "store": time.perf_counter() - started}
+            result = {"results": records, "batch_size": 1}
+            info = self._store_record(job, result, timings)
+            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings))
         except Exception as exc:
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
             self._pending.release()
+
+    def _store_record(self, job: RQJob, result: dict[str, Any], timings: dict[str, float]) -> JobInfo:
+        """Write the finished job's record to the store, before Redis says finished: one of them always answers."""
+        started = time.perf_counter()
+        result["encode_ms"] = round(timings.get("encode", 0.0) * 1000, 3)
+        info = job_info(job, self.url_for, result=result)
+        self._retrying(lambda: write_record(self.store, info), job)
+        timings["store"] = timings.get("store", 0.0) + time.perf_counter() - started
+        result["store_ms"] = round(timings["store"] * 1000, 3)
+        return info
 
     def _after_commit(self, item: Completed) -> None:
         """A job is marked finished in Redis (the committer's thread, or the decoding one on a CPU)."""
@@ -351,7 +364,7 @@ class DecodeWorker(SimpleWorker):
                  extra=_log_fields(item.job))  # fmt: skip
         with self._active_lock:
             self._active.pop(item.job.id, None)
-        self._send_webhook(item.job)
+        self._send_webhook(item.job, item.info)
 
     def commit_failed(self, items: list[Completed]) -> None:
         """The committer gave up on marking these finished (Redis unreachable): fail them, retryably."""
@@ -401,14 +414,15 @@ class DecodeWorker(SimpleWorker):
             self._active.pop(job.id, None)
         self._send_webhook(job)
 
-    def _send_webhook(self, job: RQJob) -> None:
+    def _send_webhook(self, job: RQJob, info: JobInfo | None = None) -> None:
+        """``info``: a finished job's status (its Redis record may already be gone); else read from Redis."""
         callback = (job.kwargs.get("request") or {}).get("callback_url")
         if callback and self.webhooks is not None:
             try:
-                from ..producer.status import job_info
-
-                fresh = RQJob.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
-                self.webhooks.send(callback, job_info(fresh, self.url_for).to_dict())
+                if info is None:
+                    fresh = RQJob.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
+                    info = job_info(fresh, self.url_for)
+                self.webhooks.send(callback, info.to_dict())
             except Exception:  # a webhook never fails a job
                 log.warning("could not queue the webhook of job %s", job.id, exc_info=True)
 

@@ -1,0 +1,126 @@
+"""Finished jobs outlive their Redis records: the job's record in the store answers afterwards.
+
+With LATENTQ_RECORD_TTL=0 Redis drops a finished job's RQ record the moment it is marked finished,
+the harshest case: status, results, wait, cancel, the API, webhooks and `latentq status` must all
+still be right, from the record the worker wrote to the store (local directory, and S3 on moto's
+server) before it marked the job finished.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+import torch
+from helpers import decode_png, wait_until
+from webhook_receiver import SECRET, Receiver
+
+from latentq import Client
+from latentq.errors import JobConflict, JobNotFound
+from latentq.records import read_record, record_key, write_record
+from latentq.spec import JobInfo, JobStatus, ResultObject
+from latentq.store import LocalStore
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, procs, receiver, redis_conn,
+                                                                     monkeypatch):  # fmt: skip
+    for name, value in {"LATENTQ_RECORD_TTL": "0", "LATENTQ_WEBHOOK_SECRET": SECRET}.items():
+        procs.env[name] = value
+        monkeypatch.setenv(name, value)
+    procs.worker("taef2")
+    api = procs.api()
+    client = Client()
+    job = client.submit(torch.randn(32, 8, 8), model="taef2", callback_url=f"{receiver.url}/hook",
+                        metadata={"prompt": "a cat"})  # fmt: skip
+    other = client.submit(torch.randn(32, 8, 8), model="taef2", output_format="jpeg")
+    (result,) = job.wait(60)
+    other.wait(60)
+
+    # Redis holds nothing of the finished jobs: no job hash, result stream, latent or execution.
+    assert [k for job_id in (job.id, other.id) for k in redis_conn.scan_iter(f"*{job_id}*")] == []
+
+    info = client.job_info(job.id)
+    assert info.status is JobStatus.FINISHED and info.metadata == {"prompt": "a cat"}
+    assert [r.key for r in info.results] == [result.key] and info.results[0].url == result.url
+    assert info.ended_at and info.started_at and info.enqueued_at and info.worker and info.batch_size
+    assert job.wait(5)[0].key == result.key  # a second wait answers from the store at once
+    png = decode_png(job.read())
+    assert png.shape == (result.height, result.width, 3) == (64, 64, 3)
+    with pytest.raises(JobConflict, match="finished"):
+        client.cancel(job.id)
+    with pytest.raises(JobNotFound):
+        client.job_info("0" * 32)
+
+    status = httpx.get(f"{api}/v1/jobs/{job.id}").json()
+    assert status["status"] == "finished" and status["results"][0]["key"] == result.key
+    served = httpx.get(status["results"][0]["url"], follow_redirects=True)
+    assert served.status_code == 200 and served.content == job.read()
+    assert httpx.get(f"{api}/v1/jobs/{other.id}").json()["results"][0]["content_type"] == "image/jpeg"
+    assert httpx.delete(f"{api}/v1/jobs/{job.id}").status_code == 409
+    assert httpx.get(f"{api}/v1/jobs/{'0' * 32}").status_code == 404
+    # The record is not a result object: never served by key, even to someone who knows the job id.
+    hidden = httpx.get(f"{api}/v1/results/{record_key(job.id)}")
+    assert hidden.status_code == 404 and hidden.json()["error"]["field"] == "key"
+
+    # The webhook carries the finished status although Redis no longer has the job.
+    wait_until(lambda: receiver.deliveries, 30)
+    (delivery,) = receiver.deliveries
+    body = json.loads(delivery.body)
+    assert delivery.verifies() and body["status"] == "finished" and body["results"][0]["key"] == result.key
+
+    # `latentq status` counts finished jobs from the metrics, not from the (dropped) records.
+    table = subprocess.run([sys.executable, "-m", "latentq", "status"], env=procs.env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout  # fmt: skip
+    row = next(line.split() for line in table.splitlines() if line.startswith("taef2 "))
+    queued, started, finished, failed, workers, per_minute = (int(v) for v in row[1:])
+    assert (queued, started, finished, failed, workers) == (0, 0, 2, 0, 1) and per_minute == 2
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_redis_keeps_the_record_for_the_record_ttl(procs, redis_conn, monkeypatch):
+    monkeypatch.setenv("LATENTQ_RECORD_TTL", "30")
+    procs.worker("taef2")
+    client = Client()
+    job = client.submit(torch.randn(32, 4, 4), model="taef2")
+    job.wait(30)
+    assert 0 < redis_conn.ttl(f"rq:job:{job.id}") <= 30
+    assert client.job_info(job.id).status is JobStatus.FINISHED
+    # A record TTL longer than the results' own is capped at it.
+    monkeypatch.setenv("LATENTQ_RESULT_TTL", "20")
+    monkeypatch.setenv("LATENTQ_RECORD_TTL", "600")
+    capped = Client().submit(torch.randn(32, 4, 4), model="taef2")
+    capped.wait(30)
+    assert 0 < redis_conn.ttl(f"rq:job:{capped.id}") <= 20
+
+
+def test_record_round_trip_and_rewrite(tmp_path):
+    store = LocalStore(tmp_path)
+    info = JobInfo(id="abc123", model="taef2", status=JobStatus.FINISHED, batch_size=2, metadata={"k": 1},
+                   results=[ResultObject(key="abc123/0-tokentoken.png", content_type="image/png", width=8,
+                                         height=8, bytes=10, url="file:///old")],
+                   preview=ResultObject(key="abc123/p-tokentoken.jpg", content_type="image/jpeg", width=8,
+                                        height=8, bytes=5), queue_position=3, workers=0)  # fmt: skip
+    write_record(store, info)
+    stored = json.loads((tmp_path / record_key("abc123")).read_text())["job"]
+    assert stored["results"][0]["url"] is None and "queue_position" not in stored  # URLs are made when read
+    back = read_record(store, "abc123", lambda key: f"https://x/{key}")
+    assert back.results[0].url == "https://x/abc123/0-tokentoken.png"
+    assert back.preview.url == "https://x/abc123/p-tokentoken.jpg"
+    assert back.batch_size == 2 and back.metadata == {"k": 1} and back.queue_position is None
+    # A retried job rewrites its record; a leftover temp file of a crashed write does not block it.
+    (tmp_path / "abc123" / ".tmp-deadbeef-job-record.json").write_bytes(b"partial")
+    write_record(store, JobInfo(id="abc123", model="taef2", status=JobStatus.FINISHED, batch_size=1))
+    assert read_record(store, "abc123", str).batch_size == 1
+    assert read_record(store, "unknown", str) is None
