@@ -69,7 +69,8 @@ def test_cancel_of_a_finished_job_is_409_and_of_an_unknown_job_404(procs):
 
     missing = httpx.delete(f"{api}/v1/jobs/no-such-job")
     assert missing.status_code == 404
-    assert missing.json()["error"] == {"type": "JobNotFound", "message": "no job 'no-such-job'", "field": "id"}
+    message = "no job 'no-such-job' (never submitted, or older than the result TTL)"
+    assert missing.json()["error"] == {"type": "JobNotFound", "message": message, "field": "id"}
 
 
 @pytest.mark.timeout(180)

@@ -20,7 +20,7 @@ from webhook_receiver import SECRET, Receiver
 
 from latentq import Client
 from latentq.errors import JobConflict, JobNotFound
-from latentq.records import read_record, record_key, write_record
+from latentq.records import RecordReader, read_record, record_key, write_record
 from latentq.spec import JobInfo, JobStatus, ResultObject
 from latentq.store import LocalStore
 
@@ -44,11 +44,13 @@ def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, 
     job = client.submit(torch.randn(32, 8, 8), model="taef2", callback_url=f"{receiver.url}/hook",
                         metadata={"prompt": "a cat"})  # fmt: skip
     other = client.submit(torch.randn(32, 8, 8), model="taef2", output_format="jpeg")
+    batch = client.submit_many(torch.randn(3, 32, 8, 8), model="taef2")
     (result,) = job.wait(60)
-    other.wait(60)
+    for each in [other, *batch]:
+        each.wait(60)
 
     # Redis holds nothing of the finished jobs: no job hash, result stream, latent or execution.
-    assert [k for job_id in (job.id, other.id) for k in redis_conn.scan_iter(f"*{job_id}*")] == []
+    assert [k for each in [job, other, *batch] for k in redis_conn.scan_iter(f"*{each.id}*")] == []
 
     info = client.job_info(job.id)
     assert info.status is JobStatus.FINISHED and info.metadata == {"prompt": "a cat"}
@@ -68,6 +70,10 @@ def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, 
     assert served.status_code == 200 and served.content == job.read()
     assert httpx.get(f"{api}/v1/jobs/{other.id}").json()["results"][0]["content_type"] == "image/jpeg"
     assert httpx.delete(f"{api}/v1/jobs/{job.id}").status_code == 409
+    batch_status = httpx.get(f"{api}/v1/batches/{batch[0].batch_id}").json()
+    assert batch_status["done"] and batch_status["counts"]["finished"] == 3
+    assert sorted(j["id"] for j in batch_status["jobs"]) == sorted(each.id for each in batch)
+    assert all(j["results"][0]["url"].startswith(("http://", "https://")) for j in batch_status["jobs"])
     assert httpx.get(f"{api}/v1/jobs/{'0' * 32}").status_code == 404
     # The record is not a result object: never served by key, even to someone who knows the job id.
     hidden = httpx.get(f"{api}/v1/results/{record_key(job.id)}")
@@ -84,7 +90,7 @@ def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, 
                            text=True, timeout=60, check=True).stdout  # fmt: skip
     row = next(line.split() for line in table.splitlines() if line.startswith("taef2 "))
     queued, started, finished, failed, workers, per_minute = (int(v) for v in row[1:])
-    assert (queued, started, finished, failed, workers) == (0, 0, 2, 0, 1) and per_minute == 2
+    assert (queued, started, finished, failed, workers) == (0, 0, 5, 0, 1) and per_minute == 5
     client.close()
 
 
@@ -124,3 +130,17 @@ def test_record_round_trip_and_rewrite(tmp_path):
     write_record(store, JobInfo(id="abc123", model="taef2", status=JobStatus.FINISHED, batch_size=1))
     assert read_record(store, "abc123", str).batch_size == 1
     assert read_record(store, "unknown", str) is None
+
+
+def test_record_reader_caches_ended_jobs_only(tmp_path):
+    store = LocalStore(tmp_path)
+    reader = RecordReader(store, size=2)
+    assert reader.read("later", str) is None  # not written yet: a miss is not cached
+    write_record(store, JobInfo(id="later", model="taef2", status=JobStatus.FINISHED, batch_size=4))
+    assert reader.read("later", str).batch_size == 4
+    store.delete(record_key("later"))
+    assert reader.read("later", str).batch_size == 4  # an ended job's record no longer changes: no re-read
+    for job_id in ("a1", "b2"):
+        write_record(store, JobInfo(id=job_id, model="taef2", status=JobStatus.FINISHED))
+        reader.read(job_id, str)
+    assert reader.read("later", str) is None  # evicted (size 2), then read again: gone from the store

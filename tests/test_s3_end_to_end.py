@@ -48,7 +48,11 @@ def test_result_lands_in_the_bucket_and_its_presigned_url_downloads_it(s3_env, p
 
     s3 = raw_s3(endpoint)
     listing = s3.list_objects_v2(Bucket=bucket)
-    assert [item["Key"] for item in listing["Contents"]] == [f"{PREFIX}/{key}"]  # under the configured prefix
+    # Under the configured prefix: the result, and the job's record next to it.
+    job_id = key.split("/")[0]
+    assert sorted(item["Key"] for item in listing["Contents"]) == sorted(
+        [f"{PREFIX}/{key}", f"{PREFIX}/{job_id}/job-record.json"]
+    )
     head = s3.head_object(Bucket=bucket, Key=f"{PREFIX}/{key}")
     assert head["ContentType"] == "image/png" and head["ContentLength"] == result["bytes"]
     stored = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/{key}")["Body"].read()

@@ -314,7 +314,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                         pending[batch_id].discard(job["id"])
                         report(job)
                         bar.update(1)
-                if body["done"]:  # jobs still missing had their records expire
+                if body["done"]:  # jobs still missing are older than the result TTL
                     for job_id in pending.pop(batch_id):
                         report({"id": job_id, "status": "unknown", "error": "its record expired"})
                         bar.update(1)
@@ -328,7 +328,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Results live as long as their job records (LATENTQ_RESULT_TTL): delete what is older."""
+    """Results and finished jobs' stored records live LATENTQ_RESULT_TTL seconds: delete what is older."""
     import math
 
     from .config import Settings
@@ -347,7 +347,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if not isinstance(store, S3Store):
         raise ConfigError(f"cleanup does not know how to expire {store!r}")
     where = f"s3://{store.bucket}/{store.prefix}"
-    # Lifecycle rules count whole days: round up so no object goes before its job record does.
+    # Lifecycle rules count whole days: round up so no object goes before its TTL.
     days = max(1, math.ceil(ttl / 86400))
     lifecycle = store.set_expiry(days)
     if lifecycle:

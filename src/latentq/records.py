@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from .errors import StoreError
 from .spec import JobInfo
 from .store.base import ObjectStore
 
-__all__ = ["RECORD_NAME", "record_key", "is_record_key", "write_record", "read_record"]
+__all__ = ["RECORD_NAME", "RecordReader", "record_key", "is_record_key", "write_record", "read_record"]
 
 RECORD_NAME = "job-record.json"
 RECORD_VERSION = 1
@@ -62,3 +64,34 @@ def read_record(store: ObjectStore, job_id: str, url_for: Callable[[str], str | 
     if info.id != job_id:
         return None  # a sanitised id that maps onto another job's directory
     return info.with_urls(url_for)
+
+
+class RecordReader:
+    """Reads stored records through a small LRU cache.
+
+    A record is read only once Redis has dropped the job, and the job had ended by then: it no
+    longer changes. Repeated polls of an ended job or batch (``GET /v1/batches/{id}`` of a
+    thousand jobs) then cost no store request (an S3 GET each, otherwise).
+    """
+
+    def __init__(self, store: ObjectStore, size: int = 4096) -> None:
+        self.store = store
+        self.size = size
+        self._cache: OrderedDict[str, JobInfo] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, job_id: str, url_for: Callable[[str], str | None]) -> JobInfo | None:
+        with self._lock:
+            info = self._cache.get(job_id)
+            if info is not None:
+                self._cache.move_to_end(job_id)
+        if info is None:
+            info = read_record(self.store, job_id, lambda key: None)
+            if info is None:
+                return None  # not cached: it may be written later (a job that is still running)
+            with self._lock:
+                self._cache[job_id] = info
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return info.with_urls(url_for)
+

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from ..config import TASK_FUNCTION, Settings
 from ..connection import redis_from_url
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
-from ..records import read_record
+from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
@@ -31,6 +32,8 @@ from ..wire import latent_to_bytes
 from .status import STATUS_FROM_RQ, job_info
 
 __all__ = ["Client", "Job"]
+
+BATCH_READ_THREADS = 8  # a batch's status reads its jobs concurrently
 
 
 class Job:
@@ -88,6 +91,7 @@ class Client:
         self.settings = settings or Settings.from_env(redis_url=redis_url)
         self.registry = registry or load_registry(self.settings.models_file)
         self._store = store
+        self._records: RecordReader | None = None
         self.connection = connection or redis_from_url(self.settings.redis_url)
         self._queues: dict[str, Queue] = {}
         # One pub/sub connection per waiting thread, kept between waits: opening one per wait
@@ -102,6 +106,13 @@ class Client:
         if self._store is None:
             self._store = open_store(self.settings.store, public_url=self.settings.public_url)
         return self._store
+
+    @property
+    def records(self) -> RecordReader:
+        """Finished jobs' records in the store (what answers once Redis has dropped a job)."""
+        if self._records is None:
+            self._records = RecordReader(self.store)
+        return self._records
 
     def queue(self, model: str, priority: str = "normal") -> Queue:
         name = keys.high_priority_queue_name(model) if priority == "high" else keys.queue_name(model)
@@ -244,7 +255,7 @@ class Client:
 
     def _stored_info(self, job_id: str, url_for=None) -> JobInfo:
         """A job Redis no longer holds: its record in the store, if it finished within the result TTL."""
-        info = read_record(self.store, job_id, url_for or self.store.url)
+        info = self.records.read(job_id, url_for or self.store.url)
         if info is None:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than the result TTL)")
         return info
@@ -365,12 +376,15 @@ class Client:
 
     def batch_info(self, batch_id: str, url_for=None) -> dict[str, Any]:
         """Counts per status and every job's status and results, for a submit_many batch."""
-        infos = []
-        for job_id in self.batch_job_ids(batch_id):
+        def info_or_none(job_id: str) -> JobInfo | None:
             try:
-                infos.append(self.job_info(job_id, url_for))
+                return self.job_info(job_id, url_for)
             except JobNotFound:
-                continue  # its record expired
+                return None  # older than the result TTL
+
+        # Concurrent reads: one Redis round trip or one store request per job, not one after another.
+        with ThreadPoolExecutor(max_workers=BATCH_READ_THREADS) as pool:
+            infos = [info for info in pool.map(info_or_none, self.batch_job_ids(batch_id)) if info is not None]
         counts = Counter(info.status.value for info in infos)
         return {
             "id": batch_id,
