@@ -125,8 +125,7 @@ def test_record_round_trip_and_rewrite(tmp_path):
     assert back.results[0].url == "https://x/abc123/0-tokentoken.png"
     assert back.preview.url == "https://x/abc123/p-tokentoken.jpg"
     assert back.batch_size == 2 and back.metadata == {"k": 1} and back.queue_position is None
-    # A retried job rewrites its record; a leftover temp file of a crashed write does not block it.
-    (tmp_path / "abc123" / ".tmp-deadbeef-job-record.json").write_bytes(b"partial")
+    # A retried job rewrites its record.
     write_record(store, JobInfo(id="abc123", model="taef2", status=JobStatus.FINISHED, batch_size=1))
     assert read_record(store, "abc123", str).batch_size == 1
     assert read_record(store, "unknown", str) is None

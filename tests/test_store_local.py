@@ -13,7 +13,7 @@ def test_put_get_and_urls(tmp_path):
     assert store.get(key) == b"abc" and store.exists(key)
     assert store.url(key).startswith("file://")
     assert LocalStore(tmp_path, public_url="http://h:1/").url(key) == f"http://h:1/v1/results/{key}"
-    assert not list(tmp_path.rglob(".tmp-*"))  # the atomic write left no temp file
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [key.split("/")[1]]  # one file per key
     store.delete(key)
     assert not store.exists(key)
 

@@ -1,10 +1,17 @@
-"""A local directory store: atomic writes (temp file + rename), keys confined to the root."""
+"""A local directory store: one file per key, keys confined to the root.
+
+Writes go straight to the final path, without a temp file and a rename: on small
+disks file metadata operations are most of a tiny job's cost. No reader sees a
+partial object all the same, because a key is published (in the job's status)
+only after its write completed, and result keys carry a random token; a job's
+record is read only once Redis has dropped the finished job. A write cut short
+by a crash leaves an unpublished file that ``expire`` removes with the rest.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -33,21 +40,18 @@ class LocalStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path(key)
-        # A fresh temp name per write: keys without a random token (a job's record) may be rewritten
-        # by a retried job, and a crashed write must not block the next one. O_EXCL refuses a clash.
-        tmp = path.parent / f".tmp-{secrets.token_hex(4)}-{path.name}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # TRUNC: a retried job rewrites its record
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, flags, 0o644)
             except FileNotFoundError:  # the job's directory (or the root) does not exist yet
                 os.makedirs(path.parent, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(path, flags, 0o644)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
-                os.replace(tmp, path)  # readers see the whole file or nothing
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
                 raise
         except OSError as exc:
             raise StoreError(f"cannot write {key}: {exc}") from exc

@@ -47,7 +47,7 @@ class Completed:
     execution: Any
     model: str
     result: dict[str, Any]  # RQ's return value
-    info: JobInfo  # the status it reports once finished (as written to the store)
+    info: JobInfo  # the status it reports once finished, as written to the store (without URLs)
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -352,7 +352,7 @@ class DecodeWorker(SimpleWorker):
         """Write the finished job's record to the store, before Redis says finished: one of them always answers."""
         started = time.perf_counter()
         result["encode_ms"] = round(timings.get("encode", 0.0) * 1000, 3)
-        info = job_info(job, self.url_for, result=result)
+        info = job_info(job, lambda key: None, result=result)  # URLs are made when it is read
         self._retrying(lambda: write_record(self.store, info), job)
         timings["store"] = timings.get("store", 0.0) + time.perf_counter() - started
         result["store_ms"] = round(timings["store"] * 1000, 3)
@@ -422,6 +422,8 @@ class DecodeWorker(SimpleWorker):
                 if info is None:
                     fresh = RQJob.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
                     info = job_info(fresh, self.url_for)
+                else:
+                    info = info.with_urls(self.url_for)
                 self.webhooks.send(callback, info.to_dict())
             except Exception:  # a webhook never fails a job
                 log.warning("could not queue the webhook of job %s", job.id, exc_info=True)
