@@ -43,6 +43,7 @@ from common import (
     BenchStack,
     ForeignCPU,
     Stopwatch,
+    default_work_dir,
     exit_on_sigterm,
     load_average,
     log,
@@ -137,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="markdown output (default bench/results/cpu-<date>[-quick].md); "
                         "the JSON and the plot go next to it (.json, .png)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", default=default_work_dir(), help="where every system writes its output "
+                        f"files (default {default_work_dir() or 'the system temp dir'}: RAM-backed when "
+                        "available, so disk stalls add no row-to-row noise)")  # fmt: skip
     parser.add_argument("--quiet-wait", type=float, default=30.0, help="before each row, wait up to this many s "
                         "for other processes to go quiet (0: never wait; default 30)")  # fmt: skip
     parser.add_argument("--retries", type=int, default=2, help="rerun a row disturbed by other processes "
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_out, plot_out = out.with_suffix(".json"), out.with_suffix(".png")
     data: dict = {
-        "meta": {"quick": args.quick, "machine": machine_summary(), "cpus": usable_cpus(), "taef2": str(args.taef2),
+        "meta": {"quick": args.quick, "machine": machine_summary(), "cpus": usable_cpus(), "taef2": str(args.taef2), "work_dir": args.work_dir,
                  "load_at_start": load_average(), "channels": CHANNELS, "latent_hw": hw, "images": args.images,
                  "rounds": args.rounds,
                  "max_batch": batch_text(args.max_batch, hw), "max_batch_tiny": batch_text(args.max_batch, 1),
@@ -222,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop_workers()
         write(final=False)
 
-    stack = BenchStack(models, worker_env=args.worker_env, worker_args=args.worker_arg)
-    with stack, tempfile.TemporaryDirectory(prefix="latentq-inproc-") as scratch:
+    stack = BenchStack(models, worker_env=args.worker_env, worker_args=args.worker_arg, work_dir=args.work_dir)
+    with stack, tempfile.TemporaryDirectory(prefix="latentq-inproc-", dir=args.work_dir) as scratch:
         # ---- per-decode time and row a
         log(f"loading TAEF2 in-process from {args.taef2}")
         with Stopwatch() as load_sw:

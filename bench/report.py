@@ -234,7 +234,8 @@ def render_markdown(data: dict, final: bool) -> str:
     text = (
         f"## latentq CPU benchmark ({meta['stamp']}{', --quick' if meta['quick'] else ''}"
         f"{'' if final else ', partial: still running or stopped'})\n\n"
-        f"Machine: {meta['machine']}. TAEF2 real weights from `{meta['taef2']}`. Run time {meta['run_s']:.0f} s.\n"
+        f"Machine: {meta['machine']}. TAEF2 real weights from `{meta['taef2']}`. Output files of every system "
+        f"in `{meta.get('work_dir') or 'the system temp dir'}`. Run time {meta['run_s']:.0f} s.\n"
         f"Load average (1 / 5 min) at start {meta['load_at_start']}, at end {meta['load_at_end']}; other "
         f"processes used {meta['foreign_cpu_s']:.0f} CPU-seconds during the run ({meta['foreign_cores']:.2f} "
         f"cores on average).\nCommand: `{meta['command']}`"
