@@ -69,13 +69,15 @@ from latentq.config import Settings
 from latentq.worker.rq_worker import BATCH_DEFAULTS
 
 
+def median_round(rounds: list[dict], key: str) -> dict:
+    """The round with the median ``key``, with every round's value beside it (``rounds``)."""
+    ordered = sorted(rounds, key=lambda r: r[key])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [r[key] for r in rounds]}
+
+
 def median_rounds(results: dict[str, list[dict]]) -> dict[str, dict]:
     """Each row's median round by images/s, with every round's rate beside it."""
-    rows = {}
-    for row, rounds in results.items():
-        ordered = sorted(rounds, key=lambda r: r["images_per_s"])
-        rows[row] = {**ordered[(len(ordered) - 1) // 2], "rounds": [r["images_per_s"] for r in rounds]}
-    return rows
+    return {row: median_round(rounds, "images_per_s") for row, rounds in results.items()}
 
 
 def batch_size(max_batch: int | None, hw: int) -> int:
@@ -96,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latent-hw", type=int, default=16, help="latent height = width for the throughput rows "
                         "(default 16: 32x16x16 -> 128x128 px)")  # fmt: skip
     parser.add_argument("--images", type=int, default=64, help="latents per throughput row (default 64)")
-    parser.add_argument("--rounds", type=int, default=None, help="runs of the throughput rows, interleaved; each "
-                        "row reports its median round (default 3, --quick 1)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=None, help="runs of the throughput rows and of row e, "
+                        "interleaved; each row reports its median round (default 3, --quick 1)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=None, help="workers' --max-batch (rows b, c, d, e, f; "
                         "default: the worker's own CPU defaults, max-batch 32 within 32,768 output pixels per "
                         "decode call)")  # fmt: skip
@@ -289,10 +291,16 @@ def main(argv: list[str] | None = None) -> int:
             data["dispatch"] = {**result, **tiny}
 
         def section_e() -> None:
-            for wait_ms in sorted({0.0, args.max_wait_ms}):
-                log(f"row e: {args.latency_jobs} sequential tiny jobs, --max-wait-ms {wait_ms:g}")
-                data["light_load"].append(guard.run(f"e{wait_ms:g}", light_load_latency, stack, args.latency_jobs,
-                                                    wait_ms, args))  # fmt: skip
+            # Like the throughput rows: --rounds interleaved runs per setting, each reporting its median round
+            # (this machine has slow phases of several seconds that move a 1-second run's median by 2x).
+            runs: dict[float, list[dict]] = {}
+            for round_index in range(args.rounds):
+                for wait_ms in sorted({0.0, args.max_wait_ms}):
+                    log(f"row e, round {round_index + 1} of {args.rounds}: {args.latency_jobs} sequential tiny "
+                        f"jobs, --max-wait-ms {wait_ms:g}")  # fmt: skip
+                    runs.setdefault(wait_ms, []).append(guard.run(f"e{wait_ms:g}", light_load_latency, stack,
+                                                                  args.latency_jobs, wait_ms, args))  # fmt: skip
+            data["light_load"] = [median_round(rounds, "queue_median") for rounds in runs.values()]
 
         def section_f() -> None:
             log(f"row f: {args.memory_jobs} tiny jobs, memory after {args.memory_first} and after all, each "

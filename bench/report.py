@@ -168,7 +168,8 @@ def light_load_markdown(data: dict, missed: list[str]) -> str:
                 fmt(r["decode_median"]),
                 "<= 2 ms median",
                 verdict(ok),
-                load_note(data, f"e{wait_ms:g}"),
+                join_notes(f"rounds {' / '.join(f'{v:.2f}' for v in r['rounds'])}" if r.get("rounds") else "",
+                           load_note(data, f"e{wait_ms:g}")),
             ]
         )
     return (
@@ -180,7 +181,8 @@ def light_load_markdown(data: dict, missed: list[str]) -> str:
         "Job.wait() returns (the public path: woken by the worker's pub/sub message, then one status read) - "
         "decode_ms. queue wait = started_at - enqueued_at (pickup + the batching window); post = ended_at - "
         "started_at - decode_ms (latent fetch, validation, PNG, store, marking it finished). Target judged on the "
-        "queue median.\n\n"
+        "queue median; each setting ran --rounds times, interleaved, and shows its median round (every round's "
+        "queue median in the notes).\n\n"
         + markdown_table(["row", "worker", "queue median ms", "queue p90 ms", "server median ms", "server p90 ms",
                           "client median ms",
                           "client p90 ms", "queue wait ms", "post ms", "decode ms", "target", "met", "notes"], rows)
