@@ -12,14 +12,13 @@ outputs (``LATENTQ_RESULT_TTL``, ``latentq cleanup``, S3 lifecycle rules).
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 from .errors import StoreError
 from .spec import JobInfo
-from .store.base import ObjectStore
+from .store.base import ObjectStore, job_directory
 
 __all__ = ["RECORD_NAME", "RecordReader", "record_key", "is_record_key", "write_record", "read_record"]
 
@@ -29,7 +28,7 @@ RECORD_VERSION = 1
 
 def record_key(job_id: str) -> str:
     """The record sits in the job's own directory (or prefix): one cleanup removes both."""
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', job_id)[:64]}/{RECORD_NAME}"
+    return f"{job_directory(job_id)}/{RECORD_NAME}"
 
 
 def is_record_key(key: str) -> bool:

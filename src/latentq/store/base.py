@@ -13,14 +13,18 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import StoreError
 
-__all__ = ["ObjectStore", "make_key", "check_key", "KEY_PATTERN"]
+__all__ = ["ObjectStore", "make_key", "check_key", "job_directory", "KEY_PATTERN"]
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{8,64}(\.[a-z0-9]{1,12})?$")
 
 
+def job_directory(job_id: str) -> str:
+    """The first segment of a job's keys: its id, confined to the key alphabet."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", job_id)[:64]
+
+
 def make_key(job_id: str, ext: str, index: int = 0) -> str:
-    safe_job = re.sub(r"[^A-Za-z0-9_-]", "-", job_id)[:64]
-    return f"{safe_job}/{index}-{secrets.token_urlsafe(16)}.{ext}"
+    return f"{job_directory(job_id)}/{index}-{secrets.token_urlsafe(16)}.{ext}"
 
 
 def check_key(key: str) -> str:
