@@ -376,8 +376,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name in client.registry.names():
         queues = [client.queue(name), client.queue(name, "high")]
         started = sum(q.started_job_registry.count for q in queues)
-        totals = client.connection.hmget(keys.metrics_key(name), "jobs_total:finished", "jobs_total:failed")
-        finished, failed = (int(value or 0) for value in totals)
+        totals = metrics.jobs_total(client.connection, name)
+        finished, failed = totals["finished"], totals["failed"]
         recent = metrics.finished_last_minute(client.connection, name)
         print(f"{name:<16} {client.queued_count(name):>7} {started:>8} {finished:>9} {failed:>7} "
               f"{client.workers_serving(name):>8} {recent:>9.0f}")  # fmt: skip

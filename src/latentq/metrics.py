@@ -19,7 +19,7 @@ from redis.client import Pipeline
 
 from . import keys
 
-__all__ = ["HISTOGRAMS", "MetricsBatch", "finished_last_minute", "record_status", "render"]
+__all__ = ["HISTOGRAMS", "MetricsBatch", "finished_last_minute", "jobs_total", "record_status", "render"]
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
@@ -90,6 +90,12 @@ class MetricsBatch:
 
 def record_status(connection: Redis | Pipeline, model: str, status: str, count: int = 1) -> None:
     connection.hincrby(keys.metrics_key(model), f"jobs_total:{status}", count)
+
+
+def jobs_total(connection: Redis, model: str) -> dict[str, int]:
+    """Jobs of a model that ended, by final status, since the counters began."""
+    values = connection.hmget(keys.metrics_key(model), [f"jobs_total:{status}" for status in STATUSES])
+    return {status: int(value or 0) for status, value in zip(STATUSES, values)}
 
 
 def finished_last_minute(connection: Redis, model: str) -> float:

@@ -261,7 +261,10 @@ class Client:
         return info
 
     def job_info(self, job_id: str, url_for=None) -> JobInfo:
-        rq_job = self._fetch(job_id)
+        return self._info(job_id, self._fetch(job_id), url_for)
+
+    def _info(self, job_id: str, rq_job: RQJob | None, url_for=None) -> JobInfo:
+        """The status of a job whose RQ record was just fetched (None: Redis no longer holds it)."""
         if rq_job is None:
             return self._stored_info(job_id, url_for)
         request = (rq_job.kwargs or {}).get("request", {})
@@ -357,7 +360,7 @@ class Client:
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a job that has not started; its latent is deleted. A started or ended job is a JobConflict."""
         rq_job = self._fetch(job_id)
-        status = self.job_info(job_id).status  # JobNotFound for an unknown job
+        status = self._info(job_id, rq_job).status  # JobNotFound for an unknown job
         if rq_job is None or status is not JobStatus.QUEUED:
             verb = "will finish" if status is JobStatus.STARTED else "cannot be canceled"
             raise JobConflict(f"job {job_id} is {status.value} and {verb}")

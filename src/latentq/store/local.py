@@ -78,7 +78,8 @@ class LocalStore:
     def expire(self, older_than_seconds: float) -> int:
         """Delete objects last written more than ``older_than_seconds`` ago; returns how many.
 
-        Stale temp files of interrupted writes go too (uncounted); emptied job directories are removed.
+        Temp files that earlier versions left from interrupted writes go too (uncounted); emptied job
+        directories are removed.
         """
         cutoff = time.time() - older_than_seconds
         if not self.root.is_dir():
