@@ -13,7 +13,8 @@
     ├── JobTimeout              (Job.wait ran out of time; the job goes on)
     ├── ModelLoadError          (weights or config could not be loaded)
     ├── StoreError              (the object store refused a read or write)
-    └── ConfigError             (a models file or setting is wrong)
+    ├── ConfigError             (a models file or setting is wrong)
+    └── Unavailable             (Redis or another dependency cannot be reached now; retry later)
 
 Callers catch at any level: ``except latentq.InvalidRequest`` for all bad
 input, ``except latentq.LatentqError`` for everything of ours.
@@ -35,6 +36,7 @@ __all__ = [
     "QueueFull",
     "StoreError",
     "UnknownModel",
+    "Unavailable",
     "UnsupportedFormat",
 ]
 
@@ -104,3 +106,11 @@ class StoreError(LatentqError):
 
 class ConfigError(LatentqError):
     pass
+
+
+class Unavailable(LatentqError):
+    """A dependency (Redis) cannot be reached right now; the request may be retried after ``retry_after`` s."""
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
