@@ -18,7 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 
 from .. import __version__, metrics
 from ..config import Settings
-from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError, Unavailable
 from ..producer.client import Client
 from ..records import is_record_key
 from ..spec import DecodeRequest
@@ -82,7 +85,15 @@ def create_app(
             return _error(409, "JobConflict", str(exc), "id")
         if isinstance(exc, StoreError):
             return _error(404, "StoreError", str(exc), "key")
+        if isinstance(exc, Unavailable):
+            return _error(503, "Unavailable", str(exc), headers={"Retry-After": str(exc.retry_after)})
         return _error(500, type(exc).__name__, str(exc))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_unreachable(_: Request, exc: Exception) -> JSONResponse:
+        # Redis blinked (restart, failover, network): a retryable 503, never a 500.
+        return _error(503, "Unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "2"})
 
     def url_for_result(request: Request, key: str) -> str:
         if store.served_by_api:
