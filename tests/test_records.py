@@ -35,7 +35,8 @@ def receiver():
 @pytest.mark.timeout(240)
 def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, procs, receiver, redis_conn,
                                                                      monkeypatch):  # fmt: skip
-    for name, value in {"LATENTQ_RECORD_TTL": "0", "LATENTQ_WEBHOOK_SECRET": SECRET}.items():
+    for name, value in {"LATENTQ_RECORD_TTL": "0", "LATENTQ_WEBHOOK_SECRET": SECRET,
+                        "LATENTQ_WEBHOOK_ALLOW": "127.0.0.1"}.items():  # the receiver is local  # fmt: skip
         procs.env[name] = value
         monkeypatch.setenv(name, value)
     procs.worker("taef2")

@@ -15,6 +15,15 @@ from latentq import Client, JobFailed
 from latentq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify_signature
 
 
+@pytest.fixture(autouse=True)
+def allow_local_receiver(monkeypatch):
+    """The receiver listens on 127.0.0.1, which webhooks may not reach unless allowed (see latentq.netguard).
+
+    Autouse fixtures come first, so the ``env`` the processes get carries it too.
+    """
+    monkeypatch.setenv("LATENTQ_WEBHOOK_ALLOW", "127.0.0.1")
+
+
 @pytest.fixture
 def receiver():
     server = Receiver()

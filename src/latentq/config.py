@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .netguard import WebhookPolicy
 from .spec import Limits
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION"]
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "webhook_allow_from_env", "webhook_policy"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # The RQ job function, by dotted path: producers never import the worker.
@@ -30,6 +31,8 @@ class Settings:
     max_retries: int = 2  # re-runs of a job whose worker died or whose store write kept failing
     limits: Limits = field(default_factory=Limits)
     api_keys: tuple[str, ...] = ()  # bearer tokens the API accepts; empty: no authentication
+    # Hosts and CIDR networks webhooks may go to besides public addresses (see latentq.netguard).
+    webhook_allow: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -41,6 +44,7 @@ class Settings:
             "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
             "limits": Limits.from_env(),
             "api_keys": tuple(k.strip() for k in env.get("LATENTQ_API_KEYS", "").split(",") if k.strip()),
+            "webhook_allow": webhook_allow_from_env(),
         }
         for name in ("latent_ttl", "result_ttl", "record_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
             raw = env.get(f"LATENTQ_{name.upper()}")
@@ -50,6 +54,20 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
     @property
+    def webhook_policy(self) -> WebhookPolicy:
+        return WebhookPolicy.from_entries(self.webhook_allow)
+
+    @property
     def redis_record_ttl(self) -> int:
         """RQ's result_ttl for a job: how long Redis keeps it once finished (0: deleted at once)."""
         return max(0, min(self.record_ttl, self.result_ttl))
+
+
+def webhook_allow_from_env() -> tuple[str, ...]:
+    """``LATENTQ_WEBHOOK_ALLOW``: comma-separated hosts and CIDR networks webhooks may go to."""
+    return tuple(e.strip() for e in os.environ.get("LATENTQ_WEBHOOK_ALLOW", "").split(",") if e.strip())
+
+
+def webhook_policy() -> WebhookPolicy:
+    """This process's webhook policy, for code that has no Settings at hand (a request, a sender)."""
+    return WebhookPolicy.from_entries(webhook_allow_from_env())

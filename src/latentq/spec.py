@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ __all__ = [
     "ARRAY_FORMATS",
     "VIDEO_FORMATS",
     "IMAGE_FORMATS",
+    "METADATA_MAX_BYTES",
+    "METADATA_MAX_DEPTH",
     "OUTPUT_FORMATS",
     "DecodeRequest",
     "JobInfo",
     "JobStatus",
     "Limits",
     "ResultObject",
+    "check_metadata",
 ]
 
 IMAGE_FORMATS: dict[str, str] = {
@@ -46,6 +50,10 @@ FORMAT_ALIASES = {"jpg": "jpeg"}
 TASKS = ("decode", "encode")
 PRIORITIES = ("normal", "high")
 ACCEPTED_DTYPES = ("float16", "bfloat16", "float32")
+# A job's metadata travels in its RQ record, its stored record, every status and webhook: kept small
+# and shallow so no JSON encoder or decoder on the way (RQ's, Redis clients', ours) recurses deeply.
+METADATA_MAX_BYTES = 16 * 1024  # of compact JSON
+METADATA_MAX_DEPTH = 8  # nested objects / arrays, the metadata object itself being 1
 
 
 class JobStatus(str, enum.Enum):
@@ -59,6 +67,19 @@ class JobStatus(str, enum.Enum):
     @property
     def is_final(self) -> bool:
         return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a number, got {raw!r}", field=name) from exc
+    if not 0 < value < float("inf"):
+        raise InvalidRequest(f"{name} must be a positive number, got {raw!r}", field=name)
+    return value
 
 
 def _env_int(name: str, default: int) -> int:
@@ -78,8 +99,12 @@ class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
     max_latent_elements: int = 16 * 1024 * 1024
     max_output_pixels: int = 4096 * 4096
+    # Images sent to encode are decoded in the API: fewer pixels than a decode may output, so
+    # a tiny, highly compressed PNG cannot make the API allocate hundreds of MB.
+    max_encode_pixels: int = 2048 * 2048
     max_frames: int = 1024
     max_batch_submit: int = 1024
+    body_timeout_s: float = 30.0  # a request body not received within this is refused (408)
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -87,8 +112,10 @@ class Limits:
             max_body_bytes=_env_int("LATENTQ_MAX_BODY_BYTES", cls.max_body_bytes),
             max_latent_elements=_env_int("LATENTQ_MAX_LATENT_ELEMENTS", cls.max_latent_elements),
             max_output_pixels=_env_int("LATENTQ_MAX_OUTPUT_PIXELS", cls.max_output_pixels),
+            max_encode_pixels=_env_int("LATENTQ_MAX_ENCODE_PIXELS", cls.max_encode_pixels),
             max_frames=_env_int("LATENTQ_MAX_FRAMES", cls.max_frames),
             max_batch_submit=_env_int("LATENTQ_MAX_BATCH_SUBMIT", cls.max_batch_submit),
+            body_timeout_s=_env_float("LATENTQ_BODY_TIMEOUT", cls.body_timeout_s),
         )
 
 
@@ -111,8 +138,11 @@ class DecodeRequest:
     priority: str = "normal"  # or "high": workers take high-priority jobs first
     deadline: float | None = None  # unix time; a job not started by then ends "expired"
     callback_url: str | None = None  # webhook: the job's status JSON is POSTed here when it ends
+    # False where a stored request is read back (from_dict): its callback_url was checked at submit,
+    # and the sender checks it again, with a fresh DNS answer, before every delivery.
+    check_callback: dataclasses.InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check_callback: bool = True) -> None:
         fmt = FORMAT_ALIASES.get(self.output_format.lower(), self.output_format.lower())
         if fmt not in OUTPUT_FORMATS:
             raise UnsupportedFormat(
@@ -144,12 +174,11 @@ class DecodeRequest:
             if deadline != deadline or deadline in (float("inf"), float("-inf")):
                 raise InvalidRequest("deadline must be a finite unix time", field="deadline")
             object.__setattr__(self, "deadline", deadline)
-        if self.callback_url is not None and not str(self.callback_url).startswith(("http://", "https://")):
-            raise InvalidRequest("callback_url must be an http(s) URL", field="callback_url")
+        if self.callback_url is not None:
+            _check_callback(self.callback_url, resolve=check_callback)
         if self.scaling_factor == 0.0:
             raise InvalidRequest("scaling_factor must not be 0", field="scaling_factor")
-        if not isinstance(self.metadata, dict):
-            raise InvalidRequest("metadata must be a JSON object", field="metadata")
+        check_metadata(self.metadata)
 
     @property
     def content_type(self) -> str:
@@ -166,7 +195,37 @@ class DecodeRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecodeRequest:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in names}, check_callback=False)
+
+
+def _check_callback(url: object, *, resolve: bool) -> None:
+    """The webhook destination policy (``latentq.netguard``) at submit: 422 naming callback_url."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InvalidRequest("callback_url must be an http(s) URL", field="callback_url")
+    from .config import webhook_policy  # config imports this module
+
+    webhook_policy().check(url, resolve=resolve)
+
+
+def check_metadata(metadata: object) -> None:
+    """A JSON object at most METADATA_MAX_DEPTH deep and METADATA_MAX_BYTES long, or InvalidRequest."""
+    if not isinstance(metadata, dict):
+        raise InvalidRequest("metadata must be a JSON object", field="metadata")
+    stack: list[tuple[object, int]] = [(metadata, 1)]  # iterative: a deep Python object cannot recurse us
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if depth > METADATA_MAX_DEPTH:
+                raise InvalidRequest(f"metadata is nested over {METADATA_MAX_DEPTH} levels deep", field="metadata")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"metadata must be plain JSON (no NaN or Infinity): {exc}", field="metadata") from None
+    if size > METADATA_MAX_BYTES:
+        raise InvalidRequest(f"metadata is {size} bytes of JSON, over the limit of {METADATA_MAX_BYTES}",
+                             field="metadata")  # fmt: skip
 
 
 @dataclass(frozen=True)
