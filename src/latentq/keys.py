@@ -17,9 +17,14 @@ __all__ = [
     "metrics_key",
     "finished_per_minute_key",
     "job_done_channel",
+    "JOB_DONE_PATTERN",
     "high_priority_queue_name",
     "WORKER_STATS_PATTERN",
     "LATENT_PATTERN",
+    "LEASE_PREFIX",
+    "RECOVERY_LOCK",
+    "lease_key",
+    "orphan_key",
 ]
 
 PREFIX = "latentq:"
@@ -28,6 +33,8 @@ QUEUE_PREFIX = "latentq."
 
 LATENT_PATTERN = PREFIX + "latent:*"
 WORKER_STATS_PATTERN = PREFIX + "worker-stats:*"
+# Every job's done channel (see job_done_channel): one PSUBSCRIBE per process serves all waiters.
+JOB_DONE_PATTERN = PREFIX + "done:*"
 
 
 def queue_name(model: str) -> str:
@@ -77,3 +84,22 @@ def finished_per_minute_key(model: str, minute: int) -> str:
 def job_done_channel(job_id: str) -> str:
     """Pub/sub channel a worker publishes to when a job ends (waiters subscribe; no polling)."""
     return f"{PREFIX}done:{job_id}"
+
+
+LEASE_PREFIX = PREFIX + "lease:"
+# Held by the one worker that runs abandoned-job recovery at a time: each dead execution is recovered once.
+RECOVERY_LOCK = PREFIX + "lock:recovery"
+
+
+def lease_key(job_id: str) -> str:
+    """Which pop owns a job (string: the popping worker's token, with a TTL the worker's heartbeat renews).
+
+    Set when a worker pops the job, checked when it starts and when it ends the job: a worker that lost
+    it (frozen, partitioned, beaten by a re-queue) can write nothing for it.
+    """
+    return LEASE_PREFIX + job_id
+
+
+def orphan_key(job_id: str) -> str:
+    """Marks a popped job seen without a lease by recovery (string, with a TTL): re-queued when seen twice."""
+    return f"{PREFIX}orphan:{job_id}"

@@ -24,12 +24,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError, Unavailable
 from ..producer.client import Client
 from ..records import is_record_key
-from ..spec import DecodeRequest
+from ..spec import DecodeRequest, JobInfo
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from .auth import install_api_keys
 from .batches import install_batch_routes
 from .params import decode_params, read_latent
 from .remote import install_remote_routes
+from .waiter import LongPolls
 
 __all__ = ["create_app", "MAX_WAIT_S"]
 
@@ -48,10 +49,13 @@ def create_app(
     store = store or open_store(settings.store, public_url=settings.public_url)
     owns_client = client is None
     client = client or Client(settings=settings, store=store)
+    # Long-polls wait in the event loop on the client's one listener, not on threads.
+    long_polls = LongPolls(client.listener(), settings.redis_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await long_polls.aclose()
         if owns_client:  # delivers the webhooks of jobs canceled through this API
             await run_in_threadpool(client.close)
 
@@ -62,6 +66,7 @@ def create_app(
         description="Queued, batched VAE decoding for latent diffusion models.",
     )
     app.state.client = client
+    app.state.long_polls = long_polls
     app.state.store = store
     if settings.api_keys:
         install_api_keys(app, settings.api_keys)
@@ -100,8 +105,9 @@ def create_app(
             return str(request.url_for("get_result", key=key))
         return store.url(key)
 
-    def job_body(request: Request, job_id: str, wait: float = 0.0) -> dict[str, Any]:
-        info = client.wait_for(job_id, wait) if wait > 0 else client.job_info(job_id)
+    def job_body(request: Request, job_id: str, wait: float = 0.0, info: JobInfo | None = None) -> dict[str, Any]:
+        if info is None:  # a blocking wait: only for callers already on a thread
+            info = client.wait_for(job_id, wait) if wait > 0 else client.job_info(job_id)
         body = info.to_dict()
         for item in body["results"] + ([body["preview"]] if body.get("preview") else []):
             item["url"] = url_for_result(request, item["key"])
@@ -127,7 +133,11 @@ def create_app(
         job_id: str,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the job to end")] = 0,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(job_body, request, job_id, wait)
+        info = await run_in_threadpool(client.job_info, job_id)
+        if wait > 0 and not info.status.is_final:  # awaits the listener: holds no thread while it waits
+            await long_polls.until_ended(job_id, wait, info.deadline)
+            info = await run_in_threadpool(client.job_info, job_id)
+        return job_body(request, job_id, info=info)
 
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a job that has not started (409 once started or ended)")
     async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
@@ -180,10 +190,13 @@ def create_app(
     @app.get("/healthz", summary="Liveness: the API runs and reaches Redis")
     async def healthz() -> JSONResponse:
         try:
-            await run_in_threadpool(client.connection.ping)
-        except Exception as exc:
-            return JSONResponse({"status": "error", "redis": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "redis": "ok", "version": __version__})
+            await long_polls.ping()  # async: answers at once however many threads are busy
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            message = f"Redis is unreachable: {exc}"
+            body = {"status": "error", "redis": str(exc),
+                    "error": {"type": "Unavailable", "message": message, "field": None}, "detail": message}  # fmt: skip
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse({"status": "ok", "redis": "ok", "version": __version__, "waiting": long_polls.waiting})
 
     install_batch_routes(app, client, settings)
     install_remote_routes(app, client, settings)  # diffusers' remote_decode / remote_encode protocol

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from redis import Redis
-from redis.client import PubSub
 from rq import Queue, Retry, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job as RQJob
@@ -20,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from .. import keys, metrics
 from ..config import TASK_FUNCTION, Settings
-from ..connection import redis_from_url
+from ..connection import redis_from_url, redis_unavailable
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
 from ..records import RecordReader
@@ -29,7 +28,8 @@ from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
 from ..webhooks import WebhookSender
 from ..wire import latent_to_bytes
-from .status import STATUS_FROM_RQ, job_info
+from .status import job_info
+from .waiter import RECHECK_S, DoneListener, has_ended
 
 __all__ = ["Client", "Job"]
 
@@ -94,11 +94,9 @@ class Client:
         self._records: RecordReader | None = None
         self.connection = connection or redis_from_url(self.settings.redis_url)
         self._queues: dict[str, Queue] = {}
-        # One pub/sub connection per waiting thread, kept between waits: opening one per wait
-        # costs a connect and a handshake, several round trips.
-        self._waiters = threading.local()
-        self._pubsubs: list[PubSub] = []
-        self._pubsubs_lock = threading.Lock()
+        # One listener (one pub/sub connection, one thread) for every thread that waits on a job.
+        self._listener: DoneListener | None = None
+        self._lock = threading.Lock()
         self._webhooks: WebhookSender | None = None  # for jobs that end here (canceled, expired)
 
     @property
@@ -120,16 +118,19 @@ class Client:
             self._queues[name] = Queue(name, connection=self.connection, serializer=JSONSerializer)
         return self._queues[name]
 
+    @redis_unavailable()
     def queued_count(self, model: str) -> int:
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.llen(self.queue(model).key)
             pipe.llen(self.queue(model, "high").key)
             return sum(pipe.execute())
 
+    @redis_unavailable()
     def workers_serving(self, model: str) -> int:
         return Worker.count(connection=self.connection, queue=self.queue(model))
 
     # --- submit ---------------------------------------------------------------------
+    @redis_unavailable()
     def submit(
         self,
         latent: torch.Tensor,
@@ -149,14 +150,17 @@ class Client:
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self.submit_request(latent, request)
 
+    @redis_unavailable()
     def submit_request(self, latent: torch.Tensor, request: DecodeRequest) -> Job:
         return self._enqueue([latent], request, batch_id=None)[0]
 
+    @redis_unavailable()
     def submit_encode(self, image: torch.Tensor, model: str, **options: Any) -> Job:
         """Encode an RGB image, (3, H, W) or (1, 3, H, W) float in [0, 1], into the model's latent."""
         request = DecodeRequest(model=model, output_format="tensor", task="encode", **options)
         return self._enqueue([image], request, batch_id=None)[0]
 
+    @redis_unavailable()
     def submit_many(
         self,
         latents: torch.Tensor | Sequence[torch.Tensor],
@@ -172,6 +176,7 @@ class Client:
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
         return self.submit_many_request(latents, request)
 
+    @redis_unavailable()
     def submit_many_request(self, latents: torch.Tensor | Sequence[torch.Tensor], request: DecodeRequest) -> list[Job]:
         if isinstance(latents, torch.Tensor):
             if latents.ndim < 2:
@@ -242,6 +247,7 @@ class Client:
         return [Job(self, job_id, request.model, batch_id) for job_id, _ in payloads]
 
     # --- status -----------------------------------------------------------------------
+    @redis_unavailable()
     def job(self, job_id: str) -> Job:
         info = self.job_info(job_id)
         return Job(self, job_id, info.model, info.batch_id)
@@ -260,6 +266,7 @@ class Client:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than the result TTL)")
         return info
 
+    @redis_unavailable()
     def job_info(self, job_id: str, url_for=None) -> JobInfo:
         return self._info(job_id, self._fetch(job_id), url_for)
 
@@ -302,61 +309,45 @@ class Client:
 
     def _webhook_sender(self) -> WebhookSender:
         # Started on first use: most producers never cancel a job that has a callback.
-        with self._pubsubs_lock:
+        with self._lock:
             if self._webhooks is None:
                 self._webhooks = WebhookSender()
             return self._webhooks
 
+    @redis_unavailable()
     def wait_for(self, job_id: str, timeout: float) -> JobInfo:
         """The job's status as soon as it ends, or at the timeout: woken by the worker's message, not polling."""
         deadline = time.monotonic() + timeout
-        pubsub = self._pubsub()
-        channel = keys.job_done_channel(job_id)
-        try:
-            pubsub.subscribe(channel)
+        ended = threading.Event()
+        with self.listener().watch(job_id, ended.set):
             rq_job = self._fetch(job_id)
             if rq_job is None:  # ended a while ago (or unknown: JobNotFound)
                 return self._stored_info(job_id)
             job_deadline = ((rq_job.kwargs or {}).get("request") or {}).get("deadline")
             while True:
-                # Checked after subscribing, so no end is missed; one field, the full status only at the end.
+                # Checked after registering, so no end is missed; one field, the full status only at the end.
                 remaining = deadline - time.monotonic()
                 if self._has_ended(job_id, job_deadline) or remaining <= 0:
                     return self.job_info(job_id)
-                # The periodic re-check also covers ends nobody published (a TTL, a manual change).
-                # Any message (also a late one for an earlier job's channel) only triggers the re-check.
-                pubsub.get_message(timeout=min(remaining, 1.0))
-        finally:
-            try:
-                pubsub.unsubscribe(channel)
-            except Exception:  # a broken connection: the next wait opens a new one
-                self._drop_pubsub(pubsub)
+                # The periodic re-check also covers ends nobody published (a TTL, a manual change),
+                # and a queued job's deadline passing.
+                pause = min(remaining, RECHECK_S)
+                if job_deadline is not None:
+                    pause = max(0.0, min(pause, job_deadline - time.time() + 0.01))
+                ended.wait(pause)
+                ended.clear()
 
-    def _pubsub(self) -> PubSub:
-        pubsub = getattr(self._waiters, "pubsub", None)
-        if pubsub is None:
-            pubsub = self.connection.pubsub(ignore_subscribe_messages=True)
-            self._waiters.pubsub = pubsub
-            with self._pubsubs_lock:
-                self._pubsubs.append(pubsub)
-        return pubsub
-
-    def _drop_pubsub(self, pubsub: PubSub) -> None:
-        self._waiters.pubsub = None
-        with self._pubsubs_lock:
-            if pubsub in self._pubsubs:
-                self._pubsubs.remove(pubsub)
-        pubsub.close()
+    def listener(self) -> DoneListener:
+        """This Client's one listener for ended jobs (started by the first wait)."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = DoneListener(self.connection)
+            return self._listener
 
     def _has_ended(self, job_id: str, job_deadline: float | None) -> bool:
-        raw = self.connection.hget(RQJob.key_for(job_id), "status")
-        if raw is None:
-            return True  # gone from Redis: job_info reads its stored record
-        status = STATUS_FROM_RQ.get(raw.decode(), JobStatus.QUEUED)
-        if status is JobStatus.QUEUED:  # past its deadline, job_info expires it
-            return job_deadline is not None and time.time() > job_deadline
-        return status.is_final
+        return has_ended(self.connection.hget(RQJob.key_for(job_id), "status"), job_deadline)
 
+    @redis_unavailable()
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a job that has not started; its latent is deleted. A started or ended job is a JobConflict."""
         rq_job = self._fetch(job_id)
@@ -371,12 +362,14 @@ class Client:
         self._end_without_worker(rq_job, "canceled")
         return self.job_info(job_id)
 
+    @redis_unavailable()
     def batch_job_ids(self, batch_id: str) -> list[str]:
         ids = [i.decode() for i in self.connection.lrange(keys.batch_key(batch_id), 0, -1)]
         if not ids:
             raise JobNotFound(f"no batch {batch_id!r}")
         return ids
 
+    @redis_unavailable()
     def batch_info(self, batch_id: str, url_for=None) -> dict[str, Any]:
         """Counts per status and every job's status and results, for a submit_many batch."""
         def info_or_none(job_id: str) -> JobInfo | None:
@@ -399,13 +392,13 @@ class Client:
 
     def close(self) -> None:
         """Deliver pending webhooks (of jobs canceled or expired here), then drop the connections."""
-        with self._pubsubs_lock:
-            pubsubs, self._pubsubs = self._pubsubs, []
+        with self._lock:
+            listener, self._listener = self._listener, None
             webhooks, self._webhooks = self._webhooks, None
         if webhooks is not None:
             webhooks.close()
-        for pubsub in pubsubs:
-            pubsub.close()
+        if listener is not None:
+            listener.close()
         self.connection.close()
 
     def __enter__(self) -> Client:

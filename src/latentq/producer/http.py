@@ -1,4 +1,10 @@
-"""Producers that cannot reach Redis: the same submit / Job interface over the HTTP API (httpx)."""
+"""Producers that cannot reach Redis: the same submit / Job interface over the HTTP API (httpx).
+
+Failures are latentq exceptions: a 503 (the API cannot reach Redis) or a
+connection failure is ``Unavailable``; idempotent reads retry it a few times,
+honoring ``Retry-After``. ``wait`` long-polls (``GET /v1/jobs/{id}?wait=S``)
+instead of polling.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from ..errors import (
     LatentqError,
     LatentTooLarge,
     QueueFull,
+    Unavailable,
     UnknownModel,
     UnsupportedFormat,
 )
@@ -27,6 +34,11 @@ from ..spec import JobInfo, JobStatus, ResultObject
 from ..wire import latent_to_bytes
 
 __all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob"]
+
+RETRIES = 3  # a GET answered 503 (or not at all) is tried again this many times
+RETRY_AFTER_MAX_S = 30  # the longest Retry-After honored between tries
+LONG_POLL_S = 60.0  # one long-poll request's wait; a longer wait takes several
+DEFAULT_RETRY_AFTER_S = 2
 
 _ERRORS: dict[str, type[InvalidRequest]] = {
     cls.__name__: cls for cls in (InvalidRequest, InvalidLatent, LatentTooLarge, UnknownModel, UnsupportedFormat)
@@ -37,6 +49,15 @@ def _auth_headers(api_key: str | None) -> dict[str, str]:
     """``api_key`` or ``$LATENTQ_API_KEY`` as a bearer token, when the API asks for one."""
     key = api_key or os.environ.get("LATENTQ_API_KEY")
     return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def _retry_after(response: httpx.Response) -> int:
+    value = response.headers.get("retry-after", "")
+    return min(int(value), RETRY_AFTER_MAX_S) if value.isdigit() else DEFAULT_RETRY_AFTER_S
+
+
+def _unreachable(exc: httpx.TransportError) -> Unavailable:
+    return Unavailable(f"the latentq API cannot be reached: {type(exc).__name__}: {exc}")
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -50,6 +71,8 @@ def _raise_for(response: httpx.Response) -> None:
     kind = error.get("type", "")
     if response.status_code == 429:
         raise QueueFull(message, retry_after=int(response.headers.get("retry-after", "5")))
+    if response.status_code == 503:
+        raise Unavailable(f"HTTP 503: {message}", retry_after=_retry_after(response))
     if response.status_code == 404 and kind == "JobNotFound":
         raise JobNotFound(message)
     if kind in _ERRORS:
@@ -81,47 +104,83 @@ def _params(model: str, output_format: str, scaling_factor, shift_factor, metada
     return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}
 
 
+def _final(job_id: str, info: JobInfo) -> list[ResultObject] | None:
+    """The results of a finished job, None while it has not ended; JobFailed for every other end."""
+    if info.status is JobStatus.FINISHED:
+        return info.results
+    if info.status.is_final:  # failed, canceled, expired
+        raise JobFailed(job_id, info.error or info.status.value)
+    return None
+
+
 class HttpJob:
     def __init__(self, client: HttpClient, job_id: str, status_url: str) -> None:
         self._client = client
         self.id = job_id
         self.status_url = status_url
 
-    def info(self) -> JobInfo:
-        response = self._client.http.get(self.status_url)
-        _raise_for(response)
+    def info(self, wait: float = 0.0) -> JobInfo:
+        """The job's status; with ``wait``, the API answers as soon as the job ends (or after ``wait`` s)."""
+        params = {"wait": round(wait, 3)} if wait > 0 else None
+        response = self._client.request("GET", self.status_url, params=params, extra_timeout=wait)
         return _info(response.json())
 
     def status(self) -> JobStatus:
         return self.info().status
 
     def wait(self, timeout: float = 60.0, poll_interval: float = 0.05) -> list[ResultObject]:
+        """Results once the job finishes; JobFailed if it fails, is canceled or expires; JobTimeout after ``timeout`` s.
+
+        Long-polls the API; ``poll_interval`` only paces an API that answers before the job ends.
+        """
         deadline = time.monotonic() + timeout
         delay = poll_interval
         while True:
-            info = self.info()
-            if info.status is JobStatus.FINISHED:
-                return info.results
-            if info.status in (JobStatus.FAILED, JobStatus.CANCELED):
-                raise JobFailed(self.id, info.error or info.status.value)
+            asked = min(max(deadline - time.monotonic(), 0.0), LONG_POLL_S)
+            started = time.monotonic()
+            info = self.info(wait=asked)
+            results = _final(self.id, info)
+            if results is not None:
+                return results
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            if time.monotonic() - started < asked / 2:  # answered early without an end: do not spin
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 1.5, 1.0)
 
     def read(self, index: int = 0) -> bytes:
         url = self.info().results[index].url
-        response = self._client.http.get(url)
-        _raise_for(response)
-        return response.content
+        return self._client.request("GET", url).content
 
 
 class HttpClient:
     """``HttpClient("http://host:8000").submit(latent, model="taef2").wait()``"""
 
     def __init__(self, base_url: str, *, timeout: float = 30.0, api_key: str | None = None,
-                 http: httpx.Client | None = None) -> None:  # fmt: skip
+                 http: httpx.Client | None = None, retries: int = RETRIES) -> None:  # fmt: skip
         self.http = http or httpx.Client(base_url=base_url, timeout=timeout, headers=_auth_headers(api_key))
+        self.retries = retries
+
+    def request(self, method: str, url: str, *, extra_timeout: float = 0.0, **kwargs: Any) -> httpx.Response:
+        """One request, its failure raised as a latentq exception; GETs retry ``Unavailable``."""
+        if extra_timeout:  # a long-poll: the answer may take that much longer
+            base = self.http.timeout.read or 30.0
+            kwargs["timeout"] = httpx.Timeout(self.http.timeout.connect, read=base + extra_timeout,
+                                              write=self.http.timeout.write, pool=self.http.timeout.pool)  # fmt: skip
+        retries = self.retries if method == "GET" else 0  # a POST may have landed: never sent twice
+        while True:
+            try:
+                try:
+                    response = self.http.request(method, url, **kwargs)
+                except httpx.TransportError as exc:
+                    raise _unreachable(exc) from exc
+                _raise_for(response)
+                return response
+            except Unavailable as exc:
+                if retries <= 0:
+                    raise
+                retries -= 1
+                time.sleep(exc.retry_after)
 
     def submit(
         self,
@@ -133,13 +192,13 @@ class HttpClient:
         metadata: dict[str, Any] | None = None,
         **options: Any,
     ) -> HttpJob:
-        response = self.http.post(
+        response = self.request(
+            "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
             headers={"content-type": "application/octet-stream"},
         )
-        _raise_for(response)
         body = response.json()
         return HttpJob(self, body["id"], body["status_url"])
 
@@ -166,41 +225,64 @@ class AsyncHttpJob:
         self.id = job_id
         self.status_url = status_url
 
-    async def info(self) -> JobInfo:
-        response = await self._client.http.get(self.status_url)
-        _raise_for(response)
+    async def info(self, wait: float = 0.0) -> JobInfo:
+        params = {"wait": round(wait, 3)} if wait > 0 else None
+        response = await self._client.request("GET", self.status_url, params=params, extra_timeout=wait)
         return _info(response.json())
 
     async def status(self) -> JobStatus:
         return (await self.info()).status
 
     async def wait(self, timeout: float = 60.0, poll_interval: float = 0.05) -> list[ResultObject]:
+        """As ``HttpJob.wait``."""
         deadline = time.monotonic() + timeout
         delay = poll_interval
         while True:
-            info = await self.info()
-            if info.status is JobStatus.FINISHED:
-                return info.results
-            if info.status in (JobStatus.FAILED, JobStatus.CANCELED):
-                raise JobFailed(self.id, info.error or info.status.value)
+            asked = min(max(deadline - time.monotonic(), 0.0), LONG_POLL_S)
+            started = time.monotonic()
+            info = await self.info(wait=asked)
+            results = _final(self.id, info)
+            if results is not None:
+                return results
             if time.monotonic() >= deadline:
                 raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            if time.monotonic() - started < asked / 2:
+                await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 1.5, 1.0)
 
     async def read(self, index: int = 0) -> bytes:
         url = (await self.info()).results[index].url
-        response = await self._client.http.get(url)
-        _raise_for(response)
-        return response.content
+        return (await self._client.request("GET", url)).content
 
 
 class AsyncHttpClient:
     """The asyncio twin of ``HttpClient``."""
 
     def __init__(self, base_url: str, *, timeout: float = 30.0, api_key: str | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:  # fmt: skip
+                 http: httpx.AsyncClient | None = None, retries: int = RETRIES) -> None:  # fmt: skip
         self.http = http or httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_auth_headers(api_key))
+        self.retries = retries
+
+    async def request(self, method: str, url: str, *, extra_timeout: float = 0.0, **kwargs: Any) -> httpx.Response:
+        """As ``HttpClient.request``."""
+        if extra_timeout:
+            base = self.http.timeout.read or 30.0
+            kwargs["timeout"] = httpx.Timeout(self.http.timeout.connect, read=base + extra_timeout,
+                                              write=self.http.timeout.write, pool=self.http.timeout.pool)  # fmt: skip
+        retries = self.retries if method == "GET" else 0
+        while True:
+            try:
+                try:
+                    response = await self.http.request(method, url, **kwargs)
+                except httpx.TransportError as exc:
+                    raise _unreachable(exc) from exc
+                _raise_for(response)
+                return response
+            except Unavailable as exc:
+                if retries <= 0:
+                    raise
+                retries -= 1
+                await asyncio.sleep(exc.retry_after)
 
     async def submit(
         self,
@@ -212,15 +294,18 @@ class AsyncHttpClient:
         metadata: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncHttpJob:
-        response = await self.http.post(
+        response = await self.request(
+            "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
             headers={"content-type": "application/octet-stream"},
         )
-        _raise_for(response)
         body = response.json()
         return AsyncHttpJob(self, body["id"], body["status_url"])
+
+    def job(self, job_id: str) -> AsyncHttpJob:
+        return AsyncHttpJob(self, job_id, f"/v1/jobs/{job_id}")
 
     async def aclose(self) -> None:
         await self.http.aclose()

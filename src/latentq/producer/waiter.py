@@ -1,0 +1,162 @@
+"""One listener per process for "job X ended": shared by every waiting thread and long-poll.
+
+A worker (or the Client, for a cancel or an expiry) publishes on the job's done
+channel when a job ends. Instead of one pub/sub connection per waiter (or per
+thread), one background thread holds ONE pub/sub connection subscribed to the
+pattern of all done channels, and calls the callbacks registered for that job.
+Waiters register *before* they read the job's status, so no end is missed, and
+re-check the status now and then anyway, which covers ends nobody published
+(a TTL, a manual change) and messages lost while the connection was down.
+
+When the connection drops, every waiter is woken (it re-checks: Redis down means
+``Unavailable`` for it) and the listener reconnects with backoff; on reconnect it
+wakes everyone again, since messages of the gap are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from redis import Redis
+from redis.client import PubSub
+
+from .. import keys
+from ..connection import REDIS_DOWN
+from ..spec import JobStatus
+from .status import STATUS_FROM_RQ
+
+__all__ = ["DoneListener", "RECHECK_S", "has_ended"]
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 5.0  # a waiter re-reads the status this often even without a message
+POLL_S = 1.0  # the listener thread looks at its stop flag this often
+CONNECT_WAIT_S = 5.0  # how long the listener waits for its subscription's confirmation
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 2.0
+
+Callback = Callable[[], None]
+
+
+def has_ended(raw_status: bytes | None, deadline: float | None) -> bool:
+    """Whether a job has ended, from the ``status`` field of its RQ hash (None: gone from Redis)."""
+    if raw_status is None:
+        return True  # gone from Redis: its stored record answers
+    status = STATUS_FROM_RQ.get(raw_status.decode(), JobStatus.QUEUED)
+    if status is JobStatus.QUEUED:  # past its deadline, reading its status expires it
+        return deadline is not None and time.time() > deadline
+    return status.is_final
+
+
+class DoneListener:
+    """A background thread with one pub/sub connection; ``watch(job_id, callback)`` while waiting.
+
+    Callbacks run on the listener thread: they must only signal (set an Event,
+    ``loop.call_soon_threadsafe``), never block.
+    """
+
+    def __init__(self, connection: Redis) -> None:
+        self._connection = connection
+        self._callbacks: dict[str, set[Callback]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pubsub: PubSub | None = None
+        self.connected = threading.Event()  # set while subscribed (tests and health read it)
+
+    @contextmanager
+    def watch(self, job_id: str, callback: Callback) -> Iterator[None]:
+        """``callback()`` is called when the job's end is published, and on every reconnect."""
+        self._start()
+        with self._lock:
+            self._callbacks.setdefault(job_id, set()).add(callback)
+        try:
+            yield
+        finally:
+            with self._lock:
+                callbacks = self._callbacks.get(job_id)
+                if callbacks is not None:
+                    callbacks.discard(callback)
+                    if not callbacks:
+                        del self._callbacks[job_id]
+
+    @property
+    def waiting(self) -> int:
+        """Jobs someone waits on now."""
+        with self._lock:
+            return len(self._callbacks)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="latentq-done-listener", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop listening: the thread ends (and drops its connection) within ``POLL_S``; nobody waits for it."""
+        self._stop.set()
+
+    # --- the listener thread -------------------------------------------------------
+    def _run(self) -> None:
+        delay = BACKOFF_MIN_S
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                return  # stopped
+            except REDIS_DOWN as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("done listener lost Redis (%s); reconnecting in %.1f s", exc, delay)
+            except Exception:  # never let the one listener die: every waiter would fall back to re-checks
+                if self._stop.is_set():
+                    break
+                log.exception("done listener failed; reconnecting in %.1f s", delay)
+            self.connected.clear()
+            self._close_pubsub()
+            self._wake_all()  # they re-check now: Redis down is theirs to report
+            self._stop.wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        self._close_pubsub()
+
+    def _listen(self) -> None:
+        pubsub = self._connection.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = pubsub
+        pubsub.psubscribe(keys.JOB_DONE_PATTERN)
+        pubsub.get_message(timeout=CONNECT_WAIT_S)  # the subscription's confirmation: subscribed from here on
+        self.connected.set()
+        self._wake_all()  # ends published while we were not subscribed are only seen by a re-check
+        prefix = keys.JOB_DONE_PATTERN.rstrip("*")
+        try:
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=POLL_S)
+                if message is None or message.get("type") != "pmessage":
+                    continue
+                channel = message["channel"]
+                channel = channel.decode() if isinstance(channel, bytes) else channel
+                self._wake(channel[len(prefix):])
+        finally:
+            self.connected.clear()
+
+    def _wake(self, job_id: str) -> None:
+        with self._lock:
+            callbacks = list(self._callbacks.get(job_id, ()))
+        for callback in callbacks:
+            callback()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            callbacks = [cb for group in self._callbacks.values() for cb in group]
+        for callback in callbacks:
+            callback()
+
+    def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # already broken: the pool drops it
+                pass
+
