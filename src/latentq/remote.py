@@ -22,8 +22,9 @@ client accepts all three, and float32 keeps the pixels exact).
 from __future__ import annotations
 
 import io
-import math
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from .errors import InvalidLatent, InvalidRequest, JobTimeout, LatentqError, Lat
 from .models.registry import ModelSpec
 from .producer.client import Client, Job
 from .spec import Limits
-from .wire import TENSOR_NAME, check_tensor
+from .wire import TENSOR_NAME, check_shape, check_tensor
 
 __all__ = [
     "DecodePlan",
@@ -62,6 +63,11 @@ BODY_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "uint8": torch.uint8,  # images for encode only; a latent in uint8 is refused by check_tensor
 }
+# What an encode body may be: the protocol sends PNG (or JPEG); other formats only widen the attack surface.
+IMAGE_BODY_FORMATS = ("PNG", "JPEG", "WEBP")
+# Decoding an image takes ~15 bytes per pixel at its peak (pixels, RGB copy, float tensor); at most this
+# many at once, so concurrent encode requests cannot add up to gigabytes.
+_IMAGE_DECODES = threading.BoundedSemaphore(2)
 
 
 @dataclass(frozen=True)
@@ -84,13 +90,10 @@ class RemoteResult:
 def tensor_from_body(body: bytes, shape: Sequence[int], dtype: str, limits: Limits) -> torch.Tensor:
     """The client's raw little-endian tensor bytes -> a tensor, after checking size against shape and dtype."""
     if dtype not in BODY_DTYPES:
-        raise InvalidLatent(f"dtype {dtype!r} is not one of {', '.join(BODY_DTYPES)}", field="dtype")
-    if not shape or any(int(d) < 0 for d in shape):
-        raise InvalidLatent(f"shape {list(shape)} is not a tensor shape", field="shape")
-    count = math.prod(int(d) for d in shape)
-    if count > limits.max_latent_elements:
-        raise InvalidLatent(f"shape {list(shape)} has {count} elements, over the limit of "
-                            f"{limits.max_latent_elements}", field="shape")  # fmt: skip
+        raise InvalidLatent(f"dtype {dtype[:20]!r} is not one of {', '.join(BODY_DTYPES)}", field="dtype")
+    if not shape:
+        raise InvalidLatent("shape is empty: give the tensor's dimensions", field="shape")
+    count = check_shape(list(shape), limits, field="shape")
     torch_dtype = BODY_DTYPES[dtype]
     expected = count * torch_dtype.itemsize
     if len(body) != expected:
@@ -99,26 +102,37 @@ def tensor_from_body(body: bytes, shape: Sequence[int], dtype: str, limits: Limi
         )
     if count == 0:
         raise InvalidLatent(f"shape {list(shape)} is empty", field="shape")
-    return torch.frombuffer(bytearray(body), dtype=torch_dtype).reshape([int(d) for d in shape])
+    return torch.frombuffer(bytearray(body), dtype=torch_dtype).reshape(list(shape))
 
 
 def image_from_bytes(data: bytes, limits: Limits) -> torch.Tensor:
-    """A PNG / JPEG body (what ``remote_encode`` sends for a PIL image) -> (1, 3, H, W) float in [0, 1]."""
+    """A PNG / JPEG / WebP body (what ``remote_encode`` sends for a PIL image) -> (1, 3, H, W) uint8.
+
+    The size comes from the image's header and is checked against ``limits.max_encode_pixels``
+    before any pixel is decoded: a 63 KB PNG can declare 4096x4096 zeros (50 MB decoded). The
+    tensor stays uint8 (``encode_input`` scales it): a float copy here would quadruple the peak.
+    """
     try:
-        picture = Image.open(io.BytesIO(data))
-    except Exception as exc:  # PIL raises several types for bad data
-        raise InvalidRequest(f"body is not an image PIL can read, and no tensor shape and dtype were given: {exc}",
-                             field="body") from exc  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # our own limit is lower anyway
+            picture = Image.open(io.BytesIO(data), formats=IMAGE_BODY_FORMATS)
+    except Exception as exc:  # PIL raises several types for bad data, DecompressionBombError among them
+        raise InvalidRequest(f"body is not a PNG, JPEG or WebP image, and no tensor shape and dtype were given: "
+                             f"{str(exc)[:200]}", field="body") from None  # fmt: skip
     width, height = picture.size
-    if width * height > limits.max_output_pixels:  # checked before decoding the pixels
-        raise LatentTooLarge(f"image has {width * height} pixels, over the limit of {limits.max_output_pixels}",
-                             field="image")  # fmt: skip
-    try:
-        picture.load()
-    except Exception as exc:
-        raise InvalidRequest(f"body is not a readable image: {exc}", field="body") from exc
-    array = torch.from_numpy(np.asarray(picture.convert("RGB")).copy())
-    return array.permute(2, 0, 1)[None].float() / 255
+    if width * height > limits.max_encode_pixels:  # from the header: before decoding the pixels
+        raise LatentTooLarge(f"image is {width}x{height} = {width * height} pixels, over the encode limit of "
+                             f"{limits.max_encode_pixels}", field="image")  # fmt: skip
+    with _IMAGE_DECODES:
+        try:
+            picture.load()
+            rgb = picture if picture.mode == "RGB" else picture.convert("RGB")
+            array = torch.from_numpy(np.array(rgb, dtype=np.uint8))
+        except Exception as exc:
+            raise InvalidRequest(f"body is not a readable image: {str(exc)[:200]}", field="body") from None
+        finally:
+            picture.close()
+    return array.permute(2, 0, 1)[None]
 
 
 def encode_input(tensor: torch.Tensor, limits: Limits) -> torch.Tensor:

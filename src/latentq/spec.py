@@ -10,6 +10,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ __all__ = [
     "Limits",
     "ResultObject",
     "check_metadata",
+    "json_depth",
+    "parse_metadata",
 ]
 
 IMAGE_FORMATS: dict[str, str] = {
@@ -205,6 +208,41 @@ def _check_callback(url: object, *, resolve: bool) -> None:
     from .config import webhook_policy  # config imports this module
 
     webhook_policy().check(url, resolve=resolve)
+
+
+_ESCAPE = re.compile(r"\\.", re.S)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deep JSON text nests, found without parsing it (json.loads recurses, and can run out of stack)."""
+    # Escapes first, then whole strings: brackets inside strings do not nest. Each pass is linear.
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    depth = deepest = 0
+    for char in brackets:
+        depth += 1 if char in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_metadata(text: str) -> dict[str, Any]:
+    """Metadata sent as JSON text (a query parameter): size and depth checked before parsing."""
+    size = len(text.encode())
+    if size > METADATA_MAX_BYTES:
+        raise InvalidRequest(f"metadata is {size} bytes, over the limit of {METADATA_MAX_BYTES}", field="metadata")
+    if json_depth(text) > METADATA_MAX_DEPTH:
+        raise InvalidRequest(f"metadata is nested over {METADATA_MAX_DEPTH} levels deep", field="metadata")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise InvalidRequest(f"metadata is not valid JSON: {exc}", field="metadata") from None
+    check_metadata(value)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def check_metadata(metadata: object) -> None:

@@ -1,8 +1,8 @@
-"""What the submit routes share: the decode parameters (one query-string schema) and the body limit."""
+"""What the submit routes share: the decode parameters (one query-string schema), the body's limits."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Annotated
 
 from fastapi import Query, Request
@@ -10,10 +10,16 @@ from torch import Tensor
 
 from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry
-from ..spec import DecodeRequest, Limits
+from ..spec import DecodeRequest, Limits, parse_metadata
 from ..wire import latent_from_bytes
 
-__all__ = ["decode_params", "read_body", "read_latent"]
+__all__ = ["BodyTimeout", "decode_params", "read_body", "read_latent"]
+
+
+class BodyTimeout(InvalidRequest):
+    """The client did not send its whole body within the body timeout (a slow or stalled upload)."""
+
+    status_code = 408
 
 
 def decode_params(
@@ -32,11 +38,11 @@ def decode_params(
     deadline: Annotated[float | None, Query(description="unix time; not started by then -> expired")] = None,
     callback_url: Annotated[str | None, Query(description="webhook URL for the job's final status")] = None,
 ) -> DecodeRequest:
-    """A FastAPI dependency: the query string as a validated DecodeRequest."""
-    try:
-        meta = json.loads(metadata) if metadata else {}
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"metadata is not valid JSON: {exc}", field="metadata") from exc
+    """A FastAPI dependency: the query string as a validated DecodeRequest.
+
+    A plain ``def``: FastAPI runs it on a thread, where resolving callback_url's host may block.
+    """
+    meta = parse_metadata(metadata) if metadata else {}
     return DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                          shift_factor=shift_factor, quality=quality, metadata=meta, height=height, width=width,
                          fps=fps, preview=preview, tile=tile, priority=priority, deadline=deadline,
@@ -46,18 +52,26 @@ def decode_params(
 async def read_latent(request: Request, decode_request: DecodeRequest, registry: Registry, limits: Limits) -> Tensor:
     """The submitted tensor of a decode route: the model checked first (404 before the body is read)."""
     registry.get(decode_request.model)
-    return latent_from_bytes(await read_body(request, limits.max_body_bytes), limits)
+    return latent_from_bytes(await read_body(request, limits.max_body_bytes, limits.body_timeout_s), limits)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it passes ``limit`` bytes (before it is all read)."""
+async def read_body(request: Request, limit: int, timeout: float = Limits.body_timeout_s) -> bytes:
+    """The request body, refused as soon as it passes ``limit`` bytes or ``timeout`` seconds.
+
+    The deadline covers the whole body: a client trickling a byte at a time would otherwise hold
+    a connection (and its buffer) for as long as it likes.
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise LatentTooLarge(f"body is {declared} bytes, over the limit of {limit}", field="body")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise LatentTooLarge(f"body is over the limit of {limit} bytes", field="body")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(f"body not received within {timeout:g} s ({size} bytes arrived)", field="body") from None
     return b"".join(chunks)

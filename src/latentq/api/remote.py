@@ -16,14 +16,14 @@ for them (``timeout`` seconds, a latentq extension, default 300).
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
-from ..errors import InvalidRequest, JobTimeout
+from ..errors import InvalidLatent, InvalidRequest, JobTimeout
 from ..producer.client import Client
 from ..remote import (
     DEFAULT_TIMEOUT_S,
@@ -35,6 +35,8 @@ from ..remote import (
     tensor_from_body,
     tensor_to_bytes,
 )
+from ..wire import MAX_DIMS
+from .openapi import errors
 from .params import read_body
 
 __all__ = ["install_remote_routes"]
@@ -70,10 +72,12 @@ def _shape(values: list[str]) -> list[int]:
     """Repeated ``shape=1&shape=4...`` (what requests makes of a list); one "[1, 4, ...]" or "1,4,..." too."""
     if len(values) == 1:
         values = values[0].strip("[]() ").replace(",", " ").split()
+    if len(values) > MAX_DIMS:
+        raise InvalidLatent(f"shape has {len(values)} dimensions, at most {MAX_DIMS} are accepted", field="shape")
     try:
         return [int(v) for v in values]
     except ValueError:
-        raise InvalidRequest(f"shape must be integers, got {values!r}", field="shape") from None
+        raise InvalidRequest(f"shape must be integers, got {str(values)[:100]}", field="shape") from None
 
 
 def _timeout(raw: str | None) -> float:
@@ -96,11 +100,29 @@ def _timed_out(exc: JobTimeout) -> JSONResponse:
                         status_code=504)  # fmt: skip
 
 
+def _binary(*content_types: str) -> dict[str, Any]:
+    """A 200 whose body is bytes of one of these types (tensor replies carry shape and dtype headers)."""
+    schema = {"type": "string", "format": "binary"}
+    return {"description": "The reply's bytes", "content": {kind: {"schema": schema} for kind in content_types}}
+
+
+def _body(kind: str, description: str, *more: str) -> dict[str, Any]:
+    schema = {"type": "string", "format": "binary"}
+    content = {each: {"schema": schema} for each in (kind, *more)}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+_DECODE_RESPONSES = {200: _binary("image/jpeg", "image/png", "video/mp4", "tensor/binary"),
+                     **errors(404, 408, 413, 429, 504)}  # fmt: skip
+_ENCODE_RESPONSES = {200: _binary("tensor/binary"), **errors(404, 408, 413, 429, 504)}
+
+
 def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> None:
     """Add ``POST /v1/models/{model}/decode`` and ``/encode`` to ``app``."""
     limits = settings.limits
 
-    @app.post("/v1/models/{model}/decode", response_class=Response,
+    @app.post("/v1/models/{model}/decode", response_class=Response, responses=_DECODE_RESPONSES,
+              openapi_extra=_body("application/octet-stream", "the tensor's raw little-endian bytes"),
               summary="diffusers remote_decode: raw tensor bytes in, image / tensor / MP4 bytes out")  # fmt: skip
     async def remote_decode_route(
         request: Request,
@@ -133,7 +155,7 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
             timeout=_timeout(timeout),
         )  # fmt: skip
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         latent = tensor_from_body(body, _shape(shape), dtype, limits)
         try:
             result = await run_in_threadpool(decode_latent, client, latent, model, **options)
@@ -141,7 +163,9 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             return _timed_out(exc)
         return _answer(result)
 
-    @app.post("/v1/models/{model}/encode", response_class=Response,
+    @app.post("/v1/models/{model}/encode", response_class=Response, responses=_ENCODE_RESPONSES,
+              openapi_extra=_body("image/png", "a PNG / JPEG / WebP image, or a raw tensor with shape and dtype",
+                                  "image/jpeg", "application/octet-stream"),
               summary="diffusers remote_encode: a PNG / JPEG or raw tensor in, the latent's bytes out")  # fmt: skip
     async def remote_encode_route(
         request: Request,
@@ -155,7 +179,7 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
         client.registry.get(model)
         sf = _number("scaling_factor", scaling_factor, float)
         shift = _number("shift_factor", shift_factor, float)
-        body = await read_body(request, limits.max_body_bytes)
+        body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         if shape or dtype is not None:
             if not shape or dtype is None:
                 raise InvalidRequest("a tensor body needs both shape and dtype", field="shape")
