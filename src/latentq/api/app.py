@@ -28,13 +28,24 @@ from ..spec import DecodeRequest, JobInfo
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from .auth import install_api_keys
 from .batches import install_batch_routes
-from .params import decode_params, read_latent
+from .openapi import errors
+from .params import BatchId, JobId, ResultKey, decode_params, read_latent
 from .remote import install_remote_routes
 from .waiter import LongPolls
 
 __all__ = ["create_app", "MAX_WAIT_S"]
 
 MAX_WAIT_S = 300.0  # longest synchronous wait one request may ask for
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+SAFETENSORS_BODY = {"requestBody": {"required": True, "description": "a one-tensor safetensors file",
+                                    "content": {"application/octet-stream": _BINARY}}}  # fmt: skip
+RESULT_RESPONSES = {
+    200: {"description": "The object's bytes (local store)",
+          "content": {kind: _BINARY for kind in ("image/png", "image/jpeg", "image/webp", "video/mp4",
+                                                 "application/octet-stream")}},
+    307: {"description": "Redirect to the object in the store (S3)"},
+    **errors(404),
+}  # fmt: skip
 
 
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -114,7 +125,8 @@ def create_app(
         body["status_url"] = str(request.url_for("get_job", job_id=job_id))
         return body
 
-    @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)")
+    @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)",
+              responses=errors(404, 408, 413, 429), openapi_extra=SAFETENSORS_BODY)  # fmt: skip
     async def submit_job(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
     ) -> JSONResponse:
@@ -127,10 +139,11 @@ def create_app(
             headers={"Location": status_url},
         )
 
-    @app.get("/v1/jobs/{job_id}", name="get_job", summary="A job's status and, when finished, its result URLs")
+    @app.get("/v1/jobs/{job_id}", name="get_job", summary="A job's status and, when finished, its result URLs",
+             responses=errors(404))  # fmt: skip
     async def get_job(
         request: Request,
-        job_id: str,
+        job_id: JobId,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the job to end")] = 0,
     ) -> dict[str, Any]:
         info = await run_in_threadpool(client.job_info, job_id)
@@ -139,19 +152,21 @@ def create_app(
             info = await run_in_threadpool(client.job_info, job_id)
         return job_body(request, job_id, info=info)
 
-    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job that has not started (409 once started or ended)")
-    async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job that has not started (409 once started or ended)",
+                responses=errors(404, 409))  # fmt: skip
+    async def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
         await run_in_threadpool(client.cancel, job_id)
         return await run_in_threadpool(job_body, request, job_id)
 
-    @app.get("/v1/batches/{batch_id}", summary="Counts per status and every job of a submit_many batch")
-    async def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+    @app.get("/v1/batches/{batch_id}", summary="Counts per status and every job of a submit_many batch",
+             responses=errors(404))  # fmt: skip
+    async def get_batch(request: Request, batch_id: BatchId) -> dict[str, Any]:
         body = await run_in_threadpool(client.batch_info, batch_id, lambda key: url_for_result(request, key))
         for job in body["jobs"]:
             job["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
         return body
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, responses=errors())
     async def get_metrics() -> PlainTextResponse:
         def render() -> str:
             names = client.registry.names()
@@ -162,8 +177,9 @@ def create_app(
         text = await run_in_threadpool(render)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object")
-    async def get_result(key: str) -> Response:
+    @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object",
+             responses=RESULT_RESPONSES)  # fmt: skip
+    async def get_result(key: ResultKey) -> Response:
         check_key(key)
         if is_record_key(key):  # a job's stored status: read through GET /v1/jobs/{id} (and its auth)
             raise StoreError(f"no result object {key!r}")
@@ -174,7 +190,7 @@ def create_app(
             return FileResponse(path, headers={"Cache-Control": "private, max-age=86400, immutable"})
         return RedirectResponse(store.url(key), status_code=307)
 
-    @app.get("/v1/models", summary="The models this deployment serves")
+    @app.get("/v1/models", summary="The models this deployment serves", responses=errors())
     async def list_models() -> dict[str, Any]:
         def describe() -> list[dict[str, Any]]:
             out = []
@@ -187,7 +203,7 @@ def create_app(
 
         return {"models": await run_in_threadpool(describe)}
 
-    @app.get("/healthz", summary="Liveness: the API runs and reaches Redis")
+    @app.get("/healthz", summary="Liveness: the API runs and reaches Redis", responses=errors())
     async def healthz() -> JSONResponse:
         try:
             await long_polls.ping()  # async: answers at once however many threads are busy

@@ -16,13 +16,19 @@ from ..config import Settings
 from ..errors import InvalidLatent
 from ..producer.client import Client
 from ..spec import DecodeRequest
+from .openapi import errors
 from .params import decode_params, read_latent
 
 __all__ = ["install_batch_routes"]
 
+_SAFETENSORS_BODY = {"requestBody": {"required": True, "description": "one safetensors tensor of shape (B, ...)",
+                                     "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                         "format": "binary"}}}}}  # fmt: skip
+
 
 def install_batch_routes(app: FastAPI, client: Client, settings: Settings) -> None:
-    @app.post("/v1/batches", status_code=202, summary="Submit a batch: one tensor (B, ...), one job per sample")
+    @app.post("/v1/batches", status_code=202, summary="Submit a batch: one tensor (B, ...), one job per sample",
+              responses=errors(404, 408, 413, 429), openapi_extra=_SAFETENSORS_BODY)  # fmt: skip
     async def submit_batch(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
     ) -> JSONResponse:

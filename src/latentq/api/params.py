@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from torch import Tensor
 
 from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry
 from ..spec import DecodeRequest, Limits, parse_metadata
+from ..store.base import KEY_PATTERN
 from ..wire import latent_from_bytes
 
-__all__ = ["BodyTimeout", "decode_params", "read_body", "read_latent"]
+__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "JobId", "ResultKey", "decode_params", "read_body", "read_latent"]
+
+# Ids are checked at the edge: nothing else (a dot, a NUL, an emoji) reaches RQ's keys or the store's paths.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job id, as submit answered it")]
+BatchId = Annotated[str, Path(pattern=ID_PATTERN, description="a batch id, as submit_many answered it")]
+ResultKey = Annotated[str, Path(pattern=KEY_PATTERN.pattern, description="a result key, from a job's results")]
 
 
 class BodyTimeout(InvalidRequest):
