@@ -54,7 +54,7 @@ class LocalStore:
                 path.unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            raise StoreError(f"cannot write {key}: {exc}") from exc
+            raise StoreError(f"cannot write {key}: {_why(exc)}") from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -62,13 +62,16 @@ class LocalStore:
         except FileNotFoundError:
             raise StoreError(f"no result object {key!r}") from None
         except OSError as exc:
-            raise StoreError(f"cannot read {key}: {exc}") from exc
+            raise StoreError(f"cannot read {key}: {_why(exc)}") from exc
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        try:
+            self.path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot delete {key}: {_why(exc)}") from exc
 
     def url(self, key: str) -> str:
         if self.public_url:
@@ -102,3 +105,8 @@ class LocalStore:
             except FileNotFoundError:  # removed meanwhile by a concurrent cleanup
                 continue
         return deleted
+
+
+def _why(exc: OSError) -> str:
+    """The OS's reason without the file name: messages reach job statuses, and must not show server paths."""
+    return exc.strerror or type(exc).__name__

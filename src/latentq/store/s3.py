@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, StoreError
 from .base import check_key
+
+_URL = re.compile(r'"?\b[a-z][a-z0-9+.-]*://[^\s"]*"?', re.I)
 
 __all__ = ["S3Store", "S3StoreError", "MAX_PRESIGN_EXPIRY"]
 
@@ -117,7 +120,9 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _fail(self, action: str, key: str, exc: Exception, code: str = "") -> S3StoreError:
-        return S3StoreError(f"S3 {action} of s3://{self.bucket}/{key} failed: {exc}", code)
+        # Messages reach job statuses: the endpoint's (internal) URL that botocore puts in some is left out.
+        why = _URL.sub("<endpoint>", str(exc)) or type(exc).__name__
+        return S3StoreError(f"S3 {action} of s3://{self.bucket}/{key} failed: {why}", code)
 
     def _call(self, action: str, key: str, method: str, **kwargs: Any) -> Any:
         """``self.client.<method>(**kwargs)``, every botocore error turned into an S3StoreError."""
