@@ -58,20 +58,29 @@ def test_intake_starts_the_popped_job_and_what_waits_behind_it_in_four_round_tri
 
     first, queue = ReliableQueue.dequeue_any(queues, None, connection=redis_conn, serializer=JSONSerializer)
     assert first.id == jobs[0].id and first.origin == keys.queue_name("taef2")
-    calls = []
-    original = redis_conn.pipeline
-    redis_conn.pipeline = lambda *a, **k: calls.append(1) or original(*a, **k)
+    calls: list[str] = []
+    original_eval, original_pipeline = redis_conn.eval, redis_conn.pipeline
+
+    def counting_pipeline(*args, **kwargs):  # a round trip is a pipeline sent, not one built and left unsent
+        pipe = original_pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: calls.append("pipeline") or execute(*a, **k)
+        return pipe
+
+    redis_conn.eval = lambda *a, **k: calls.append("eval") or original_eval(*a, **k)
+    redis_conn.pipeline = counting_pipeline
     try:
         batch = worker._intake.take(first, queue)
     finally:
-        redis_conn.pipeline = original
+        redis_conn.eval, redis_conn.pipeline = original_eval, original_pipeline
 
     assert [job.id for job in batch.jobs] == [job.id for job in jobs]
     assert all(blob for blob in batch.blobs) and first.kwargs["request"]["model"] == "taef2"
     assert [client.job_info(job.id).status.value for job in jobs] == ["started"] * 3
     assert first.get_status(refresh=False).value == "started" and first.worker_name == "intake"
     assert redis_conn.llen(queue.intermediate_queue_key) == 0
-    assert len(calls) == 3  # start of the popped job; the others' records (after one Lua pop); their start
+    # the popped job's fenced start; one Lua pop of the others; their records; their fenced start
+    assert calls == ["eval", "eval", "pipeline", "eval"]
     close(worker)
 
 

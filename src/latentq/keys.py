@@ -22,9 +22,8 @@ __all__ = [
     "WORKER_STATS_PATTERN",
     "LATENT_PATTERN",
     "LEASE_PREFIX",
-    "RECOVERY_LOCK",
+    "recovery_lock",
     "lease_key",
-    "orphan_key",
 ]
 
 PREFIX = "latentq:"
@@ -87,8 +86,6 @@ def job_done_channel(job_id: str) -> str:
 
 
 LEASE_PREFIX = PREFIX + "lease:"
-# Held by the one worker that runs abandoned-job recovery at a time: each dead execution is recovered once.
-RECOVERY_LOCK = PREFIX + "lock:recovery"
 
 
 def lease_key(job_id: str) -> str:
@@ -100,6 +97,6 @@ def lease_key(job_id: str) -> str:
     return LEASE_PREFIX + job_id
 
 
-def orphan_key(job_id: str) -> str:
-    """Marks a popped job seen without a lease by recovery (string, with a TTL): re-queued when seen twice."""
-    return f"{PREFIX}orphan:{job_id}"
+def recovery_lock(queue: str) -> str:
+    """Held by the one worker that recovers a queue's abandoned jobs at a time: each is recovered once."""
+    return f"{PREFIX}lock:recovery:{queue}"

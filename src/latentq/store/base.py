@@ -1,8 +1,10 @@
 """The ObjectStore protocol and result keys.
 
-A key is ``<job-id>/<random-token>.<ext>``: the random token makes result
-URLs unguessable even to someone who knows the job id, and the fixed
-alphabet keeps keys from escaping a directory or bucket prefix.
+A key is ``<job-id>/<index>-<token>.<ext>``: the token, random and drawn once
+per job by its producer, makes result URLs unguessable even to someone who
+knows the job id, and gives a job decoded twice (a frozen worker's late run)
+the same keys, so no output ever exists twice. The fixed alphabet keeps keys
+from escaping a directory or bucket prefix.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ def job_directory(job_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", job_id)[:64]
 
 
-def make_key(job_id: str, ext: str, index: int = 0) -> str:
-    return f"{job_directory(job_id)}/{index}-{secrets.token_urlsafe(16)}.{ext}"
+def make_key(job_id: str, ext: str, index: int | str = 0, token: str | None = None) -> str:
+    """``token``: the job's output token (jobs from producers that drew none get a random one per object)."""
+    token = token if token and re.fullmatch(r"[A-Za-z0-9_-]{8,48}", token) else secrets.token_urlsafe(16)
+    return f"{job_directory(job_id)}/{index}-{token}.{ext}"
 
 
 def check_key(key: str) -> str:

@@ -4,12 +4,15 @@ RQ's own success path costs several round trips per job (a WATCH on the
 job's dependents, then a MULTI/EXEC) plus, here, metrics and the done
 message. For tiny decodes that is most of a job's cost. The encode threads
 hand each stored job to one committer thread instead, which takes whatever
-has piled up and writes it all in one transaction: RQ's records (status,
-result, finished registry, execution cleanup, worker counters), the metrics,
-the deletion of the latent and the wake-up messages for waiting clients.
+has piled up and ends it all in one atomic call of the job lifecycle
+(``lifecycle.end_jobs``): RQ's records, metrics, the latent's deletion and
+the wake-up messages, each job fenced by its lease. A job this worker lost
+(frozen past its lease, re-queued and run elsewhere) is discarded, not
+finished twice.
 
-latentq jobs never have RQ dependents, so the WATCH that guards RQ's
-dependents bookkeeping is left out.
+Redis may be unreachable for a while (a restart, a failover): a commit is
+retried with backoff for as long as the jobs' leases could still hold, then
+left to recovery, which re-queues them once their leases lapse.
 """
 
 from __future__ import annotations
@@ -23,12 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rq.job import Job as RQJob
-from rq.job import JobStatus as RQStatus
-from rq.results import Result
-from rq.utils import now, utcformat
 
-from .. import keys
-from ..metrics import MetricsBatch
+from ..fence import capture, captured
+from ..lifecycle import Ending, end_jobs
 from ..spec import JobInfo
 
 __all__ = ["Completed", "Committer"]
@@ -49,6 +49,7 @@ class Completed:
     result: dict[str, Any]  # RQ's return value
     info: JobInfo  # the status it reports once finished, as written to the store (without URLs)
     timings: dict[str, float] = field(default_factory=dict)
+    token: str = ""  # the lease of the pop that took the job
 
 
 class Committer:
@@ -60,11 +61,12 @@ class Committer:
     thread competes with the decode for the cores.
     """
 
-    def __init__(self, worker: Any, after: Callable[[Completed], None], attempts: int = 4, *,
-                 threaded: bool = True) -> None:  # fmt: skip
+    def __init__(self, worker: Any, after: Callable[[Completed], None], lost: Callable[[Completed], None],
+                 retry_for_s: float = 15.0, *, threaded: bool = True) -> None:  # fmt: skip
         self.worker = worker
         self.after = after
-        self.attempts = max(1, attempts)
+        self.lost = lost
+        self.retry_for_s = retry_for_s
         self._queue: queue.Queue[Completed | None] = queue.Queue()
         self._gathered: list[Completed] = []
         self._thread: threading.Thread | None = None
@@ -111,61 +113,32 @@ class Committer:
                 return
 
     def _commit_with_retries(self, items: list[Completed]) -> None:
-        for attempt in range(1, self.attempts + 1):
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.05
+        # The decode counters gathered since the last commit ride along (taken once: retries resend them).
+        decode_metrics = capture(self.worker.connection)
+        self.worker.write_decode_metrics(decode_metrics)
+        extra = captured(decode_metrics)
+        while True:
             try:
-                self._commit(items)
+                committed = self._commit(items, extra)
                 break
-            except Exception:
-                if attempt == self.attempts:
-                    log.exception("could not mark %d finished jobs finished", len(items))
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.error("could not mark %d finished jobs finished (%s); recovery will re-run them",
+                              len(items), exc)  # fmt: skip
                     self.worker.commit_failed(items)
                     return
-                time.sleep(0.1 * 2 ** (attempt - 1))
-        for item in items:
+                log.warning("marking %d jobs finished failed (%s); retrying in %.2f s", len(items), exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for item, done in zip(items, committed):
             try:
-                self.after(item)
+                (self.after if done else self.lost)(item)
             except Exception:
                 log.exception("after-commit step of job %s failed", item.job.id)
 
-    def _commit(self, items: list[Completed]) -> None:
-        worker = self.worker
-        committed = now()
-        metrics = MetricsBatch()
-        working = 0.0
-        # A transaction, as RQ's own: a job is finished with its result and registry entry, or not at all.
-        with worker.connection.pipeline() as pipe:
-            for item in items:
-                job = item.job
-                # As in RQ, a job ends when its work does (here: its output stored), before the bookkeeping.
-                ended = job.ended_at = job.ended_at or committed
-                job._status = RQStatus.FINISHED
-                job._result = item.result
-                if job.started_at is not None:
-                    working += (ended - job.started_at).total_seconds()
-                result_ttl = job.get_result_ttl(worker.default_result_ttl)
-                # What RQ's Job._handle_success + cleanup write, less a re-save of the unchanged job
-                # fields and the expiry of dependents/dependencies keys that latentq jobs never have.
-                pipe.hset(job.key, mapping={"status": RQStatus.FINISHED.value, "ended_at": utcformat(ended)})
-                if result_ttl != 0:
-                    Result.create(job, Result.Type.SUCCESSFUL, return_value=item.result, ttl=result_ttl,
-                                  worker_name=worker.name, pipeline=pipe, execution_id=item.execution.id,
-                                  execution_started_at=item.execution.created_at, execution_ended_at=ended)  # fmt: skip
-                    job.finished_job_registry.add(job, result_ttl, pipe)
-                if result_ttl == 0:
-                    job.delete(pipeline=pipe, remove_from_queue=False)
-                elif result_ttl is not None and result_ttl > 0:  # negative: kept (persisted at start)
-                    pipe.expire(job.key, result_ttl)
-                worker.cleanup_execution(job, pipeline=pipe, execution=item.execution)
-                pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
-                latency = (ended - job.enqueued_at).total_seconds() if job.enqueued_at else None
-                metrics.status(item.model, "finished")
-                metrics.job(item.model, encode_seconds=item.timings.get("encode", 0.0),
-                            store_seconds=item.timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
-            pipe.hincrby(worker.key, "successful_job_count", len(items))
-            pipe.hincrbyfloat(worker.key, "total_working_time", working)
-            pipe.hincrby(worker.stats_key, "finished", len(items))
-            metrics.write(pipe)
-            worker.write_decode_metrics(pipe)
-            for item in items:
-                pipe.publish(keys.job_done_channel(item.job.id), "finished")
-            pipe.execute()
+    def _commit(self, items: list[Completed], extra: list[tuple[Any, ...]]) -> list[bool]:
+        endings = [Ending(item.job, "finished", item.queue, item.execution, item.token, result=item.result,
+                          ended=item.job.ended_at, timings=item.timings) for item in items]  # fmt: skip
+        return end_jobs(self.worker.connection, endings, worker=self.worker, extra=extra)

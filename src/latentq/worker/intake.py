@@ -7,10 +7,10 @@ reads how many jobs wait behind it. Only when some do does the worker pop
 more (one Lua call moves up to max_batch ids into RQ's intermediate lists,
 one pipeline reads their records) and start them in one more pipeline.
 
-The start writes are RQ's own (``prepare_execution`` + ``prepare_job_execution``),
-pipelined without MULTI: a worker that dies halfway leaves an execution that
-expires or an id in an intermediate list, and RQ's cleanup re-queues the job
-either way.
+The start is fenced (``fence``, kind "start"): a job is started only while
+its lease holds this pop's token and it is still queued, atomically, so a
+worker that froze after its pop cannot start a job that recovery gave to
+another worker meanwhile, or one that was canceled.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job as RQJob
-from rq.worker import WorkerStatus
 
-from .. import keys
+from .. import keys, rqstate
+from ..fence import APPLIED, GONE, Fenced, apply, capture, captured
+from ..payload import latent_key_of
 from .reliable_queue import ReliableQueue
 
 __all__ = ["Batch", "Intake"]
@@ -81,54 +82,58 @@ class Intake:
     def _start_popped(self, job: RQJob, queue: Queue, model_queues: list[Queue]) -> tuple[Batch, int]:
         """Fetch, start and read the latent of the job popped as an id, in one round trip.
 
-        Returns the batch (empty when the job's record was gone) and how many jobs wait in its model's queues.
+        Returns the batch (empty when the job is gone or no longer ours) and how many jobs wait in its
+        model's queues.
         """
-        batch, fetched = self._start([job], {job.id: queue}, fetch=True, depth_of=model_queues)
-        raw, depths = fetched[0], fetched[1:]
-        if not raw:  # deleted or expired between the push and the pop: undo the start, as RQ would skip it
-            worker = self.worker
-            with worker.connection.pipeline(transaction=False) as pipe:
-                worker.cleanup_execution(job, pipeline=pipe, execution=batch.executions[job.id])
-                pipe.delete(job.key, keys.latent_key(job.id))
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipe.execute()
-            return Batch(), sum(depths)
-        written = (job.worker_name, job.last_heartbeat, job.started_at, job.get_status(refresh=False))
-        job.restore(raw)  # the record as it was before the start's writes: put those back
-        job.worker_name, job.last_heartbeat, job.started_at, job._status = written
-        latent_key = job.kwargs.get("latent_key", keys.latent_key(job.id))
+        batch, fetched, depths = self._start([job], {job.id: queue}, fetch=True, depth_of=model_queues)
+        if not batch.jobs:
+            return batch, sum(depths)
+        rqstate.job_from_record(job, fetched[job.id])
+        latent_key = latent_key_of(job.id, job.kwargs)
         if latent_key != keys.latent_key(job.id):  # a job enqueued by other means, with its own key
             batch.blobs = [self.worker.connection.get(latent_key)]
         return batch, sum(depths)
 
     def _start(self, jobs: list[RQJob], queues: dict[str, Queue], *, fetch: bool = False,
-               depth_of: list[Queue] | None = None) -> tuple[Batch, list[Any]]:  # fmt: skip
-        """Mark jobs started in RQ and read their latents in one pipeline.
+               depth_of: list[Queue] | None = None) -> tuple[Batch, dict[str, dict], list[int]]:  # fmt: skip
+        """Mark jobs started in RQ and read their latents, fenced, in one round trip.
 
-        With ``fetch`` the pipeline first reads the jobs' records and the lengths of ``depth_of``,
-        returned beside the batch; the records are read before the start's writes land.
+        With ``fetch`` the jobs' records are read too (before the start's writes), returned by id with
+        the lengths of ``depth_of``. Jobs refused by their fence are left out of the batch: no longer
+        ours (recovery re-queued them, or they were canceled). Jobs gone from Redis are cleaned up.
         """
         worker = self.worker
+        connection = worker.connection
         ttl = worker.execution_ttl
-        batch = Batch(jobs=list(jobs), queues=dict(queues))
-        depth_of = depth_of or []
-        with worker.connection.pipeline(transaction=False) as pipe:
-            if fetch:
-                for job in jobs:
-                    pipe.hgetall(job.key)
-                for queue in depth_of:
-                    pipe.llen(queue.key)
-            worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            for job in jobs:
-                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
+        busy = capture(connection)
+        rqstate.worker_busy_writes(worker, busy)
+        items, executions = [Fenced("", "", "none", writes=captured(busy))], {}
+        for job in jobs:
+            pipe = capture(connection)
+            executions[job.id] = rqstate.start_writes(worker, job, queues[job.id], ttl, pipe)
+            latent = keys.latent_key(job.id) if fetch else latent_key_of(job.id, job.kwargs)
+            reads = ([("HGETALL", job.key)] if fetch else []) + [("GET", latent)]
+            items.append(Fenced(job.id, job.key, "start", getattr(job, "lease_token", ""), captured(pipe), reads))
+        depth_reads = [("LLEN", queue.key) for queue in depth_of or []]
+        results, depths = apply(connection, items, depth_reads)
+        batch, fetched, gone = Batch(), {}, []
+        for job, (code, reads) in zip(jobs, results[1:]):
+            if code == APPLIED:
+                execution = executions[job.id]
                 worker.executions[execution.id] = execution
+                batch.jobs.append(job)
+                batch.queues[job.id] = queues[job.id]
                 batch.executions[job.id] = execution
-                job.prepare_for_execution(worker.name, pipeline=pipe)  # sets last_heartbeat too
-                pipe.persist(job.key)
-                pipe.lrem(queues[job.id].intermediate_queue_key, 1, job.id)
-            latent_keys = [keys.latent_key(job.id) if fetch else job.kwargs.get("latent_key", keys.latent_key(job.id))
-                           for job in jobs]  # fmt: skip
-            pipe.mget(latent_keys)
-            replies = pipe.execute()
-        batch.blobs = replies[-1]
-        return batch, replies[: len(jobs) + len(depth_of)] if fetch else []
+                batch.blobs.append(reads[-1])
+                if fetch:
+                    raw = reads[0]
+                    fetched[job.id] = {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+            elif code == GONE:  # deleted or expired between the push and the pop: skipped, as RQ's dequeue does
+                gone.append(job)
+        if gone:
+            with connection.pipeline(transaction=False) as pipe:
+                for job in gone:
+                    pipe.delete(keys.latent_key(job.id), keys.lease_key(job.id))
+                    pipe.lrem(queues[job.id].intermediate_queue_key, 1, job.id)
+                pipe.execute()
+        return batch, fetched, [int(depth) for depth in depths]

@@ -83,11 +83,12 @@ def encode_group(model: LoadedModel, tensors: list[torch.Tensor]) -> list[torch.
     return [latents[i : i + 1].contiguous() for i in range(latents.shape[0])]
 
 
-def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor) -> list[dict[str, Any]]:
+def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor, *,
+                 token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     from ..wire import latent_to_bytes
 
     data = latent_to_bytes(latent)
-    key = make_key(job_id, "safetensors")
+    key = make_key(job_id, "safetensors", token=token)
     store.put(key, data, "application/vnd.safetensors")
     return [{"key": key, "content_type": "application/vnd.safetensors", "width": latent.shape[-1],
              "height": latent.shape[-2], "bytes": len(data), "shape": list(latent.shape), "dtype": "float32"}]  # fmt: skip
@@ -138,10 +139,12 @@ def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[Decod
 
 
 def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage,
-                 *, preview: bool = False, timings: dict[str, float] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                 *, preview: bool = False, timings: dict[str, float] | None = None,
+                 token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Encode and store one job's output objects; return their JSON result records.
 
-    ``timings``, when given, receives the seconds spent encoding and storing.
+    ``timings``, when given, receives the seconds spent encoding and storing; ``token``: the job's
+    output token, which names its objects.
     """
     if preview:  # previews are always a still image (the first frame of a video)
         fmt = request.output_format if request.output_format in IMAGE_FORMATS else "jpeg"
@@ -154,7 +157,7 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
     outputs = encode_output(decoded.image, decoded.pixels, request)
     encoded_at = time.perf_counter()
     for index, encoded in enumerate(outputs):
-        key = make_key(job_id, encoded.ext, index)
+        key = make_key(job_id, encoded.ext, f"p{index}" if preview else index, token)
         store.put(key, encoded.data, encoded.content_type)
         record = {"key": key, "content_type": encoded.content_type, "width": encoded.width,
                   "height": encoded.height, "bytes": len(encoded.data), "frames": encoded.frames}  # fmt: skip

@@ -10,11 +10,18 @@ are tried in priority order, and while all are empty the worker blocks
 briefly on the last (the busiest, normal-priority one) and tries again.
 Filling a batch pops many jobs in one round trip (``pop_many``), with the
 same LMOVE into the intermediate lists, so a dying worker loses none.
+
+Every pop also takes the job's lease (``keys.lease_key``): a token of this
+pop, with a TTL the worker's heartbeat renews. The lease fences the job's
+start and end (``fence``), and tells recovery which popped jobs still have a
+live worker: ``requeue_orphans`` puts back the others as soon as their lease
+lapses (the heartbeat bound), not after RQ's fixed minute.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,11 +29,16 @@ from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.utils import as_text
 
-__all__ = ["ReliableQueue", "IDLE_BLOCK_S"]
+from .. import keys
+
+__all__ = ["ReliableQueue", "IDLE_BLOCK_S", "LEASE_TTL_MS"]
+
+LEASE_TTL_MS = 15_000  # the worker sets its own (3 heartbeats) on its queues
 
 IDLE_BLOCK_S = 0.2  # how long an idle worker blocks on one queue before checking the others again
 
-# KEYS: queue, its intermediate list, queue, ...  ARGV[1]: most ids to move. Returns id, key index pairs.
+# KEYS: queue, its intermediate list, queue, ...  ARGV: most ids to move, lease token, lease TTL (ms),
+# lease key prefix. Returns id, key index pairs.
 _POP_MANY = """
 local wanted = tonumber(ARGV[1])
 local out = {}
@@ -34,12 +46,35 @@ for i = 1, #KEYS, 2 do
   while #out < 2 * wanted do
     local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
     if not id then break end
+    redis.call('SET', ARGV[4] .. id, ARGV[2], 'PX', ARGV[3])
     out[#out + 1] = id
     out[#out + 1] = i
   end
 end
 return out
 """
+
+# KEYS: queue, its intermediate list. ARGV: lease key prefix, job key prefix. A popped id without a lease
+# whose job still waits lost its worker before the start: back to the head of its queue. Ids of jobs
+# that started, ended or vanished are leftovers: dropped. Returns how many were re-queued.
+_REQUEUE_ORPHANS = """
+local requeued = 0
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then
+    redis.call('LREM', KEYS[2], 1, id)
+    if redis.call('HGET', ARGV[2] .. id, 'status') == 'queued' then
+      redis.call('LPUSH', KEYS[1], id)
+      requeued = requeued + 1
+    end
+  end
+end
+return requeued
+"""
+
+
+def new_token() -> str:
+    """One pop's lease token."""
+    return uuid.uuid4().hex
 
 
 class ReliableQueue(Queue):
@@ -71,15 +106,38 @@ class ReliableQueue(Queue):
             if result is not None:
                 return result
 
+    lease_ttl_ms: int = LEASE_TTL_MS
+
     @classmethod
     def _take(cls, queue: Queue, timeout: float | None, connection: Any, job_class: Any,
               serializer: Any) -> tuple[Any, Queue] | None:  # fmt: skip
-        popped = cls.lmove(connection, queue.key, timeout)  # type: ignore[arg-type]
-        if popped is None:
-            return None
-        job = (job_class or queue.job_class)(as_text(popped[1]), connection=connection, serializer=serializer)
+        """One job, its lease taken: by Lua at once, or by BLMOVE (blocking) and then the lease."""
+        token = new_token()
+        ttl = getattr(queue, "lease_ttl_ms", LEASE_TTL_MS)
+        if timeout is None:
+            popped = connection.eval(_POP_MANY, 2, queue.key, queue.intermediate_queue_key, 1, token, ttl,
+                                     keys.LEASE_PREFIX)  # fmt: skip
+            if not popped:
+                return None
+            job_id = as_text(popped[0])
+        else:
+            moved = cls.lmove(connection, queue.key, timeout)  # type: ignore[arg-type]
+            if moved is None:
+                return None
+            job_id = as_text(moved[1])
+            # Recovery may re-queue an unleased popped id; a lease taken meanwhile by a later pop wins.
+            if not connection.set(keys.lease_key(job_id), token, nx=True, px=ttl):
+                return None
+        job = (job_class or queue.job_class)(job_id, connection=connection, serializer=serializer)
         job.origin = queue.name
+        job.lease_token = token
         return job, queue
+
+    @staticmethod
+    def requeue_orphans(queue: Queue, connection: Any) -> int:
+        """Popped jobs whose popper died before starting them go back to the head of their queue."""
+        return int(connection.eval(_REQUEUE_ORPHANS, 2, queue.key, queue.intermediate_queue_key, keys.LEASE_PREFIX,
+                                   queue.job_class.redis_job_namespace_prefix))  # fmt: skip
 
     @classmethod
     def pop_many(cls, queues: list[Queue], count: int, connection: Any, job_class: Any = None,
@@ -87,8 +145,10 @@ class ReliableQueue(Queue):
         """Up to ``count`` jobs from the queues in priority order, moved and fetched in two round trips."""
         if count <= 0 or not queues:
             return []
-        keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
-        popped = connection.eval(_POP_MANY, len(keys), *keys, count)
+        list_keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
+        token = new_token()
+        ttl = getattr(queues[0], "lease_ttl_ms", LEASE_TTL_MS)
+        popped = connection.eval(_POP_MANY, len(list_keys), *list_keys, count, token, ttl, keys.LEASE_PREFIX)
         pairs = [(popped[i].decode(), queues[(int(popped[i + 1]) - 1) // 2]) for i in range(0, len(popped), 2)]
         if not pairs:
             return []
@@ -97,7 +157,16 @@ class ReliableQueue(Queue):
         # A job whose record is gone is skipped, as RQ's dequeue does; its id is dropped from the intermediate list.
         found, gone = [], []
         for job, (job_id, queue) in zip(jobs, pairs):
-            (found if job is not None else gone).append((job, queue) if job is not None else (job_id, queue))
-        for job_id, queue in gone:
-            connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            if job is None:
+                gone.append((job_id, queue))
+                continue
+            job.origin = queue.name
+            job.lease_token = token
+            found.append((job, queue))
+        if gone:
+            with connection.pipeline(transaction=False) as pipe:
+                for job_id, queue in gone:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                    pipe.delete(keys.lease_key(job_id))
+                pipe.execute()
         return found

@@ -10,9 +10,14 @@ transaction (``completion``). A job that fails is recorded on its own.
 
 Failure handling: a bad job fails alone and at once; an out-of-memory batch is
 split in halves, a single job then falls back to tiled decode; store writes
-and Redis updates are retried with backoff; a worker that dies mid-batch
-leaves executions whose short heartbeat TTL lapses, and RQ's abandoned-job
-cleanup (run here every few seconds) re-queues them for another worker.
+and Redis updates are retried with backoff.
+
+Each job is done once: the worker holds a lease on every job it popped
+(renewed by its heartbeat thread) and starts, finishes or fails a job only
+behind that lease (``lifecycle``). A worker that dies mid-batch, or freezes
+past its leases, loses them; recovery (one worker per queue at a time, every
+few seconds) re-queues its jobs for another worker, and whatever the lost
+worker later tries to write for them is refused.
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ from typing import Any, Callable
 from redis import Redis
 from rq import Queue
 from rq.job import Job as RQJob
-from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
-from rq.utils import now
 from rq.worker import SimpleWorker
 
-from .. import keys, metrics
+from .. import keys, metrics, rqstate
 from ..errors import InvalidRequest
+from ..fence import renew_leases
+from ..lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
+from ..payload import JobPayload, request_field
 from ..producer.status import job_info
 from ..records import write_record
 from ..spec import DecodeRequest, JobInfo, Limits
@@ -126,6 +132,8 @@ class DecodeWorker(SimpleWorker):
         # Executions expire this long after the last heartbeat: the bound on noticing a dead worker.
         self.execution_ttl = int(max(10, 3 * heartbeat_interval))
         self.job_monitoring_interval = int(max(1, heartbeat_interval))
+        for queue in self.queues:  # pops take leases that live as long as an execution
+            queue.lease_ttl_ms = self.execution_ttl * 1000  # type: ignore[attr-defined]
         if encode_threads is None:
             encode_threads = defaults["encode_threads"]
         self.encode_threads = encode_threads
@@ -134,13 +142,14 @@ class DecodeWorker(SimpleWorker):
         # Bounds decoded-but-not-yet-stored outputs held in memory.
         self._pending = threading.BoundedSemaphore(max(2 * max_batch, 2 * encode_threads))
         self._active: dict[str, tuple[RQJob, Any]] = {}
+        self._lost: set[str] = set()  # jobs whose lease lapsed: their outputs are not stored
         self._active_lock = threading.Lock()
         self._stop_heartbeats = threading.Event()
         self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="latentq-heartbeat", daemon=True)
         self.stats_key = keys.worker_stats_key(self.name)
         self.faults = Faults.from_env()
-        self._committer = Committer(self, after=self._after_commit, attempts=self.store_attempts,
-                                    threaded=encode_threads > 0)  # fmt: skip
+        self._committer = Committer(self, after=self._after_commit, lost=self._lost_commit,
+                                    retry_for_s=self.execution_ttl, threaded=encode_threads > 0)  # fmt: skip
         self._intake = Intake(self)
         # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
         self._decode_metrics = metrics.MetricsBatch()
@@ -210,7 +219,9 @@ class DecodeWorker(SimpleWorker):
             context = (job, queues[job.id], executions[job.id])
             try:
                 model_name = keys.model_from_queue(job.origin) or ""
-                request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
+                payload = JobPayload.from_kwargs(job.id, job.kwargs)
+                request = payload.request
+                job.output_token = payload.output_token  # names its outputs (the same on a re-run)
                 if request.model != model_name:
                     raise InvalidRequest(f"job for model {request.model!r} found on queue {job.origin!r}")
                 if request.deadline is not None and time.time() > request.deadline:
@@ -295,7 +306,8 @@ class DecodeWorker(SimpleWorker):
 
     def _publish_preview(self, job: RQJob, request: DecodeRequest, decoded: DecodedImage) -> None:
         try:
-            (record,) = self._retrying(lambda: store_output(self.store, job.id, request, decoded, preview=True), job)
+            (record,) = self._retrying(lambda: store_output(self.store, job.id, request, decoded, preview=True,
+                                                            token=job.output_token), job)  # fmt: skip
             job.meta["preview"] = record
             job.save_meta()
         except Exception:
@@ -318,15 +330,19 @@ class DecodeWorker(SimpleWorker):
     def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage,
                 preview: Future | None = None) -> None:  # fmt: skip
         try:
+            if job.id in self._lost:
+                return
             timings: dict[str, float] = {}
-            records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings), job)
+            records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings,
+                                                          token=job.output_token), job)  # fmt: skip
             if preview is not None:
                 preview.result()  # the preview is published before the full result
-            job.ended_at = now()
+            job.ended_at = rqstate.now()
             result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
                       "tiled": decoded.tiled}  # fmt: skip
             info = self._store_record(job, result, timings)
-            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings))
+            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings,
+                                             job.lease_token))  # fmt: skip
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
@@ -335,14 +351,17 @@ class DecodeWorker(SimpleWorker):
 
     def _finish_encode(self, job: RQJob, queue: Queue, execution: Any, latent: Any) -> None:
         try:
-            request = DecodeRequest.from_dict(job.kwargs.get("request", {}))
+            if job.id in self._lost:
+                return
+            request = JobPayload.from_kwargs(job.id, job.kwargs).request
             started = time.perf_counter()
-            records = self._retrying(lambda: store_latent(self.store, job.id, latent), job)
-            job.ended_at = now()
+            records = self._retrying(lambda: store_latent(self.store, job.id, latent, token=job.output_token), job)
+            job.ended_at = rqstate.now()
             timings = {"encode": 0.0, "store": time.perf_counter() - started}
             result = {"results": records, "batch_size": 1}
             info = self._store_record(job, result, timings)
-            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings))
+            self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings,
+                                             job.lease_token))  # fmt: skip
         except Exception as exc:
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
@@ -367,56 +386,52 @@ class DecodeWorker(SimpleWorker):
         self._send_webhook(item.job, item.info)
 
     def commit_failed(self, items: list[Completed]) -> None:
-        """The committer gave up on marking these finished (Redis unreachable): fail them, retryably."""
+        """Redis stayed unreachable past the jobs' leases: let them go; recovery re-queues them."""
         for item in items:
-            self._fail(item.job, item.queue, item.execution, "could not record the finished job in Redis",
-                       permanent=False)  # fmt: skip
+            self._forget(item.job.id)
+
+    def _lost_commit(self, item: Completed) -> None:
+        log.warning("job %s was taken from this worker (its lease lapsed); its result is discarded", item.job.id,
+                    extra=_log_fields(item.job))  # fmt: skip
+        self._forget(item.job.id)
+
+    def _forget(self, job_id: str) -> None:
+        with self._active_lock:
+            self._active.pop(job_id, None)
+        self._lost.discard(job_id)
 
     def _expire(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest) -> None:
-        job.meta["expired"] = True
-        job.save_meta()
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.deadline or 0))
         self._fail(job, queue, execution, f"DeadlineExpired: not started by its deadline {when}", permanent=True,
                    status="expired")  # fmt: skip
 
     def _fail(self, job: RQJob, queue: Queue, execution: Any, reason: str, *, permanent: bool,
               status: str = "failed") -> None:  # fmt: skip
+        """End a job that failed: re-queued while it has retries (and the failure may pass), else failed."""
         log.warning("job %s failed: %s", job.id, reason, extra=_log_fields(job))
-        if permanent:
-            job.retries_left = 0  # retrying bad input cannot help
-        will_retry = bool(job.retries_left)
-        try:
-            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
-            job._status = RQStatus.FAILED
-            self.handle_job_failure(job=job, queue=queue, exc_string=reason, execution=execution)
-        except Exception:
-            log.exception("recording the failure of job %s failed", job.id)
-        if will_retry:  # RQ re-queued it; keep its latent for the next attempt
-            with self._active_lock:
-                self._active.pop(job.id, None)
-            return
-
-        def record(pipe: Any) -> None:
-            pipe.hincrby(self.stats_key, "failed", 1)
-            metrics.record_status(pipe, (job.kwargs.get("request") or {}).get("model", ""), status)
-
-        self._done(job, status, record)
-
-    def _done(self, job: RQJob, status: str, record: Callable[[Any], None]) -> None:
-        """The job failed or expired: count it, delete its input, wake its waiters, send its webhook."""
-        with self.connection.pipeline(transaction=False) as pipe:
-            record(pipe)
-            self.write_decode_metrics(pipe)
-            pipe.delete(job.kwargs.get("latent_key", keys.latent_key(job.id)))
-            pipe.publish(keys.job_done_channel(job.id), status)
-            pipe.execute()
-        with self._active_lock:
-            self._active.pop(job.id, None)
-        self._send_webhook(job)
+        retry = not permanent and bool(job.retries_left)
+        ending = Ending(job, "retry" if retry else status, queue, execution, getattr(job, "lease_token", ""),
+                        reason=reason)  # fmt: skip
+        deadline = time.monotonic() + self.execution_ttl
+        delay = 0.05
+        while True:
+            try:
+                (done,) = end_jobs(self.connection, [ending], worker=self)
+                break
+            except Exception as exc:  # Redis unreachable: retried while the lease may hold
+                if time.monotonic() + delay > deadline:
+                    log.error("could not record the failure of job %s (%s); recovery will re-run it", job.id, exc)
+                    done = False
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._forget(job.id)
+        if done and not retry:
+            self._send_webhook(job)
 
     def _send_webhook(self, job: RQJob, info: JobInfo | None = None) -> None:
         """``info``: a finished job's status (its Redis record may already be gone); else read from Redis."""
-        callback = (job.kwargs.get("request") or {}).get("callback_url")
+        callback = request_field(job.kwargs, "callback_url")
         if callback and self.webhooks is not None:
             try:
                 if info is None:
@@ -432,32 +447,52 @@ class DecodeWorker(SimpleWorker):
     def _heartbeat_loop(self) -> None:
         last_cleanup = 0.0
         while not self._stop_heartbeats.wait(self.heartbeat_interval):
-            with self._active_lock:
-                active = list(self._active.values())
-            for job, execution in active:
-                try:
-                    self.maintain_heartbeats(job, execution)
-                except Exception:  # a missed heartbeat is retried next tick
-                    log.debug("heartbeat for job %s failed", job.id, exc_info=True)
+            try:
+                self._renew()
+            except Exception:  # Redis unreachable: retried next tick (leases outlive two missed ones)
+                log.debug("renewing leases failed", exc_info=True)
             if time.monotonic() - last_cleanup >= self.heartbeat_interval:
                 last_cleanup = time.monotonic()
-                self._requeue_abandoned()
+                self._recover_abandoned()
 
-    def _requeue_abandoned(self) -> None:
-        """RQ's own abandoned-job handling: expired executions are retried (or failed when out of retries).
+    def _renew(self) -> None:
+        """Renew the leases of the jobs in hand, then RQ's heartbeats of those still held.
 
-        The finished and failed registries are pruned too, so entries of expired job records do not pile
-        up in Redis between RQ's own (10-minute) maintenance runs.
+        A lease that lapsed (this process was frozen or cut off from Redis past it) cannot come back:
+        its job is dropped here, its execution left to expire, and recovery gives it to another worker.
+        """
+        with self._active_lock:
+            active = dict(self._active)
+        held = renew_leases(self.connection, {job_id: getattr(job, "lease_token", "") for job_id, (job, _) in
+                                              active.items()}, self.execution_ttl * 1000)  # fmt: skip
+        for job_id, (job, execution) in active.items():
+            if not held.get(job_id):
+                log.warning("job %s: lease lapsed; another worker will run it", job_id, extra=_log_fields(job))
+                with self._active_lock:
+                    self._active.pop(job_id, None)
+                self._lost.add(job_id)
+                continue
+            self.maintain_heartbeats(job, execution)
+
+    def _recover_abandoned(self) -> None:
+        """Re-queue (or fail, when out of retries) the jobs of workers that died or froze, once each.
+
+        One worker at a time per queue (a lock in Redis): RQ's cleanup of expired executions, then popped
+        jobs whose lease lapsed before they started. Finished and failed registries are pruned too, so
+        entries of expired job records do not pile up between RQ's own (10-minute) maintenance runs.
         """
         for queue in self.queues:
             try:
-                queue.started_job_registry.cleanup()
-                # Jobs a dead worker had popped but not yet started: RQ retries them after a minute there.
-                queue.intermediate_queue.cleanup(self, queue)
-                queue.finished_job_registry.cleanup()
-                queue.failed_job_registry.cleanup()
+                lock = keys.recovery_lock(queue.name)
+                if not self.connection.set(lock, self.name, nx=True, px=int(self.heartbeat_interval * 1000)):
+                    continue  # another worker is recovering this queue now
+                rqstate.recover_started(queue)
+                requeued = ReliableQueue.requeue_orphans(queue, self.connection)
+                if requeued:
+                    log.warning("re-queued %d job(s) of %s popped by a worker that died", requeued, queue.name)
+                rqstate.prune_registries(queue)
             except Exception:
-                log.debug("registry cleanup of %s failed", queue.name, exc_info=True)
+                log.debug("recovery of %s failed", queue.name, exc_info=True)
 
 
 class InlineExecutor(Executor):
@@ -474,8 +509,7 @@ class InlineExecutor(Executor):
 
 def _log_fields(job: RQJob) -> dict[str, Any]:
     """Fields the JSON log formatter adds to a line about this job."""
-    request = job.kwargs.get("request") or {}
-    return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request.get("model")}
+    return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
 
 
 def _free_memory() -> None:

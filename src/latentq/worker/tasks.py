@@ -27,7 +27,9 @@ def _model(name: str) -> LoadedModel:
     return load_model(load_registry(settings.models_file).get(name))
 
 
-def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None = None) -> dict[str, Any]:
+def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None = None,
+               output_token: str | None = None, version: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The kwargs are a ``JobPayload``'s (``JobPayload.to_kwargs``)."""
     job = get_current_job()
     assert job is not None, "decode_job runs inside an RQ worker"
     settings = Settings.from_env()
@@ -35,6 +37,6 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     model = _model(decode_request.model)
     tensor = load_latent(job.connection.get(latent_key), model.spec, decode_request, settings.limits)
     (decoded,) = decode_group(model, [decode_request], [tensor])
-    records = store_output(open_store(settings.store), job.id, decode_request, decoded)
+    records = store_output(open_store(settings.store), job.id, decode_request, decoded, token=output_token)
     job.connection.delete(latent_key)
     return {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
