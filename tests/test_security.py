@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import struct
 
 import httpx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 from latentq import HttpClient
+from latentq.errors import InvalidRequest
 from latentq.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(180)
@@ -53,8 +57,14 @@ CASES = [
     ("file callback", "POST", "/v1/jobs", {"model": "taef2", "callback_url": "file:///etc/passwd"}, GOOD, None, 422),
     ("packed without size", "POST", "/v1/jobs", {"model": "flux1"}, latent_to_bytes(torch.randn(1, 4, 64)), None, 422),
     ("result path traversal", "GET", "/v1/results/../../../etc/passwd", {}, b"", None, 404),
-    ("result encoded traversal", "GET", "/v1/results/%2e%2e%2f%2e%2e%2fetc%2fpasswd", {}, b"", None, 404),
-    ("result absolute path", "GET", "/v1/results//etc/passwd", {}, b"", None, 404),
+    # Malformed keys are refused at the edge (422 naming key); the router never sees "..".
+    ("result encoded traversal", "GET", "/v1/results/%2e%2e%2f%2e%2e%2fetc%2fpasswd", {}, b"", None, 422),
+    ("result absolute path", "GET", "/v1/results//etc/passwd", {}, b"", None, 422),
+    ("job id with a dot", "GET", "/v1/jobs/abc.def", {}, b"", None, 422),
+    ("loopback callback", "POST", "/v1/jobs", {"model": "taef2", "callback_url": "http://127.0.0.1:6379/"}, GOOD,
+     None, 422),
+    ("metadata too deep", "POST", "/v1/jobs", {"model": "taef2", "metadata": '{"a":' * 600 + "1" + "}" * 600},
+     GOOD, None, 422),
     ("unknown job", "GET", "/v1/jobs/../../x", {}, b"", None, 404),
     ("wait too long", "GET", "/v1/jobs/abc", {"wait": 100000}, b"", None, 422),
 ]
@@ -77,7 +87,7 @@ def test_every_malformed_request_gets_its_4xx_and_the_worker_keeps_serving(secur
             response = http.request(method, path, params=params, content=body or None,
                                     headers=auth if headers is None else headers)  # fmt: skip
             assert response.status_code == status, (name, response.status_code, response.text[:300])
-            if path.startswith("/v1/jobs") and method == "POST" or status == 401:
+            if path.startswith("/v1/jobs") and method == "POST" or status in (401, 422):
                 error = response.json()["error"]
                 assert error["message"] and error["type"], name
     assert worker.poll() is None
@@ -91,3 +101,90 @@ def test_health_is_open_and_keys_rotate(secured):
     assert httpx.get(f"{api}/metrics").status_code == 401
     for key in ("old-key", KEY):
         assert httpx.get(f"{api}/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+
+
+# ---------------------------------------------------------------- netguard: where webhooks may go
+
+
+PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001:82a::200e"]
+FORBIDDEN = ["127.0.0.1", "127.255.255.254", "10.0.0.5", "172.16.0.1", "172.31.255.255", "192.168.1.1",
+             "169.254.169.254", "169.254.0.1", "0.0.0.0", "100.64.0.1", "224.0.0.1", "239.255.255.250",
+             "240.0.0.1", "255.255.255.255", "192.0.2.1", "198.18.0.1", "::", "::1", "fe80::1", "fc00::1",
+             "fd00:ec2::254", "ff02::1", "ff0e::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1",
+             "2002:a00:1::1", "2001:db8::1"]  # fmt: skip
+INTERNAL_NETWORKS = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                     "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10",
+                     "ff00::/8"]  # fmt: skip
+
+
+def test_netguard_sorts_known_addresses():
+    from latentq.netguard import forbidden_reason
+
+    for address in PUBLIC:
+        assert forbidden_reason(ipaddress.ip_address(address)) is None, address
+    for address in FORBIDDEN:
+        assert forbidden_reason(ipaddress.ip_address(address)) is not None, address
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_netguard_refuses_every_address_of_internal_networks(data):
+    from latentq.netguard import WebhookPolicy, forbidden_reason
+
+    network = ipaddress.ip_network(data.draw(st.sampled_from(INTERNAL_NETWORKS)))
+    address = network[data.draw(st.integers(0, network.num_addresses - 1))]
+    assert forbidden_reason(address) is not None
+    host = f"[{address}]" if address.version == 6 else str(address)
+    with pytest.raises(InvalidRequest) as raised:
+        WebhookPolicy().check(f"http://{host}:{data.draw(st.integers(1, 65535))}/hook")
+    assert raised.value.field == "callback_url"
+    if address.version == 4:  # the same address in IPv6 clothing is refused too
+        assert forbidden_reason(ipaddress.ip_address(f"::ffff:{address}")) is not None
+    # Listed in LATENTQ_WEBHOOK_ALLOW: permitted, and only what is listed.
+    assert WebhookPolicy.from_entries([str(network)]).allows_address(address)
+    assert WebhookPolicy.from_entries([str(address)]).check(f"http://{host}/").addresses == (address,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.integers(0, 2**32 - 1))
+def test_netguard_v4_and_its_mapped_v6_agree(value):
+    from latentq.netguard import forbidden_reason
+
+    v4 = ipaddress.IPv4Address(value)
+    mapped = ipaddress.IPv6Address(f"::ffff:{v4}")
+    assert (forbidden_reason(v4) is None) == (forbidden_reason(mapped) is None)
+    assert (forbidden_reason(v4) is None) == (v4.is_global and not v4.is_multicast)
+
+
+def test_netguard_urls():
+    from latentq.netguard import WebhookPolicy
+
+    policy = WebhookPolicy()
+    for url in ("http://localhost/", "http://127.1/", "http://0x7f000001/", "http://2130706433/",
+                "http://user@127.0.0.1/", "https://[::ffff:7f00:1]/", "ftp://8.8.8.8/", "http:///x", "http://[::1",
+                "http://8.8.8.8:99999/", "javascript:alert(1)", "http://a..b/", "http://" + "a" * 300 + "/"):  # fmt: skip
+        with pytest.raises(InvalidRequest) as raised:
+            policy.check(url)
+        assert raised.value.field == "callback_url", url
+    assert policy.check("https://8.8.8.8/hook").addresses == (ipaddress.ip_address("8.8.8.8"),)
+    assert policy.check("http://localhost/", resolve=False).addresses == ()  # names wait for resolution
+    allowed = WebhookPolicy.from_entries(["LocalHost", " ", "10.1.0.0/16"])
+    assert allowed.check("http://localhost:8080/").host == "localhost"
+    assert allowed.check("http://10.1.2.3/").port == 80
+    with pytest.raises(InvalidRequest):
+        allowed.check("http://10.2.0.1/")
+
+
+def test_store_errors_name_the_key_not_the_path(tmp_path):
+    from latentq.errors import StoreError
+    from latentq.store import LocalStore
+
+    blocker = tmp_path / "secret-server-dir"
+    blocker.write_text("a file where the store's root should be")
+    store = LocalStore(blocker)
+    with pytest.raises(StoreError) as raised:
+        store.put("job1/0-abcdefgh.png", b"x", "image/png")
+    assert "job1/0-abcdefgh.png" in str(raised.value) and str(tmp_path) not in str(raised.value)
+    with pytest.raises(StoreError) as raised:
+        store.get("job1/0-abcdefgh.png")
+    assert str(tmp_path) not in str(raised.value)

@@ -48,8 +48,8 @@ def forbidden_reason(address: Address) -> str | None:
     """Why a webhook may not go to ``address`` by default (None: a public unicast address)."""
     if isinstance(address, ipaddress.IPv6Address):
         inner = _embedded_v4(address)
-        if inner is not None and (reason := forbidden_reason(inner)) is not None:
-            return reason
+        if inner is not None:  # judged by where it leads (Python calls all of ::ffff:0:0/96 "reserved")
+            return forbidden_reason(inner)
     for reason in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
         if getattr(address, f"is_{reason}"):
             return reason.replace("_", "-")
