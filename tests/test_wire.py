@@ -44,3 +44,62 @@ def test_two_tensors_rejected():
 
     with pytest.raises(InvalidLatent, match="exactly one tensor"):
         latent_from_bytes(save({"a": torch.zeros(2), "b": torch.zeros(2)}), Limits())
+
+
+# ---------------------------------------------------------------- hostile headers: only our two exceptions
+
+import json  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _body(header: bytes, data: bytes = b"\0" * 4) -> bytes:
+    return struct.pack("<Q", len(header)) + header + data
+
+
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        (b'{"x": {"dtype": "F32", "shape": ["a"], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [null], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [1, 1, 1, 1, 1, 1, 1, 1, 1], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [10000000000, 10000000000], "data_offsets": [0, 4]}}', LatentTooLarge),
+        (b'{"x": {"dtype": "I32", "shape": [1], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}', InvalidLatent),
+        (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', InvalidLatent),
+        (b'{"__metadata__": 5, "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', InvalidLatent),
+        (b"[" * 60_000 + b"]" * 5_000, InvalidLatent),  # within the length cap: refused for its depth
+        (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, InvalidLatent),
+        (b"[" * 100_000, InvalidLatent),  # over the length cap
+    ],
+)
+def test_hostile_headers_raise_only_invalid_latent_or_too_large(header, error):
+    with pytest.raises(error):
+        latent_from_bytes(_body(header), Limits())
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+ENTRY = st.fixed_dictionaries(
+    {},
+    optional={"dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "F64", "x"]) | JSON,
+              "shape": st.lists(st.integers(-2, 40) | JSON, max_size=10) | JSON,
+              "data_offsets": st.lists(st.integers(-4, 200), max_size=3) | JSON},
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.dictionaries(st.text(max_size=8), ENTRY | JSON, max_size=3), data=st.binary(max_size=160))
+def test_generated_headers_raise_only_invalid_latent_or_too_large(entries, data):
+    header = json.dumps(entries).encode()
+    try:
+        tensor = latent_from_bytes(_body(header, data), Limits(max_latent_elements=1000))
+    except (InvalidLatent, LatentTooLarge):
+        return
+    assert tensor.numel() > 0
