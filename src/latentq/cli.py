@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import signal
@@ -45,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     up.add_argument("--max-batch", type=int, help="workers' --max-batch (default: the device's)")
-    up.add_argument("--max-wait-ms", type=float, default=5.0)
+    up.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="workers' --max-wait-ms: how long a burst's batch may wait to fill (default 5)")
+    up.add_argument("--heartbeat-interval", type=float, default=5.0,
+                    help="workers' heartbeat (s); a dead or frozen worker's jobs are re-run after 3 of them")
     _add_redis(up)
     _add_store(up)
 
@@ -138,26 +142,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
             except Exception as exc:  # previews are optional: serve full decodes without them
                 log.warning("no preview decoder for %s: %s", name, exc)
     from .webhooks import WebhookSender
+    from .worker.runner import serve
 
-    webhooks = WebhookSender()
-    if not webhooks.secret:
-        log.warning("LATENTQ_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
-    worker = DecodeWorker(
-        models,
-        redis_from_url(settings.redis_url),
-        open_store(settings.store, public_url=settings.public_url),
-        max_batch=args.max_batch,
-        max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
-        webhooks=webhooks,
-        max_wait_ms=args.max_wait_ms,
-        encode_threads=args.encode_threads,
-        limits=settings.limits,
-        name=args.name,
-        previews=previews,
-        heartbeat_interval=args.heartbeat_interval,
-    )
-    worker.work(burst=args.burst, logging_level=args.log_level)
-    return 0
+    connection = redis_from_url(settings.redis_url)
+    store = open_store(settings.store, public_url=settings.public_url)
+
+    starts = itertools.count()
+
+    def make_worker() -> DecodeWorker:  # a fresh one after each Redis outage; the models stay loaded
+        start = next(starts)  # a restarted worker needs a new name: the old one may still be registered
+        return DecodeWorker(
+            models,
+            connection,
+            store,
+            max_batch=args.max_batch,
+            max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
+            webhooks=WebhookSender(),
+            max_wait_ms=args.max_wait_ms,
+            encode_threads=args.encode_threads,
+            limits=settings.limits,
+            name=f"{args.name}.{start}" if args.name and start else args.name,
+            previews=previews,
+            heartbeat_interval=args.heartbeat_interval,
+        )
+
+    return serve(make_worker, connection, burst=args.burst, logging_level=args.log_level)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -175,7 +184,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = StackOptions(
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        log_level=args.log_level.lower(),
+        heartbeat_interval=args.heartbeat_interval, log_level=args.log_level.lower(),
     )  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

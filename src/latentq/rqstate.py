@@ -130,6 +130,11 @@ def prune_registries(queue: Queue) -> None:
     queue.failed_job_registry.cleanup()
 
 
+def stop_requested(worker: Any) -> bool:
+    """Whether RQ's worker got a stop signal (its loop then ends on purpose, not on an error)."""
+    return bool(worker._stop_requested)
+
+
 def fetch_job(connection: Redis, job_id: str, serializer: Any) -> RQJob | None:
     from rq.exceptions import NoSuchJobError
 
@@ -139,4 +144,4 @@ def fetch_job(connection: Redis, job_id: str, serializer: Any) -> RQJob | None:
         return None
 
 
-__all__ += ["fetch_job", "prune_registries"]
+__all__ += ["fetch_job", "prune_registries", "stop_requested"]

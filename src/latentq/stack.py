@@ -1,7 +1,8 @@
 """A whole latentq deployment on one machine: Redis, N workers, the API.
 
 Used by ``latentq up`` and ``latentq demo``. With no Redis URL configured it
-starts an embedded Redis server and stops it on exit.
+starts an embedded Redis server and stops it on exit. It supervises its
+workers: one that exits (a crash, an out-of-memory kill) is started again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class StackOptions:
     device: str = "cpu"
     max_batch: int | None = None  # None: the worker's default for its device
     max_wait_ms: float = 5.0
+    heartbeat_interval: float = 5.0
     redis_url: str | None = None
     log_level: str = "warning"
 
@@ -57,8 +59,13 @@ class Stack:
         self.redis: EmbeddedRedis | None = None
         self.redis_url = options.redis_url or os.environ.get("LATENTQ_REDIS_URL") or None
         self.workers: list[subprocess.Popen] = []
+        self.restarts = 0  # workers started again after they exited
         self.server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._worker_args: list[str] = []
+        self._env: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def api_url(self) -> str:
@@ -70,16 +77,16 @@ class Stack:
             self.redis = EmbeddedRedis().start()
             self.redis_url = self.redis.url
             log.info("started embedded Redis at %s", self.redis_url)
-        env = {**os.environ, "LATENTQ_REDIS_URL": self.redis_url}
+        self._env = {**os.environ, "LATENTQ_REDIS_URL": self.redis_url}
         os.environ["LATENTQ_REDIS_URL"] = self.redis_url
-        for index in range(opts.workers):
-            args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
-                    "--max-wait-ms", str(opts.max_wait_ms)]  # fmt: skip
-            if opts.max_batch is not None:
-                args += ["--max-batch", str(opts.max_batch)]
-            for model in opts.models:
-                args += ["--model", model]
-            self.workers.append(subprocess.Popen(args, env=env))
+        args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
+                "--max-wait-ms", str(opts.max_wait_ms), "--heartbeat-interval", str(opts.heartbeat_interval)]  # fmt: skip
+        if opts.max_batch is not None:
+            args += ["--max-batch", str(opts.max_batch)]
+        for model in opts.models:
+            args += ["--model", model]
+        self._worker_args = args
+        self.workers = [subprocess.Popen(args, env=self._env) for _ in range(opts.workers)]
         if opts.port == 0:
             opts.port = free_port()
         os.environ.setdefault("LATENTQ_PUBLIC_URL", self.api_url)
@@ -102,7 +109,19 @@ class Stack:
                 wait_for_workers(connection, model, opts.workers, worker_timeout)
         finally:
             connection.close()
+        self._supervisor = threading.Thread(target=self._supervise, name="latentq-supervisor", daemon=True)
+        self._supervisor.start()
         return self
+
+    def _supervise(self, interval: float = 0.5) -> None:
+        """Start a worker again when it exits; its jobs were already re-queued through their leases."""
+        while not self._stopping.wait(interval):
+            for index, process in enumerate(self.workers):
+                if process.poll() is None or self._stopping.is_set():
+                    continue
+                log.warning("worker (pid %d) exited with code %s; starting another", process.pid, process.returncode)
+                self.workers[index] = subprocess.Popen(self._worker_args, env=self._env)
+                self.restarts += 1
 
     def _check_workers(self) -> None:
         for process in self.workers:
@@ -110,6 +129,9 @@ class Stack:
                 raise RuntimeError(f"a worker exited with code {process.returncode} (see its log above)")
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
         for process in self.workers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)  # warm shutdown: finish the current batch

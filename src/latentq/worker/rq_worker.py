@@ -204,8 +204,11 @@ class DecodeWorker(SimpleWorker):
         self._stop_heartbeats.set()
         if self.webhooks is not None:
             self.webhooks.close()
-        super().teardown()
-        self.connection.expire(self.stats_key, 3600)
+        try:
+            super().teardown()
+            self.connection.expire(self.stats_key, 3600)
+        except Exception as exc:  # Redis is gone: its worker key expires by itself (worker_ttl)
+            log.warning("could not unregister worker %s: %s", self.name, exc)
 
     # --- batching -------------------------------------------------------------
     def model_queues(self, model: str) -> list[Queue]:
