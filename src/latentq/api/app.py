@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Red
 
 from .. import __version__, metrics
 from ..config import Settings
+from ..connection import redis_from_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,6 +37,9 @@ from .waiter import LongPolls
 __all__ = ["create_app", "MAX_WAIT_S"]
 
 MAX_WAIT_S = 300.0  # longest synchronous wait one request may ask for
+# The API's threads share this many Redis connections (a burst waits for one rather than opening more);
+# its event loop has as many again (api/waiter.py), and its one listener one.
+REDIS_CONNECTIONS = 16
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 SAFETENSORS_BODY = {"requestBody": {"required": True, "description": "a one-tensor safetensors file",
                                     "content": {"application/octet-stream": _BINARY}}}  # fmt: skip
@@ -59,7 +63,9 @@ def create_app(
     settings = settings or Settings.from_env()
     store = store or open_store(settings.store, public_url=settings.public_url)
     owns_client = client is None
-    client = client or Client(settings=settings, store=store)
+    client = client or Client(
+        settings=settings, store=store, connection=redis_from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS)
+    )
     # Long-polls wait in the event loop on the client's one listener, not on threads.
     long_polls = LongPolls(client.listener(), settings.redis_url)
 

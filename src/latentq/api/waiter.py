@@ -18,7 +18,9 @@ from rq.job import Job as RQJob
 from ..connection import async_redis_from_url
 from ..producer.waiter import RECHECK_S, DoneListener, has_ended
 
-__all__ = ["LongPolls"]
+__all__ = ["LongPolls", "ASYNC_CONNECTIONS"]
+
+ASYNC_CONNECTIONS = 16  # the event loop's reads (re-checks, health) share this many connections
 
 
 class LongPolls:
@@ -34,7 +36,7 @@ class LongPolls:
     def redis(self) -> aioredis.Redis:
         # Made in the serving loop on first use: asyncio connections belong to one loop.
         if self._redis is None:
-            self._redis = async_redis_from_url(self._redis_url)
+            self._redis = async_redis_from_url(self._redis_url, max_connections=ASYNC_CONNECTIONS)
         return self._redis
 
     async def ping(self) -> None:

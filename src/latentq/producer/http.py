@@ -20,6 +20,7 @@ import torch
 from ..errors import (
     InvalidLatent,
     InvalidRequest,
+    JobConflict,
     JobFailed,
     JobNotFound,
     JobTimeout,
@@ -75,6 +76,8 @@ def _raise_for(response: httpx.Response) -> None:
         raise Unavailable(f"HTTP 503: {message}", retry_after=_retry_after(response))
     if response.status_code == 404 and kind == "JobNotFound":
         raise JobNotFound(message)
+    if response.status_code == 409 and kind == "JobConflict":
+        raise JobConflict(message)
     if kind in _ERRORS:
         raise _ERRORS[kind](message, field=error.get("field"))
     if 400 <= response.status_code < 500:
@@ -151,6 +154,10 @@ class HttpJob:
     def read(self, index: int = 0) -> bytes:
         url = self.info().results[index].url
         return self._client.request("GET", url).content
+
+    def cancel(self) -> JobInfo:
+        """Cancel the job if it has not started (JobConflict once started or ended)."""
+        return _info(self._client.request("DELETE", self.status_url).json())
 
 
 class HttpClient:
@@ -253,6 +260,9 @@ class AsyncHttpJob:
     async def read(self, index: int = 0) -> bytes:
         url = (await self.info()).results[index].url
         return (await self._client.request("GET", url)).content
+
+    async def cancel(self) -> JobInfo:
+        return _info((await self._client.request("DELETE", self.status_url)).json())
 
 
 class AsyncHttpClient:
