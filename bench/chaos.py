@@ -336,6 +336,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
             "longest_extra_wait_s": max((f["extra_wait_s"] or 0 for f in faults), default=0),
             "dead_worker_bound_s": bound, "workers": args.workers, "seed": args.seed,
             "faults": [{k: f[k] for k in ("fault", "held", "extra_wait_s")} for f in faults],
+            # seen by a listener that reconnects after the Redis crash (it can miss some, never add any)
             "done_messages": sum(done.counts[j] for j in latents),
             "workers_exited_in_redis_outage": exited_in_outage,
             "api_during_outage": api_answers,

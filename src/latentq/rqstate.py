@@ -105,6 +105,8 @@ def fail_writes(worker: Any, job: RQJob, queue: Queue, execution: Execution | No
                             execution_started_at=execution.created_at if execution else None,
                             execution_ended_at=job.ended_at)  # fmt: skip
     worker.increment_failed_job_count(pipe)
+    if job.started_at and job.ended_at:
+        worker.increment_total_working_time(job.ended_at - job.started_at, pipe)
     if retry:
         job.retry(queue, pipe)
 

@@ -188,10 +188,7 @@ class DecodeWorker(SimpleWorker):
         return self.execution_ttl
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        batch = self._intake.take(job, queue)
-        with self._active_lock:
-            for started in batch.jobs:
-                self._active[started.id] = (started, batch.executions[started.id])
+        batch = self.take(job, queue)
         try:
             self._run_batch(batch)  # RQ marks the worker idle before its next pop
         finally:
@@ -211,6 +208,14 @@ class DecodeWorker(SimpleWorker):
             log.warning("could not unregister worker %s: %s", self.name, exc)
 
     # --- batching -------------------------------------------------------------
+    def take(self, job: RQJob, queue: Queue) -> Batch:
+        """Start the popped job and what waits behind it; their leases are renewed from now on."""
+        batch = self._intake.take(job, queue)
+        with self._active_lock:
+            for started in batch.jobs:
+                self._active[started.id] = (started, batch.executions[started.id])
+        return batch
+
     def model_queues(self, model: str) -> list[Queue]:
         """The model's queues in the order they are served: high priority first."""
         return [q for q in self.queues if keys.model_from_queue(q.name) == model]
