@@ -20,7 +20,10 @@ __all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "JobId", "ResultKey", "decode
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="a job id, as submit answered it")]
 BatchId = Annotated[str, Path(pattern=ID_PATTERN, description="a batch id, as submit_many answered it")]
-ResultKey = Annotated[str, Path(pattern=KEY_PATTERN.pattern, description="a result key, from a job's results")]
+# A key outside its pattern is refused by check_key as an unknown object would be (404 naming key): a
+# path like ``../../etc/passwd`` names nothing here. The pattern is still documented.
+ResultKey = Annotated[str, Path(description="a result key, from a job's results",
+                                json_schema_extra={"pattern": KEY_PATTERN.pattern})]  # fmt: skip
 
 
 class BodyTimeout(InvalidRequest):
