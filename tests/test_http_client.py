@@ -1,13 +1,16 @@
 """The HTTP producer clients (sync and async) against a live API and worker."""
 
 import asyncio
+import threading
+import time
 
+import httpx
 import pytest
 import torch
 from helpers import decode_png, photo_latent, psnr
 
 from latentq import HttpClient
-from latentq.errors import InvalidLatent, UnknownModel
+from latentq.errors import InvalidLatent, JobConflict, JobFailed, UnknownModel
 from latentq.producer import AsyncHttpClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,3 +49,62 @@ def test_async_client(api):
     results, data = asyncio.run(run())
     assert all(r[0].content_type == "image/webp" for r in results)
     assert data[:4] == b"RIFF"
+
+
+class CountingClient(HttpClient):
+    """Counts the requests the client sends: a wait must long-poll, not spin."""
+
+    def __init__(self, base_url: str) -> None:
+        self.requests = 0
+        super().__init__(base_url, http=httpx.Client(base_url=base_url, timeout=30, event_hooks={"request": [self._count]}))
+
+    def _count(self, _request: httpx.Request) -> None:
+        self.requests += 1
+
+
+def test_wait_ends_for_an_expired_or_canceled_job(procs):
+    api = procs.api()  # no worker: the jobs stay queued until they expire or are canceled
+    with CountingClient(api) as client:
+        expiring = client.submit(torch.randn(32, 2, 2), model="taef2", deadline=time.time() + 1)
+        with pytest.raises(JobFailed, match="DeadlineExpired"):
+            expiring.wait(timeout=60)
+        assert expiring.status().value == "expired"
+        assert client.requests <= 4  # the submit and one or two long-polls
+
+        canceled = client.submit(torch.randn(32, 2, 2), model="taef2")
+        outcome: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                canceled.wait(timeout=60)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{api}/healthz").json()["waiting"] < 1:  # the wait is in its long-poll
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert canceled.cancel().status.value == "canceled"
+        waiter.join(30)
+        assert not waiter.is_alive() and isinstance(outcome[0], JobFailed) and "canceled" in str(outcome[0])
+        with pytest.raises(JobConflict):
+            canceled.cancel()
+        assert client.requests <= 12
+
+
+def test_async_wait_ends_for_a_canceled_job(procs):
+    api = procs.api()
+
+    async def run() -> BaseException:
+        async with AsyncHttpClient(api) as client:
+            job = await client.submit(torch.randn(32, 2, 2), model="taef2")
+            waiting = asyncio.create_task(job.wait(timeout=60))
+            await asyncio.sleep(0)
+            await job.cancel()
+            with pytest.raises(JobFailed) as failed:
+                await waiting
+            return failed.value
+
+    assert "canceled" in str(asyncio.run(run()))

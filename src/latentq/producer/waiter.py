@@ -70,7 +70,7 @@ class DoneListener:
     @contextmanager
     def watch(self, job_id: str, callback: Callback) -> Iterator[None]:
         """``callback()`` is called when the job's end is published, and on every reconnect."""
-        self._start()
+        self.start()
         with self._lock:
             self._callbacks.setdefault(job_id, set()).add(callback)
         try:
@@ -89,7 +89,8 @@ class DoneListener:
         with self._lock:
             return len(self._callbacks)
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Subscribe now (the first watch does it otherwise)."""
         with self._lock:
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._run, name="latentq-done-listener", daemon=True)
