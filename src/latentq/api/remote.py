@@ -155,8 +155,9 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
             timeout=_timeout(timeout),
         )  # fmt: skip
+        dims = _shape(shape)  # before the body: a bad shape costs no upload
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
-        latent = tensor_from_body(body, _shape(shape), dtype, limits)
+        latent = tensor_from_body(body, dims, dtype, limits)
         try:
             result = await run_in_threadpool(decode_latent, client, latent, model, **options)
         except JobTimeout as exc:
