@@ -133,8 +133,12 @@ def prune_registries(queue: Queue) -> None:
 
 
 def stop_requested(worker: Any) -> bool:
-    """Whether RQ's worker got a stop signal (its loop then ends on purpose, not on an error)."""
-    return bool(worker._stop_requested)
+    """Whether RQ's worker got a stop signal (its loop then ends on purpose, not on an error).
+
+    RQ flags ``_stop_requested`` only when the signal comes during a job; idle, it just raises out of its
+    loop, having noted the time of the request.
+    """
+    return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
 
 
 def fetch_job(connection: Redis, job_id: str, serializer: Any) -> RQJob | None:
