@@ -157,7 +157,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             store,
             max_batch=args.max_batch,
             max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
-            webhooks=WebhookSender(),
+            webhooks=WebhookSender(allow=settings.webhook_allow),
             max_wait_ms=args.max_wait_ms,
             encode_threads=args.encode_threads,
             limits=settings.limits,
