@@ -8,7 +8,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from latentq import Client, keys
+from latentq import Client, keys, metrics
 from latentq.config import Settings
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
@@ -58,7 +58,10 @@ def run_job(connection: Redis, worker_kind: str, break_latent: bool, tmp_path) -
 
 @pytest.mark.parametrize("break_latent", [False, True], ids=["finished", "failed"])
 def test_the_worker_leaves_what_rqs_simple_worker_leaves(env, redis_conn, tmp_path, break_latent):
-    stock_status, stock, _ = run_job(redis_conn, "stock", break_latent, tmp_path)
+    stock_status, stock, stock_job = run_job(redis_conn, "stock", break_latent, tmp_path)
+    if not break_latent:  # the plain task adds latentq's side of a finished job: record, metrics
+        assert Client().records.read(stock_job, str) is not None
+        assert metrics.jobs_total(redis_conn, "taef2")["finished"] == 1
     redis_conn.flushall()
     ours_status, ours, job_id = run_job(redis_conn, "latentq", break_latent, tmp_path)
 

@@ -111,4 +111,20 @@ def end_jobs(connection: Redis, endings: list[Ending], *, worker: Any = None,
     return [code == APPLIED for code, _ in results[: len(endings)]]
 
 
-__all__ += ["APPLIED", "GONE"]
+def announce_finished(connection: Redis, job: RQJob, timings: dict[str, float]) -> None:
+    """What a job finished by RQ's own worker (``tasks.decode_job``) still needs from latentq: metrics,
+    the latent's deletion, the done message. RQ writes the rest when the task returns."""
+    model = str(request_field(job.kwargs, "model", ""))
+    metrics = MetricsBatch()
+    metrics.status(model, "finished")
+    latency = (job.ended_at - job.enqueued_at).total_seconds() if job.ended_at and job.enqueued_at else None
+    metrics.job(model, encode_seconds=timings.get("encode", 0.0), store_seconds=timings.get("store", 0.0),
+                latency_seconds=latency)  # fmt: skip
+    with connection.pipeline(transaction=False) as pipe:
+        metrics.write(pipe)
+        pipe.delete(latent_key_of(job.id, job.kwargs))
+        pipe.publish(keys.job_done_channel(job.id), "finished")
+        pipe.execute()
+
+
+__all__ += ["APPLIED", "GONE", "announce_finished"]

@@ -2,6 +2,12 @@
 batches itself), but it makes every queued job self-contained: a plain
 ``rq worker --serializer rq.serializers.JSONSerializer latentq.taef2`` can run
 it one job at a time, loading the model once per process.
+
+There RQ's own worker owns the job's lifecycle (it marks the job finished or
+failed after this function returns or raises), so no lease fences it. The
+function adds what latentq's worker adds to a finished job: its record in the
+store, the metrics, the latent's deletion and the done message
+(``lifecycle.announce_finished``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,11 @@ from typing import Any
 
 from rq import get_current_job
 
+from .. import rqstate
 from ..config import Settings
+from ..lifecycle import announce_finished
+from ..producer.status import job_info
+from ..records import write_record
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
 from ..spec import DecodeRequest
@@ -37,6 +47,11 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     model = _model(decode_request.model)
     tensor = load_latent(job.connection.get(latent_key), model.spec, decode_request, settings.limits)
     (decoded,) = decode_group(model, [decode_request], [tensor])
-    records = store_output(open_store(settings.store), job.id, decode_request, decoded, token=output_token)
-    job.connection.delete(latent_key)
-    return {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
+    store = open_store(settings.store)
+    timings: dict[str, float] = {}
+    records = store_output(store, job.id, decode_request, decoded, token=output_token, timings=timings)
+    result = {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
+    job.ended_at = rqstate.now()
+    write_record(store, job_info(job, lambda key: None, result=result))
+    announce_finished(job.connection, job, timings)
+    return result
