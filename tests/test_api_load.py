@@ -9,12 +9,26 @@ import time
 import httpx
 import pytest
 import torch
+from redis import Redis
 
+from latentq.redis_server import EmbeddedRedis
 from latentq.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
 LONG_POLLS = 500
+
+
+@pytest.fixture
+def own_redis(procs, monkeypatch):
+    """A Redis server only this test's API talks to: its client count is the API's alone."""
+    with EmbeddedRedis() as server:
+        procs.env = {**procs.env, "LATENTQ_REDIS_URL": server.url}
+        monkeypatch.setenv("LATENTQ_REDIS_URL", server.url)
+        connection = Redis.from_url(server.url)
+        yield connection
+        connection.close()
+        procs.stop_all()  # the API before its Redis
 
 
 def ensure_fd_limit(needed: int) -> None:
@@ -36,7 +50,7 @@ def redis_clients(redis_conn) -> int:
     return int(redis_conn.info("clients")["connected_clients"])
 
 
-def test_rounds_of_long_polls_leave_the_redis_client_count_flat(procs, redis_conn):
+def test_rounds_of_long_polls_leave_the_redis_client_count_flat(procs, own_redis):
     api = procs.api()
     ids = submit(api, 10)  # no worker: they stay queued, every poll runs its full second
 
@@ -49,16 +63,16 @@ def test_rounds_of_long_polls_leave_the_redis_client_count_flat(procs, redis_con
         return [r.status_code for r in responses]
 
     assert asyncio.run(round_of(40)) == [200] * 40
-    after_first = redis_clients(redis_conn)
+    after_first = redis_clients(own_redis)
     for _ in range(2):
         assert asyncio.run(round_of(40)) == [200] * 40
-    after_third = redis_clients(redis_conn)
+    after_third = redis_clients(own_redis)
     # Pooled connections are reused: what round 1 opened serves rounds 2 and 3.
     assert after_third <= after_first + 2, (after_first, after_third)
-    assert redis_conn.execute_command("PUBSUB", "NUMPAT") == 1  # one listener for every poll
+    assert own_redis.execute_command("PUBSUB", "NUMPAT") == 1  # one listener for every poll
 
 
-def test_500_long_polls_leave_health_and_submits_prompt(procs, redis_conn):
+def test_500_long_polls_leave_health_and_submits_prompt(procs, own_redis):
     ensure_fd_limit(4 * LONG_POLLS)
     api = procs.api()
     ids = submit(api, 20)

@@ -32,6 +32,7 @@ def own_redis(procs, monkeypatch):
     procs.env = {**procs.env, "LATENTQ_REDIS_URL": server.url}
     monkeypatch.setenv("LATENTQ_REDIS_URL", server.url)
     yield server
+    procs.stop_all()  # the API before its Redis
     server.stop()
 
 

@@ -65,6 +65,7 @@ class DoneListener:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._pubsub: PubSub | None = None
+        self._failures = 0  # failed attempts since the last subscription
         self.connected = threading.Event()  # set while subscribed (tests and health read it)
 
     @contextmanager
@@ -107,14 +108,16 @@ class DoneListener:
             try:
                 self._listen()
                 return  # stopped
-            except REDIS_DOWN as exc:
+            except Exception as exc:  # never let the one listener die: every waiter would fall back to re-checks
                 if self._stop.is_set():
                     break
-                log.warning("done listener lost Redis (%s); reconnecting in %.1f s", exc, delay)
-            except Exception:  # never let the one listener die: every waiter would fall back to re-checks
-                if self._stop.is_set():
-                    break
-                log.exception("done listener failed; reconnecting in %.1f s", delay)
+                if self._failures == 0:  # reset by a subscription: a fresh outage starts the backoff over
+                    delay = BACKOFF_MIN_S
+                self._failures += 1
+                # One line per outage, not one per retry.
+                level = logging.WARNING if self._failures == 1 else logging.DEBUG
+                log.log(level, "done listener: Redis unreachable (%s: %s); retrying in %.1f s",
+                        type(exc).__name__, exc, delay, exc_info=not isinstance(exc, REDIS_DOWN))  # fmt: skip
             self.connected.clear()
             self._close_pubsub()
             self._wake_all()  # they re-check now: Redis down is theirs to report
@@ -128,6 +131,9 @@ class DoneListener:
         pubsub.psubscribe(keys.JOB_DONE_PATTERN)
         pubsub.get_message(timeout=CONNECT_WAIT_S)  # the subscription's confirmation: subscribed from here on
         self.connected.set()
+        if self._failures:
+            log.info("done listener: subscribed again after %d failed attempts", self._failures)
+            self._failures = 0
         self._wake_all()  # ends published while we were not subscribed are only seen by a re-check
         prefix = keys.JOB_DONE_PATTERN.rstrip("*")
         try:
