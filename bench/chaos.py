@@ -107,10 +107,9 @@ class DoneMessages:
 def ask_api_during_outage(api: str, job_id: str) -> dict[str, str]:
     """What the API answers while Redis is down: "<status> <error type>" per route (503 JSON expected)."""
     import httpx
+    import torch
 
     from latentq.wire import latent_to_bytes
-
-    import torch
 
     body = latent_to_bytes(torch.randn(1, 32, 4, 4))
     requests = {

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from conftest import TAEF2_DIR
 
 REPO = Path(__file__).resolve().parents[1]

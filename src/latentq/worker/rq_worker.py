@@ -36,7 +36,6 @@ from rq.worker import SimpleWorker
 
 from .. import keys, metrics, rqstate
 from ..errors import InvalidRequest
-from ..fence import renew_leases
 from ..lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
 from ..payload import JobPayload, request_field
@@ -45,6 +44,7 @@ from ..records import write_record
 from ..spec import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
 from ..webhooks import WebhookSender
+from . import upkeep
 from .completion import Committer, Completed
 from .faults import Faults
 from .intake import Batch, Intake
@@ -388,7 +388,7 @@ class DecodeWorker(SimpleWorker):
     def _after_commit(self, item: Completed) -> None:
         """A job is marked finished in Redis (the committer's thread, or the decoding one on a CPU)."""
         log.info("job %s finished (batch of %d)", item.job.id, item.result.get("batch_size", 1),
-                 extra=_log_fields(item.job))  # fmt: skip
+                 extra=log_fields(item.job))  # fmt: skip
         with self._active_lock:
             self._active.pop(item.job.id, None)
         self._send_webhook(item.job, item.info)
@@ -400,7 +400,7 @@ class DecodeWorker(SimpleWorker):
 
     def _lost_commit(self, item: Completed) -> None:
         log.warning("job %s was taken from this worker (its lease lapsed); its result is discarded", item.job.id,
-                    extra=_log_fields(item.job))  # fmt: skip
+                    extra=log_fields(item.job))  # fmt: skip
         self._forget(item.job.id)
 
     def _forget(self, job_id: str) -> None:
@@ -416,7 +416,7 @@ class DecodeWorker(SimpleWorker):
     def _fail(self, job: RQJob, queue: Queue, execution: Any, reason: str, *, permanent: bool,
               status: str = "failed") -> None:  # fmt: skip
         """End a job that failed: re-queued while it has retries (and the failure may pass), else failed."""
-        log.warning("job %s failed: %s", job.id, reason, extra=_log_fields(job))
+        log.warning("job %s failed: %s", job.id, reason, extra=log_fields(job))
         retry = not permanent and bool(job.retries_left)
         ending = Ending(job, "retry" if retry else status, queue, execution, getattr(job, "lease_token", ""),
                         reason=reason)  # fmt: skip
@@ -451,56 +451,15 @@ class DecodeWorker(SimpleWorker):
             except Exception:  # a webhook never fails a job
                 log.warning("could not queue the webhook of job %s", job.id, exc_info=True)
 
-    # --- heartbeats and recovery ------------------------------------------------
+    # --- upkeep (the heartbeat thread) -------------------------------------------
     def _heartbeat_loop(self) -> None:
-        last_cleanup = 0.0
-        while not self._stop_heartbeats.wait(self.heartbeat_interval):
-            try:
-                self._renew()
-            except Exception:  # Redis unreachable: retried next tick (leases outlive two missed ones)
-                log.debug("renewing leases failed", exc_info=True)
-            if time.monotonic() - last_cleanup >= self.heartbeat_interval:
-                last_cleanup = time.monotonic()
-                self._recover_abandoned()
+        upkeep.run(self, self._stop_heartbeats)
 
     def _renew(self) -> None:
-        """Renew the leases of the jobs in hand, then RQ's heartbeats of those still held.
-
-        A lease that lapsed (this process was frozen or cut off from Redis past it) cannot come back:
-        its job is dropped here, its execution left to expire, and recovery gives it to another worker.
-        """
-        with self._active_lock:
-            active = dict(self._active)
-        held = renew_leases(self.connection, {job_id: getattr(job, "lease_token", "") for job_id, (job, _) in
-                                              active.items()}, self.execution_ttl * 1000)  # fmt: skip
-        for job_id, (job, execution) in active.items():
-            if not held.get(job_id):
-                log.warning("job %s: lease lapsed; another worker will run it", job_id, extra=_log_fields(job))
-                with self._active_lock:
-                    self._active.pop(job_id, None)
-                self._lost.add(job_id)
-                continue
-            self.maintain_heartbeats(job, execution)
+        upkeep.renew(self)
 
     def _recover_abandoned(self) -> None:
-        """Re-queue (or fail, when out of retries) the jobs of workers that died or froze, once each.
-
-        One worker at a time per queue (a lock in Redis): RQ's cleanup of expired executions, then popped
-        jobs whose lease lapsed before they started. Finished and failed registries are pruned too, so
-        entries of expired job records do not pile up between RQ's own (10-minute) maintenance runs.
-        """
-        for queue in self.queues:
-            try:
-                lock = keys.recovery_lock(queue.name)
-                if not self.connection.set(lock, self.name, nx=True, px=int(self.heartbeat_interval * 1000)):
-                    continue  # another worker is recovering this queue now
-                rqstate.recover_started(queue)
-                requeued = ReliableQueue.requeue_orphans(queue, self.connection)
-                if requeued:
-                    log.warning("re-queued %d job(s) of %s popped by a worker that died", requeued, queue.name)
-                rqstate.prune_registries(queue)
-            except Exception:
-                log.debug("recovery of %s failed", queue.name, exc_info=True)
+        upkeep.recover_abandoned(self)
 
 
 class InlineExecutor(Executor):
@@ -515,7 +474,7 @@ class InlineExecutor(Executor):
         return future
 
 
-def _log_fields(job: RQJob) -> dict[str, Any]:
+def log_fields(job: RQJob) -> dict[str, Any]:
     """Fields the JSON log formatter adds to a line about this job."""
     return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
 

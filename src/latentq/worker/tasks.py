@@ -20,10 +20,10 @@ from rq import get_current_job
 from .. import rqstate
 from ..config import Settings
 from ..lifecycle import announce_finished
-from ..producer.status import job_info
-from ..records import write_record
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
+from ..producer.status import job_info
+from ..records import write_record
 from ..spec import DecodeRequest
 from ..store import open_store
 from .pipeline import decode_group, load_latent, store_output
