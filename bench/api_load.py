@@ -35,10 +35,10 @@ import httpx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, percentile, stop_processes, taef2_models, write_models_file  # noqa: E402
+from common import markdown_table, percentile, stop_processes, taef2_models, write_models_file
 
-from latentq.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from latentq.wire import latent_to_bytes  # noqa: E402
+from latentq.redis_server import EmbeddedRedis, free_port
+from latentq.wire import latent_to_bytes
 
 __all__ = ["main"]
 
@@ -151,7 +151,9 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 4 * (args.polls + args.clients) + 256  # both ends of each socket, here and in the API
     if soft != resource.RLIM_INFINITY and soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard) if hard != resource.RLIM_INFINITY else needed, hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (min(needed, hard) if hard != resource.RLIM_INFINITY else needed, hard)
+        )
 
     processes: list[subprocess.Popen] = []
     with EmbeddedRedis() as redis, tempfile.TemporaryDirectory(prefix="latentq-api-load-") as tmp:
@@ -165,7 +167,9 @@ def main() -> int:
             wait_healthy(api, processes[0], work / "api.log")
             tallies = asyncio.run(health_under_long_polls(api, args.polls, args.clients, args.seconds))
             if not args.no_worker:
-                processes.append(spawn(["--log-level", "WARNING", "worker", "--model", "taef2"], env, work / "worker.log"))
+                processes.append(
+                    spawn(["--log-level", "WARNING", "worker", "--model", "taef2"], env, work / "worker.log")
+                )
             tallies += asyncio.run(submit_and_status(api, args.clients, args.seconds))
         finally:
             stop_processes(processes)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import torch
 from redis import Redis
+from redis.exceptions import RedisError
 
 from latentq import Client, HttpClient
 from latentq.errors import Unavailable
@@ -70,7 +71,7 @@ def listener_subscribed(url: str) -> bool:
     connection = Redis.from_url(url)
     try:
         return connection.execute_command("PUBSUB", "NUMPAT") >= 1
-    except Exception:
+    except RedisError:
         return False
     finally:
         connection.close()

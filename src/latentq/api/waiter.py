@@ -18,7 +18,7 @@ from rq.job import Job as RQJob
 from ..connection import async_redis_from_url
 from ..producer.waiter import RECHECK_S, DoneListener, has_ended
 
-__all__ = ["LongPolls", "ASYNC_CONNECTIONS"]
+__all__ = ["ASYNC_CONNECTIONS", "LongPolls"]
 
 ASYNC_CONNECTIONS = 16  # the event loop's reads (re-checks, health) share this many connections
 
@@ -73,7 +73,7 @@ class LongPolls:
                         pause = max(0.0, min(pause, deadline - time.time() + 0.01))
                     try:
                         await asyncio.wait_for(woken.wait(), pause)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     woken.clear()
         finally:

@@ -29,7 +29,7 @@ from ..connection import REDIS_DOWN
 from ..spec import JobStatus
 from .status import STATUS_FROM_RQ
 
-__all__ = ["DoneListener", "RECHECK_S", "has_ended"]
+__all__ = ["RECHECK_S", "DoneListener", "has_ended"]
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class DoneListener:
                     continue
                 channel = message["channel"]
                 channel = channel.decode() if isinstance(channel, bytes) else channel
-                self._wake(channel[len(prefix):])
+                self._wake(channel[len(prefix) :])
         finally:
             self.connected.clear()
 
@@ -164,6 +164,5 @@ class DoneListener:
         if pubsub is not None:
             try:
                 pubsub.close()
-            except Exception:  # already broken: the pool drops it
+            except (*REDIS_DOWN, OSError):  # already broken: nothing to say goodbye to
                 pass
-
