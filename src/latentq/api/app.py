@@ -71,7 +71,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        client.listener().start()  # subscribed before the first long-poll arrives
+        client.listener().start(keep=True)  # subscribed before the first long-poll arrives, and stays
         yield
         await long_polls.aclose()
         if owns_client:  # delivers the webhooks of jobs canceled through this API
