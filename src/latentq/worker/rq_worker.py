@@ -338,7 +338,8 @@ class DecodeWorker(SimpleWorker):
     def _finish(self, job: RQJob, queue: Queue, execution: Any, request: DecodeRequest, decoded: DecodedImage,
                 preview: Future | None = None) -> None:  # fmt: skip
         try:
-            if job.id in self._lost:
+            if job.id in self._lost:  # its lease lapsed: another worker runs it
+                self._lost.discard(job.id)
                 return
             timings: dict[str, float] = {}
             records = self._retrying(lambda: store_output(self.store, job.id, request, decoded, timings=timings,
@@ -359,7 +360,8 @@ class DecodeWorker(SimpleWorker):
 
     def _finish_encode(self, job: RQJob, queue: Queue, execution: Any, latent: Any) -> None:
         try:
-            if job.id in self._lost:
+            if job.id in self._lost:  # its lease lapsed: another worker runs it
+                self._lost.discard(job.id)
                 return
             request = JobPayload.from_kwargs(job.id, job.kwargs).request
             started = time.perf_counter()
