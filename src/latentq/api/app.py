@@ -15,13 +15,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, metrics
 from ..config import Settings
 from ..connection import redis_from_url
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError, Unavailable
 from ..producer.client import Client
 from ..records import is_record_key
@@ -111,6 +111,12 @@ def create_app(
         if isinstance(exc, Unavailable):
             return _error(503, "Unavailable", str(exc), headers={"Retry-After": str(exc.retry_after)})
         return _error(500, type(exc).__name__, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (no such route, method not allowed) in latentq's error shape too.
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return _error(exc.status_code, kind, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

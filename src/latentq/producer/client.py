@@ -13,15 +13,17 @@ from typing import Any
 import torch
 from redis import Redis
 from rq import Queue, Retry, Worker
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from .. import keys, metrics
+from .. import keys
 from ..config import TASK_FUNCTION, Settings
 from ..connection import redis_from_url, redis_unavailable
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
+from ..lifecycle import Ending, end_jobs
+from ..payload import JobPayload, request_field
 from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
@@ -222,7 +224,7 @@ class Client:
         job_datas = [
             Queue.prepare_data(
                 TASK_FUNCTION,
-                kwargs={"request": request.to_dict(), "latent_key": keys.latent_key(job_id), "shape": list(tensor.shape)},
+                kwargs=JobPayload.new(job_id, request, list(tensor.shape)).to_kwargs(),
                 job_id=job_id,
                 timeout=settings.job_timeout,
                 result_ttl=settings.redis_record_ttl,  # then the record in the store answers
@@ -287,25 +289,16 @@ class Client:
 
     def _expire_queued(self, rq_job: RQJob) -> None:
         """A queued job past its deadline ends now, whether or not a worker ever looks at it."""
-        try:
-            rq_job.meta["expired"] = True
-            rq_job.save_meta()
-            rq_job.cancel()
-        except InvalidJobOperation:
-            return  # it started or ended meanwhile
-        self._end_without_worker(rq_job, "expired")
+        self._end_queued(rq_job, "expired")  # refused: it started or ended meanwhile
 
-    def _end_without_worker(self, rq_job: RQJob, status: str) -> None:
-        """A queued job ended here (canceled, or expired): what a worker does when a job ends."""
-        request = rq_job.kwargs.get("request") or {}
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.delete(rq_job.kwargs.get("latent_key", keys.latent_key(rq_job.id)))
-            metrics.record_status(pipe, request.get("model", ""), status)
-            pipe.publish(keys.job_done_channel(rq_job.id), status)
-            pipe.execute()
-        if request.get("callback_url"):
+    def _end_queued(self, rq_job: RQJob, status: str) -> bool:
+        """End a queued job here (canceled, or expired) through the job lifecycle; False if a worker took it."""
+        (done,) = end_jobs(self.connection, [Ending(rq_job, status)])
+        callback = request_field(rq_job.kwargs, "callback_url")
+        if done and callback:
             rq_job.refresh()
-            self._webhook_sender().send(request["callback_url"], job_info(rq_job, self.store.url).to_dict())
+            self._webhook_sender().send(callback, job_info(rq_job, self.store.url).to_dict())
+        return done
 
     def _webhook_sender(self) -> WebhookSender:
         # Started on first use: most producers never cancel a job that has a callback.
@@ -355,11 +348,8 @@ class Client:
         if rq_job is None or status is not JobStatus.QUEUED:
             verb = "will finish" if status is JobStatus.STARTED else "cannot be canceled"
             raise JobConflict(f"job {job_id} is {status.value} and {verb}")
-        try:
-            rq_job.cancel()
-        except InvalidJobOperation as exc:
-            raise JobConflict(f"job {job_id} cannot be canceled: {exc}") from None
-        self._end_without_worker(rq_job, "canceled")
+        if not self._end_queued(rq_job, "canceled"):
+            raise JobConflict(f"job {job_id} was just taken by a worker and will run; it cannot be canceled")
         return self.job_info(job_id)
 
     @redis_unavailable()
