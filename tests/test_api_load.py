@@ -111,3 +111,36 @@ def test_500_long_polls_leave_health_and_submits_prompt(procs, own_redis):
     assert submit_s < 1.0, f"POST /v1/jobs took {submit_s:.2f} s under {LONG_POLLS} long-polls"
     assert {r.status_code for r in polls} == {200}
     assert {r.json()["status"] for r in polls} == {"canceled"}
+
+
+def test_remote_decodes_waiting_for_a_worker_hold_no_thread(procs, own_redis):
+    """More diffusers-protocol decodes than the API has threads wait at once; a thread-bound route answers."""
+    waiting = 80  # the API runs blocking work on about 40 threads
+    ensure_fd_limit(4 * waiting)
+    api = procs.api()
+    latent = torch.randn(1, 32, 2, 2)
+    params = {"shape": list(latent.shape), "dtype": "float32", "output_type": "pt", "timeout": 30}
+
+    async def scenario() -> tuple[float, list[httpx.Response]]:
+        limits = httpx.Limits(max_connections=waiting + 10, max_keepalive_connections=waiting + 10)
+        async with httpx.AsyncClient(base_url=api, limits=limits, timeout=60) as http:
+            decodes = [asyncio.create_task(http.post("/v1/models/taef2/decode", params=params,
+                                                     content=latent.numpy().tobytes()))
+                       for _ in range(waiting)]  # fmt: skip
+            deadline = time.monotonic() + 60
+            while (await http.get("/healthz")).json()["waiting"] < waiting:
+                assert time.monotonic() < deadline, "the decodes did not all arrive"
+                await asyncio.sleep(0.1)
+            started = time.monotonic()
+            models = await http.get("/v1/models")  # runs on the API's thread pool
+            models_s = time.monotonic() - started
+            assert models.status_code == 200
+            queued = [key.decode().removeprefix("rq:job:") for key in own_redis.keys("rq:job:*")]
+            for job_id in queued:  # nobody decodes them: cancel, and every request ends with its error
+                await http.delete(f"/v1/jobs/{job_id}")
+            return models_s, await asyncio.gather(*decodes)
+
+    models_s, decodes = asyncio.run(scenario())
+    assert models_s < 1.0, f"GET /v1/models took {models_s:.2f} s beside {waiting} waiting decodes"
+    assert {r.status_code for r in decodes} == {409}  # canceled: the protocol's error body, no 5xx
+    assert {r.json()["error"]["type"] for r in decodes} == {"JobFailed"}

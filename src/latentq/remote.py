@@ -42,7 +42,9 @@ from .wire import TENSOR_NAME, check_shape, check_tensor
 
 __all__ = [
     "DecodePlan",
+    "PendingReply",
     "RemoteResult",
+    "collect_reply",
     "decode_latent",
     "decode_scaling",
     "encode_images",
@@ -50,6 +52,8 @@ __all__ = [
     "image_from_bytes",
     "plan_decode",
     "remote_decode",
+    "submit_decode",
+    "submit_encode",
     "tensor_from_body",
     "tensor_to_bytes",
 ]
@@ -220,15 +224,27 @@ def _wait_all(client: Client, jobs: list[Job], timeout: float) -> list[bytes]:
     return out
 
 
-def decode_latent(client: Client, latent: torch.Tensor, model: str, *, output_type: str = "pil",
+@dataclass(frozen=True)
+class PendingReply:
+    """Jobs submitted for one protocol request, and how to shape their outputs into the reply."""
+
+    jobs: list[Job]
+    kind: Literal["decode", "encode"]
+    plan: DecodePlan | None = None
+    video: bool = False
+    scaling: tuple[float | None, float | None] = (None, None)  # encode: the factors the caller asked for
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.id for job in self.jobs]
+
+
+def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_type: str = "pil",
                   image_format: str = "jpg", partial_postprocess: bool = False, processor: bool = False,
                   scaling_factor: float | None = None, shift_factor: float | None = None,
-                  height: int | None = None, width: int | None = None, quality: int = 90,
-                  timeout: float = DEFAULT_TIMEOUT_S) -> RemoteResult:  # fmt: skip
-    """Submit (one job per sample of the batch), wait, and shape the answer as the protocol's endpoint does.
-
-    ``scaling_factor`` / ``shift_factor`` are the job's (see :func:`decode_scaling`).
-    """
+                  height: int | None = None, width: int | None = None, quality: int = 90) -> PendingReply:  # fmt: skip
+    """Submit a protocol decode: one job per sample of the batch. ``scaling_factor`` / ``shift_factor``
+    are the job's (see :func:`decode_scaling`)."""
     spec = client.registry.get(model)
     plan = plan_decode(spec, output_type, image_format, partial_postprocess, processor)
     if isinstance(latent, torch.Tensor) and latent.ndim == spec.latent_ndim - 1:
@@ -240,13 +256,30 @@ def decode_latent(client: Client, latent: torch.Tensor, model: str, *, output_ty
     options: dict[str, Any] = dict(output_format=plan.output_format, scaling_factor=scaling_factor,
                                    shift_factor=shift_factor, height=height, width=width, quality=quality)  # fmt: skip
     jobs = client.submit_many(latent, model, **options) if batch > 1 else [client.submit(latent, model, **options)]
-    datas = _wait_all(client, jobs, timeout)
-    ids = [job.id for job in jobs]
+    return PendingReply(jobs, "decode", plan=plan, video=spec.is_video)
+
+
+def collect_reply(client: Client, pending: PendingReply, timeout: float) -> RemoteResult:
+    """Wait (at most ``timeout`` s; 0 once the jobs have ended) and shape the reply as the protocol's endpoint does."""
+    datas = _wait_all(client, pending.jobs, timeout)
+    ids = pending.job_ids
+    if pending.kind == "encode":
+        spec = client.registry.get(pending.jobs[0].model)
+        latents = torch.cat([st_load(data)[TENSOR_NAME] for data in datas]).float()
+        return RemoteResult(ids, tensor=_rescale(latents, spec, *pending.scaling))
+    plan = pending.plan
+    assert plan is not None
     if plan.reply == "bytes":
         content_type = {"png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4"}[plan.output_format]
         return RemoteResult(ids, data=datas[0], content_type=content_type)
     images = [st_load(data)["image"] for data in datas]
-    return RemoteResult(ids, tensor=_reply_tensor(plan.reply, images, spec.is_video))
+    return RemoteResult(ids, tensor=_reply_tensor(plan.reply, images, pending.video))
+
+
+def decode_latent(client: Client, latent: torch.Tensor, model: str, *, timeout: float = DEFAULT_TIMEOUT_S,
+                  **options: Any) -> RemoteResult:  # fmt: skip
+    """Submit, wait, and shape the answer (``options``: those of :func:`submit_decode`)."""
+    return collect_reply(client, submit_decode(client, latent, model, **options), timeout)
 
 
 # --- encode -------------------------------------------------------------------------------
@@ -263,19 +296,24 @@ def _rescale(latent: torch.Tensor, spec: ModelSpec, scaling_factor: float | None
     return (raw - shift) * scale
 
 
-def encode_images(client: Client, images: torch.Tensor, model: str, *, scaling_factor: float | None = None,
-                  shift_factor: float | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteResult:  # fmt: skip
-    """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]) -> (B, C, h, w) float32 latents."""
-    spec = client.registry.get(model)
+def submit_encode(client: Client, images: torch.Tensor, model: str, *, scaling_factor: float | None = None,
+                  shift_factor: float | None = None) -> PendingReply:  # fmt: skip
+    """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]): one encode job per image."""
+    client.registry.get(model)
     images = encode_input(images, client.settings.limits)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
         raise InvalidLatent(f"image must be (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}", field="image")
     jobs = [client.submit_encode(images[i : i + 1], model) for i in range(images.shape[0])]
-    datas = _wait_all(client, jobs, timeout)
-    latents = torch.cat([st_load(data)[TENSOR_NAME] for data in datas]).float()
-    return RemoteResult([job.id for job in jobs], tensor=_rescale(latents, spec, scaling_factor, shift_factor))
+    return PendingReply(jobs, "encode", scaling=(scaling_factor, shift_factor))
+
+
+def encode_images(client: Client, images: torch.Tensor, model: str, *, scaling_factor: float | None = None,
+                  shift_factor: float | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteResult:  # fmt: skip
+    """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]) -> (B, C, h, w) float32 latents."""
+    pending = submit_encode(client, images, model, scaling_factor=scaling_factor, shift_factor=shift_factor)
+    return collect_reply(client, pending, timeout)
 
 
 # --- the Python producer's remote_decode ------------------------------------------------------

@@ -22,7 +22,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, metrics
 from ..config import Settings
 from ..connection import redis_from_url
-from ..errors import InvalidRequest, JobConflict, JobNotFound, LatentqError, QueueFull, StoreError, Unavailable
+from ..errors import (
+    InvalidRequest,
+    JobConflict,
+    JobFailed,
+    JobNotFound,
+    LatentqError,
+    QueueFull,
+    StoreError,
+    Unavailable,
+)
 from ..producer.client import Client
 from ..records import is_record_key
 from ..spec import DecodeRequest, JobInfo
@@ -55,6 +64,18 @@ RESULT_RESPONSES = {
 def _error(status: int, kind: str, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
     body = {"error": {"type": kind, "message": message, "field": field}, "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+_INPUT_FAILURES = ("InvalidRequest", "InvalidLatent", "LatentTooLarge", "UnsupportedFormat", "UnknownModel")
+
+
+def _failed_status(reason: str) -> int:
+    """A failed job's HTTP status: its input (422), someone ended it (409), else the worker's trouble (502)."""
+    if reason.startswith(_INPUT_FAILURES):
+        return 422
+    if reason.startswith(("DeadlineExpired", "canceled", "expired")):
+        return 409
+    return 502
 
 
 def create_app(
@@ -108,6 +129,8 @@ def create_app(
             return _error(409, "JobConflict", str(exc), "id")
         if isinstance(exc, StoreError):
             return _error(404, "StoreError", str(exc), "key")
+        if isinstance(exc, JobFailed):  # a protocol route waited for a job that did not finish
+            return _error(_failed_status(exc.reason), "JobFailed", str(exc), "id")
         if isinstance(exc, Unavailable):
             return _error(503, "Unavailable", str(exc), headers={"Retry-After": str(exc.retry_after)})
         return _error(500, type(exc).__name__, str(exc))

@@ -35,6 +35,7 @@ _DESCRIPTIONS = {
     413: "Over a size limit",
     422: "Invalid parameter or body (the field is named)",
     429: "Queue full or rate limited (see Retry-After)",
+    502: "The job failed in the worker for a reason not of the request's making",
     503: "Redis unreachable (see Retry-After)",
     504: "The job did not end within the wait",
 }

@@ -16,6 +16,7 @@ for them (``timeout`` seconds, a latentq extension, default 300).
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -27,11 +28,13 @@ from ..errors import InvalidLatent, InvalidRequest, JobTimeout
 from ..producer.client import Client
 from ..remote import (
     DEFAULT_TIMEOUT_S,
+    PendingReply,
     RemoteResult,
-    decode_latent,
+    collect_reply,
     decode_scaling,
-    encode_images,
     image_from_bytes,
+    submit_decode,
+    submit_encode,
     tensor_from_body,
     tensor_to_bytes,
 )
@@ -113,8 +116,22 @@ def _body(kind: str, description: str, *more: str) -> dict[str, Any]:
 
 
 _DECODE_RESPONSES = {200: _binary("image/jpeg", "image/png", "video/mp4", "tensor/binary"),
-                     **errors(404, 408, 413, 429, 504)}  # fmt: skip
-_ENCODE_RESPONSES = {200: _binary("tensor/binary"), **errors(404, 408, 413, 429, 504)}
+                     **errors(404, 408, 409, 413, 429, 502, 504)}  # fmt: skip
+_ENCODE_RESPONSES = {200: _binary("tensor/binary"), **errors(404, 408, 409, 413, 429, 502, 504)}
+
+
+async def _reply(request: Request, pending: PendingReply, timeout: float) -> Response:
+    """Wait for the jobs without holding a thread (the API's long-polls), then read and shape their outputs."""
+    client: Client = request.app.state.client
+    deadline = time.monotonic() + timeout
+    for job_id in pending.job_ids:
+        if not await request.app.state.long_polls.until_ended(job_id, max(0.0, deadline - time.monotonic())):
+            break  # out of time: collect_reply cancels what has not started and raises JobTimeout
+    try:
+        result = await run_in_threadpool(collect_reply, client, pending, 0.0)
+    except JobTimeout as exc:
+        return _timed_out(exc)
+    return _answer(result)
 
 
 def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> None:
@@ -153,16 +170,12 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             partial_postprocess=_bool("partial_postprocess", partial_postprocess, False), processor=wants_tensor,
             scaling_factor=sf, shift_factor=shift, height=_number("height", height, int),
             width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
-            timeout=_timeout(timeout),
         )  # fmt: skip
         dims = _shape(shape)  # before the body: a bad shape costs no upload
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         latent = tensor_from_body(body, dims, dtype, limits)
-        try:
-            result = await run_in_threadpool(decode_latent, client, latent, model, **options)
-        except JobTimeout as exc:
-            return _timed_out(exc)
-        return _answer(result)
+        pending = await run_in_threadpool(submit_decode, client, latent, model, **options)
+        return await _reply(request, pending, _timeout(timeout))
 
     @app.post("/v1/models/{model}/encode", response_class=Response, responses=_ENCODE_RESPONSES,
               openapi_extra=_body("image/png", "a PNG / JPEG / WebP image, or a raw tensor with shape and dtype",
@@ -187,9 +200,5 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             image = tensor_from_body(body, _shape(shape), dtype, limits)
         else:
             image = await run_in_threadpool(image_from_bytes, body, limits)
-        try:
-            result = await run_in_threadpool(encode_images, client, image, model, scaling_factor=sf,
-                                             shift_factor=shift, timeout=_timeout(timeout))  # fmt: skip
-        except JobTimeout as exc:
-            return _timed_out(exc)
-        return _answer(result)
+        pending = await run_in_threadpool(submit_encode, client, image, model, scaling_factor=sf, shift_factor=shift)
+        return await _reply(request, pending, _timeout(timeout))
