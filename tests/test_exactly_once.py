@@ -162,3 +162,33 @@ def test_cancel_and_start_exclude_each_other(env, redis_conn, make_worker):
     assert worker._intake.take(popped, queue).jobs == []  # the late start is refused
     assert client.job_info(abandoned.id).status.value == "canceled"
     assert not redis_conn.exists(keys.latent_key(abandoned.id))
+
+
+def test_a_pop_never_takes_over_a_lease_another_pop_holds(env, redis_conn, make_worker):
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2")
+    holder, other = make_worker("holder"), make_worker("other")
+    popped, queue = ReliableQueue.dequeue_any(holder.model_queues("taef2"), None, connection=redis_conn,
+                                              serializer=JSONSerializer)  # fmt: skip
+    redis_conn.lpush(queue.key, job.id)  # a second copy in the queue (a recovery that raced the pop)
+
+    assert ReliableQueue.pop_many(other.model_queues("taef2"), 8, redis_conn, serializer=JSONSerializer) == []
+
+    assert redis_conn.get(keys.lease_key(job.id)).decode() == popped.lease_token
+    assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]  # the holder's only
+    assert [j.id for j in holder.take(popped, queue).jobs] == [job.id]
+
+
+def test_recovery_leaves_a_blocking_pop_the_moment_between_its_move_and_its_lease(env, redis_conn, make_worker,
+                                                                                   monkeypatch):  # fmt: skip
+    from latentq.worker import reliable_queue
+
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2")
+    worker = make_worker("w")
+    queue = worker.model_queues("taef2")[-1]
+    redis_conn.lmove(queue.key, queue.intermediate_queue_key)  # a BLMOVE whose lease is not taken yet
+    # ... and takes it while recovery waits for its second look
+    monkeypatch.setattr(reliable_queue.time, "sleep", lambda _s: redis_conn.set(keys.lease_key(job.id), "pop"))
+
+    assert ReliableQueue.requeue_orphans(queue, redis_conn) == 0
+    assert redis_conn.llen(queue.key) == 0 and redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [
+        job.id.encode()]

@@ -22,6 +22,7 @@ __all__ = [
     "WORKER_STATS_PATTERN",
     "LATENT_PATTERN",
     "LEASE_PREFIX",
+    "ORPHAN_PREFIX",
     "recovery_lock",
     "lease_key",
 ]
@@ -86,6 +87,8 @@ def job_done_channel(job_id: str) -> str:
 
 
 LEASE_PREFIX = PREFIX + "lease:"
+# A popped job seen without a lease by recovery (string, with a TTL): put back when seen so twice.
+ORPHAN_PREFIX = PREFIX + "orphan:"
 
 
 def lease_key(job_id: str) -> str:

@@ -39,6 +39,8 @@ IDLE_BLOCK_S = 0.2  # how long an idle worker blocks on one queue before checkin
 
 # KEYS: queue, its intermediate list, queue, ...  ARGV: most ids to move, lease token, lease TTL (ms),
 # lease key prefix. Returns id, key index pairs.
+# A lease is only taken, never taken over: an id whose job another pop holds (a copy a recovery put back
+# while its popper was still taking it) is dropped from this pop.
 _POP_MANY = """
 local wanted = tonumber(ARGV[1])
 local out = {}
@@ -46,30 +48,42 @@ for i = 1, #KEYS, 2 do
   while #out < 2 * wanted do
     local id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
     if not id then break end
-    redis.call('SET', ARGV[4] .. id, ARGV[2], 'PX', ARGV[3])
-    out[#out + 1] = id
-    out[#out + 1] = i
+    if redis.call('SET', ARGV[4] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) then
+      out[#out + 1] = id
+      out[#out + 1] = i
+    else
+      redis.call('LREM', KEYS[i + 1], -1, id)
+    end
   end
 end
 return out
 """
 
-# KEYS: queue, its intermediate list. ARGV: lease key prefix, job key prefix. A popped id without a lease
-# whose job still waits lost its worker before the start: back to the head of its queue. Ids of jobs
-# that started, ended or vanished are leftovers: dropped. Returns how many were re-queued.
+# KEYS: queue, its intermediate list. ARGV: lease key prefix, job key prefix, orphan mark prefix, mark TTL
+# (ms). A popped id without a lease, seen so on an earlier look too (a blocking pop takes the lease just
+# after its move), whose job still waits, lost its worker before the start: back to the head of its
+# queue. Ids of jobs that started, ended or vanished are leftovers: dropped. Returns how many went back
+# and how many were seen without a lease for the first time.
 _REQUEUE_ORPHANS = """
-local requeued = 0
+local requeued, marked = 0, 0
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   if redis.call('EXISTS', ARGV[1] .. id) == 0 then
-    redis.call('LREM', KEYS[2], 1, id)
-    if redis.call('HGET', ARGV[2] .. id, 'status') == 'queued' then
+    if redis.call('HGET', ARGV[2] .. id, 'status') ~= 'queued' then
+      redis.call('LREM', KEYS[2], 1, id)
+    elseif redis.call('SET', ARGV[3] .. id, '1', 'NX', 'PX', ARGV[4]) then
+      marked = marked + 1
+    else
+      redis.call('LREM', KEYS[2], 1, id)
+      redis.call('DEL', ARGV[3] .. id)
       redis.call('LPUSH', KEYS[1], id)
       requeued = requeued + 1
     end
   end
 end
-return requeued
+return {requeued, marked}
 """
+
+ORPHAN_SECOND_LOOK_S = 0.1  # far longer than a blocking pop takes between its move and its lease
 
 
 def new_token() -> str:
@@ -125,8 +139,8 @@ class ReliableQueue(Queue):
             if moved is None:
                 return None
             job_id = as_text(moved[1])
-            # Recovery may re-queue an unleased popped id; a lease taken meanwhile by a later pop wins.
             if not connection.set(keys.lease_key(job_id), token, nx=True, px=ttl):
+                connection.lrem(queue.intermediate_queue_key, -1, job_id)  # another pop holds it: not ours
                 return None
         job = (job_class or queue.job_class)(job_id, connection=connection, serializer=serializer)
         job.origin = queue.name
@@ -134,10 +148,19 @@ class ReliableQueue(Queue):
         return job, queue
 
     @staticmethod
-    def requeue_orphans(queue: Queue, connection: Any) -> int:
-        """Popped jobs whose popper died before starting them go back to the head of their queue."""
-        return int(connection.eval(_REQUEUE_ORPHANS, 2, queue.key, queue.intermediate_queue_key, keys.LEASE_PREFIX,
-                                   queue.job_class.redis_job_namespace_prefix))  # fmt: skip
+    def requeue_orphans(queue: Queue, connection: Any, mark_ttl_ms: int = 15_000) -> int:
+        """Popped jobs whose popper died before starting them go back to the head of their queue.
+
+        An id is put back when a second look, a moment after the first, still finds it without a lease,
+        so a pop between its move and its lease is never mistaken for a dead one.
+        """
+        args = (_REQUEUE_ORPHANS, 2, queue.key, queue.intermediate_queue_key, keys.LEASE_PREFIX,
+                queue.job_class.redis_job_namespace_prefix, keys.ORPHAN_PREFIX, mark_ttl_ms)  # fmt: skip
+        requeued, marked = connection.eval(*args)
+        if marked:
+            time.sleep(ORPHAN_SECOND_LOOK_S)
+            requeued += connection.eval(*args)[0]
+        return int(requeued)
 
     @classmethod
     def pop_many(cls, queues: list[Queue], count: int, connection: Any, job_class: Any = None,

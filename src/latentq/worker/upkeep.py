@@ -71,7 +71,8 @@ def recover_abandoned(worker: Any) -> None:
             if not worker.connection.set(lock, worker.name, nx=True, px=int(worker.heartbeat_interval * 1000)):
                 continue  # another worker is recovering this queue now
             rqstate.recover_started(queue)
-            requeued = ReliableQueue.requeue_orphans(queue, worker.connection)
+            requeued = ReliableQueue.requeue_orphans(queue, worker.connection,
+                                                     int(worker.heartbeat_interval * 3000))  # fmt: skip
             if requeued:
                 log.warning("re-queued %d job(s) of %s popped by a worker that died", requeued, queue.name)
             rqstate.prune_registries(queue)
