@@ -5,12 +5,19 @@
     results = job.wait()
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull  # noqa: E402
-from .producer import Client, HttpClient, Job  # noqa: E402
-from .remote import remote_decode  # noqa: E402
-from .spec import JobStatus, ResultObject  # noqa: E402
+
+if TYPE_CHECKING:  # static checkers see the real names; at run time they load on first use
+    from .producer import Client, HttpClient, Job
+    from .remote import remote_decode
+    from .spec import JobStatus, ResultObject
 
 __all__ = [
     "Client",
@@ -26,3 +33,26 @@ __all__ = [
     "__version__",
     "remote_decode",
 ]
+
+# Lazy: the producer and remote modules import torch (seconds), which `latentq --help` never needs.
+_LAZY = {
+    "Client": ".producer",
+    "HttpClient": ".producer",
+    "Job": ".producer",
+    "remote_decode": ".remote",
+    "JobStatus": ".spec",
+    "ResultObject": ".spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
