@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull  # noqa: E402
+from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load on first use
     from .producer import Client, HttpClient, Job

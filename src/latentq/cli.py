@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
 import signal
 import sys
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from .logs import configure_logging
 
 __all__ = ["main"]
 
 DEFAULT_DEMO_IMAGES = "../shared/images"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _add_redis(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +49,18 @@ def _apply_env(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentq", description="Queued, batched VAE decoding for latent diffusion models.")
     parser.add_argument("--models-file", help="TOML models file (default: $LATENTQ_MODELS)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default INFO; DEBUG adds one line per HTTP request)")
     parser.add_argument("--log-json", action="store_true", help="JSON log lines (also $LATENTQ_LOG_JSON=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="Redis (embedded unless configured), workers and the API, in one command")
     up.add_argument("--model", action="append", dest="models", help="model to serve (repeat; default taef2)")
-    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    up.add_argument("--torch-threads", type=_positive_int,
+                    help="each worker's torch threads (default: cores / workers, at least 1)")
+    up.add_argument("--host", default="127.0.0.1", help="API address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000; 0: a free one)")
     up.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     up.add_argument("--max-batch", type=int, help="workers' --max-batch (default: the device's)")
     up.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -67,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--encode-threads", type=int, default=None,
                         help="threads encoding and storing results while the next batch decodes; 0: in line "
                              "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
-    worker.add_argument("--torch-threads", type=int,
+    worker.add_argument("--torch-threads", type=_positive_int,
                         help="torch's intra-op threads (default: torch's, one per core); with several CPU "
                              "workers on one machine, cores / workers")  # fmt: skip
     worker.add_argument("--name", help="worker name (default: RQ's random name)")
@@ -79,18 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(worker)
 
     api = sub.add_parser("api", help="the HTTP API (FastAPI served by uvicorn)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     _add_redis(api)
     _add_store(api)
 
     submit = sub.add_parser("submit", help="submit safetensors latent files")
     submit.add_argument("files", nargs="+", type=Path, help="safetensors files, one latent each (batches are split)")
-    submit.add_argument("--model", required=True)
-    submit.add_argument("--output-format", default="png")
+    submit.add_argument("--model", required=True, help="model that decodes the latents, e.g. taef2")
+    submit.add_argument("--output-format", default="png",
+                        help="png, jpeg, webp, mp4, frames, tensor or uint8 (default png)")
     submit.add_argument("--api", help="submit over HTTP to this API URL instead of straight to Redis")
     submit.add_argument("--wait", action="store_true", help="wait for the results")
-    submit.add_argument("--timeout", type=float, default=600.0)
+    submit.add_argument("--timeout", type=float, default=600.0, help="with --wait: seconds to wait (default 600)")
     submit.add_argument("--out", type=Path, help="with --wait: save results into this directory")
     _add_redis(submit)
     _add_store(submit)
@@ -102,14 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(cleanup)
 
     status = sub.add_parser("status", help="queues and workers at a glance, or one job's status")
-    status.add_argument("job_id", nargs="?")
+    status.add_argument("job_id", nargs="?", help="one job's status as JSON (default: every queue and worker)")
     _add_redis(status)
 
     demo = sub.add_parser("demo", help="encode sample photos with TAEF2, decode them through the whole system")
     demo.add_argument("--images", type=Path, default=Path(DEFAULT_DEMO_IMAGES), help=f"default {DEFAULT_DEMO_IMAGES}")
-    demo.add_argument("--out", type=Path, default=Path("demo-output"))
-    demo.add_argument("--device", default="cpu")
-    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--out", type=Path, default=Path("demo-output"),
+                      help="directory for the decoded images (default demo-output)")
+    demo.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    demo.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
     demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     _add_redis(demo)
     _add_store(demo)
@@ -181,23 +200,52 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .stack import Stack, StackOptions
 
+    # Several CPU workers each running torch's one-thread-per-core would oversubscribe the cores.
+    torch_threads = args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers)
     options = StackOptions(
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        heartbeat_interval=args.heartbeat_interval, log_level=args.log_level.lower(),
+        heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, log_level=args.log_level.lower(),
     )  # fmt: skip
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Stack(options) as stack:
-        print(f"latentq is up: API {stack.api_url} (docs at {stack.api_url}/docs), Redis {stack.redis_url}, "
-              f"{options.workers} worker(s) for {', '.join(options.models)}. Ctrl-C stops.", flush=True)  # fmt: skip
+    stack = Stack(options)
+    with _stop_signals():
         try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        print("stopping...", flush=True)
+            stack.start()
+            print(f"latentq is up: API {stack.api_url} (docs at {stack.api_url}/docs), Redis {stack.redis_url}, "
+                  f"{options.workers} worker(s) for {', '.join(options.models)}. Ctrl-C stops.", flush=True)  # fmt: skip
+            while True:
+                time.sleep(3600)
+        except _StopRequested:
+            print("stopping...", flush=True)
+        finally:
+            stack.stop()  # workers (SIGTERM: they finish their batch), then the API, then Redis
     return 0
+
+
+class _StopRequested(BaseException):
+    """Raised in the main thread by the first Ctrl-C, SIGTERM or SIGHUP of ``latentq up``."""
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """The first stop signal interrupts start-up or the wait; later ones do not cut the orderly stop short."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise _StopRequested
+        # os.write, not print: a handler that prints while the main thread prints raises RuntimeError.
+        os.write(2, f"{signal.Signals(signum).name}: already stopping (the workers finish their batches)\n".encode())
+
+    stops = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    previous = {signum: signal.signal(signum, on_signal) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _DirectBatches:
@@ -264,8 +312,6 @@ class _HttpBatches:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    import time
-
     from safetensors.torch import load_file
     from tqdm import tqdm
 
@@ -381,17 +427,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(client.job_info(args.job_id).to_dict(), indent=2))
         return 0
     # finished / failed: all-time totals (the metrics counters; Redis keeps job records only briefly).
+    # Only models with work or workers: a registry of a dozen models would be mostly rows of zeros.
     print(f"{'model':<16} {'queued':>7} {'started':>8} {'finished':>9} {'failed':>7} {'workers':>8} {'jobs/min':>9}")
     for name in client.registry.names():
         queues = [client.queue(name), client.queue(name, "high")]
         started = sum(q.started_job_registry.count for q in queues)
+        queued, serving = client.queued_count(name), client.workers_serving(name)
+        if not (queued or started or serving):
+            continue
         totals = metrics.jobs_total(client.connection, name)
         finished, failed = totals["finished"], totals["failed"]
         recent = metrics.finished_last_minute(client.connection, name)
-        print(f"{name:<16} {client.queued_count(name):>7} {started:>8} {finished:>9} {failed:>7} "
-              f"{client.workers_serving(name):>8} {recent:>9.0f}")  # fmt: skip
+        print(f"{name:<16} {queued:>7} {started:>8} {finished:>9} {failed:>7} {serving:>8} {recent:>9.0f}")
     for worker in Worker.all(connection=client.connection):
-        models = [keys.model_from_queue(q) or q for q in worker.queue_names()]
+        # A model has two queues (normal and high priority): name it once.
+        models = list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names()))
         print(f"worker {worker.name}: {worker.get_state()}, models {', '.join(models)}, "
               f"{worker.successful_job_count} ok, {worker.failed_job_count} failed")  # fmt: skip
     return 0
@@ -410,14 +460,7 @@ COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_su
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    if args.log_json or os.environ.get("LATENTQ_LOG_JSON"):
-        from .logs import JsonFormatter
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    configure_logging(args.log_level, json_lines=bool(args.log_json or os.environ.get("LATENTQ_LOG_JSON")))
     _apply_env(args)
     from .errors import LatentqError
 

@@ -1,4 +1,4 @@
-"""JSON log lines for log pipelines: one object per line, with the job and batch ids when known."""
+"""The command line's logging: plain or JSON lines (one object per line, with the job and batch ids when known)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import logging
 import re
 import time
 
-__all__ = ["JsonFormatter"]
+__all__ = ["JsonFormatter", "configure_logging"]
+
+# Libraries that log one INFO line per request: `submit --wait` polls, so they would drown its progress bar.
+_CHATTY = ("httpx", "httpcore")
 
 # RQ's own log lines name the job in their text; pick the id up so every line can be joined on it.
 _JOB_ID = re.compile(r"\b([0-9a-f]{32})\b")
@@ -32,3 +35,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
+    """One stderr handler on the root logger; per-request library lines only at DEBUG."""
+    handler = logging.StreamHandler()
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    level = level.upper()
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)

@@ -3,6 +3,10 @@
 Used by ``latentq up`` and ``latentq demo``. With no Redis URL configured it
 starts an embedded Redis server and stops it on exit. It supervises its
 workers: one that exits (a crash, an out-of-memory kill) is started again.
+
+Its children do not get the terminal's Ctrl-C: ``stop`` ends them in order
+(workers, then the API, then Redis), so a worker finishes its batch while
+Redis is still there to take the results.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class StackOptions:
     max_batch: int | None = None  # None: the worker's default for its device
     max_wait_ms: float = 5.0
     heartbeat_interval: float = 5.0
+    torch_threads: int | None = None  # each worker's torch threads; None: torch's default (one per core)
     redis_url: str | None = None
     log_level: str = "warning"
 
@@ -51,6 +56,19 @@ def wait_for_workers(connection: Redis, model: str, count: int, timeout: float) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{count} worker(s) for {model} did not start within {timeout} s")
         time.sleep(0.1)
+
+
+def _start_without_sigint(redis: EmbeddedRedis) -> None:
+    """Start ``redis`` with SIGINT blocked, so the terminal's Ctrl-C does not stop it before the workers.
+
+    The child inherits this thread's signal mask and redis-server keeps it (it would handle
+    SIGINT as SIGTERM); ``EmbeddedRedis.stop`` still ends it with SIGTERM.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        redis.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a Ctrl-C meanwhile is delivered now
 
 
 class Stack:
@@ -74,7 +92,8 @@ class Stack:
     def start(self, worker_timeout: float = 120.0) -> Stack:
         opts = self.options
         if not self.redis_url:
-            self.redis = EmbeddedRedis().start()
+            self.redis = EmbeddedRedis()  # assigned first: stop() ends it even if start is interrupted
+            _start_without_sigint(self.redis)
             self.redis_url = self.redis.url
             log.info("started embedded Redis at %s", self.redis_url)
         self._env = {**os.environ, "LATENTQ_REDIS_URL": self.redis_url}
@@ -83,10 +102,13 @@ class Stack:
                 "--max-wait-ms", str(opts.max_wait_ms), "--heartbeat-interval", str(opts.heartbeat_interval)]  # fmt: skip
         if opts.max_batch is not None:
             args += ["--max-batch", str(opts.max_batch)]
+        if opts.torch_threads is not None:
+            args += ["--torch-threads", str(opts.torch_threads)]
         for model in opts.models:
             args += ["--model", model]
         self._worker_args = args
-        self.workers = [subprocess.Popen(args, env=self._env) for _ in range(opts.workers)]
+        for _ in range(opts.workers):
+            self.workers.append(self._spawn_worker())
         if opts.port == 0:
             opts.port = free_port()
         os.environ.setdefault("LATENTQ_PUBLIC_URL", self.api_url)
@@ -120,8 +142,12 @@ class Stack:
                 if process.poll() is None or self._stopping.is_set():
                     continue
                 log.warning("worker (pid %d) exited with code %s; starting another", process.pid, process.returncode)
-                self.workers[index] = subprocess.Popen(self._worker_args, env=self._env)
+                self.workers[index] = self._spawn_worker()
                 self.restarts += 1
+
+    def _spawn_worker(self) -> subprocess.Popen:
+        # A session of its own: the terminal's Ctrl-C reaches only `latentq up`, whose stop() ends the worker.
+        return subprocess.Popen(self._worker_args, env=self._env, start_new_session=True)
 
     def _check_workers(self) -> None:
         for process in self.workers:
