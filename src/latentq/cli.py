@@ -49,7 +49,8 @@ def _apply_env(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentq", description="Queued, batched VAE decoding for latent diffusion models.")
     parser.add_argument("--models-file", help="TOML models file (default: $LATENTQ_MODELS)")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help="logging level (default INFO; DEBUG adds one line per HTTP request)")
     parser.add_argument("--log-json", action="store_true", help="JSON log lines (also $LATENTQ_LOG_JSON=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
