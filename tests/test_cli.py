@@ -151,8 +151,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_up_stops_workers_api_and_redis_on_ctrl_c(env, tmp_path):
-    """A terminal's Ctrl-C (SIGINT to the whole process group): exit 0, no traceback, nothing left running."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_up_stops_workers_api_and_redis_on_ctrl_c(env, tmp_path, how):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) or a service manager's SIGTERM (to `up` alone):
+    exit 0, no traceback, nothing left running."""
     env = {k: v for k, v in env.items() if k != "LATENTQ_REDIS_URL"}  # an embedded Redis of its own
     port = free_port()
     log = tmp_path / "up.log"
@@ -170,7 +172,10 @@ def test_up_stops_workers_api_and_redis_on_ctrl_c(env, tmp_path):
         assert len(children) == 2 and len(workers) == 1, children  # Redis and one worker
         threads = str(max(1, (os.cpu_count() or 1) // 1)).encode()
         assert b"\0--torch-threads\0" + threads + b"\0" in Path(f"/proc/{workers[0]}/cmdline").read_bytes()
-        os.killpg(up.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(up.pid, signal.SIGINT)
+        else:
+            up.send_signal(signal.SIGTERM)
         assert up.wait(90) == 0, log.read_text()
     finally:
         if up.poll() is None:
