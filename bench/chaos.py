@@ -222,6 +222,11 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     try:
         wait_for_workers(conn, "taef2", args.workers, 240)
+        deadline = time.monotonic() + 60  # and `up` has finished starting (it says so)
+        while b"latentq is up" not in (work / "up.log").read_bytes():
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("latentq up did not come up: " + (work / "up.log").read_text()[-3000:])
+            time.sleep(0.1)
         done.subscribed.wait(10)
         log(f"[{at():6.1f} s] {args.workers} workers up")
         quarter = max(1, args.jobs // 5)

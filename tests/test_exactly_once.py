@@ -174,8 +174,12 @@ def test_a_pop_never_takes_over_a_lease_another_pop_holds(env, redis_conn, make_
     assert ReliableQueue.pop_many(other.model_queues("taef2"), 8, redis_conn, serializer=JSONSerializer) == []
 
     assert redis_conn.get(keys.lease_key(job.id)).decode() == popped.lease_token
-    assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]  # the holder's only
-    assert [j.id for j in holder.take(popped, queue).jobs] == [job.id]
+    batch = holder.take(popped, queue)
+    assert [j.id for j in batch.jobs] == [job.id]
+    assert finish(holder, batch) == [True]
+    # the copy the other pop left behind is recovery's to drop, once the holder has ended the job
+    holder._recover_abandoned()
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0 and redis_conn.llen(queue.key) == 0
 
 
 def test_recovery_leaves_a_blocking_pop_the_moment_between_its_move_and_its_lease(env, redis_conn, make_worker,
@@ -192,3 +196,23 @@ def test_recovery_leaves_a_blocking_pop_the_moment_between_its_move_and_its_leas
     assert ReliableQueue.requeue_orphans(queue, redis_conn) == 0
     assert redis_conn.llen(queue.key) == 0 and redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == [
         job.id.encode()]
+
+
+def test_a_job_requeued_while_its_dead_workers_lease_still_holds_is_not_lost(env, redis_conn, make_worker):
+    """RQ scores executions in whole seconds: its cleanup can re-queue a job a moment before the lease lapses."""
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2")
+    dead, other = make_worker("dead"), make_worker("other")
+    batch, queue = pop_and_start(dead)
+    member = redis_conn.zrange(queue.started_job_registry.key, 0, -1)[0]
+    redis_conn.zadd(queue.started_job_registry.key, {member: 0})  # its execution expired, its lease not yet
+    other._recover_abandoned()
+    assert redis_conn.lrange(queue.key, 0, -1) == [job.id.encode()]
+    assert ReliableQueue.pop_many(other.model_queues("taef2"), 8, redis_conn, serializer=JSONSerializer) == []
+
+    redis_conn.delete(keys.lease_key(job.id))  # ... and now the lease lapses too
+    redis_conn.delete(keys.recovery_lock(queue.name))
+    other._recover_abandoned()
+
+    rerun, _ = pop_and_start(other)
+    assert [j.id for j in rerun.jobs] == [job.id]
+    assert finish(other, rerun) == [True] and successes(redis_conn, job.id) == 1

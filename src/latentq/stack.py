@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -26,7 +27,7 @@ from rq import Queue, Worker
 
 from . import keys
 from .config import Settings
-from .connection import redis_from_url
+from .connection import REDIS_DOWN, redis_from_url
 from .redis_server import EmbeddedRedis, free_port
 
 __all__ = ["Stack", "StackOptions", "wait_for_workers"]
@@ -49,10 +50,19 @@ class StackOptions:
     log_level: str = "warning"
 
 
-def wait_for_workers(connection: Redis, model: str, count: int, timeout: float) -> None:
+def wait_for_workers(connection: Redis, model: str, count: int, timeout: float,
+                     check: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Until ``count`` live workers serve ``model``; a Redis blink meanwhile is waited out, ``check`` raises."""
     queue = Queue(keys.queue_name(model), connection=connection)
     deadline = time.monotonic() + timeout
-    while Worker.count(connection=connection, queue=queue) < count:
+    while True:
+        if check is not None:
+            check()
+        try:
+            if Worker.count(connection=connection, queue=queue) >= count:
+                return
+        except REDIS_DOWN:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{count} worker(s) for {model} did not start within {timeout} s")
         time.sleep(0.1)
@@ -83,6 +93,7 @@ class Stack:
         self._worker_args: list[str] = []
         self._env: dict[str, str] = {}
         self._stopping = threading.Event()
+        self._started = threading.Event()  # every worker registered once: from then on, all exits are restarted
         self._supervisor: threading.Thread | None = None
 
     @property
@@ -126,20 +137,27 @@ class Stack:
                 if time.monotonic() > deadline or not self._thread.is_alive():
                     raise RuntimeError(f"the API did not start on {self.api_url}")
                 time.sleep(0.05)
+            # Supervised from the start: a worker killed while the others load is started again.
+            self._supervisor = threading.Thread(target=self._supervise, name="latentq-supervisor", daemon=True)
+            self._supervisor.start()
             for model in opts.models:
-                self._check_workers()
-                wait_for_workers(connection, model, opts.workers, worker_timeout)
+                wait_for_workers(connection, model, opts.workers, worker_timeout, check=self._check_workers)
         finally:
             connection.close()
-        self._supervisor = threading.Thread(target=self._supervise, name="latentq-supervisor", daemon=True)
-        self._supervisor.start()
+        self._started.set()
         return self
 
     def _supervise(self, interval: float = 0.5) -> None:
-        """Start a worker again when it exits; its jobs were already re-queued through their leases."""
+        """Start a worker again when it exits; its jobs were already re-queued through their leases.
+
+        A worker that failed by itself before the stack came up (a bad model, a bad flag) is left for
+        ``start`` to report: starting it again would only fail again.
+        """
         while not self._stopping.wait(interval):
             for index, process in enumerate(self.workers):
                 if process.poll() is None or self._stopping.is_set():
+                    continue
+                if process.returncode > 0 and not self._started.is_set():
                     continue
                 log.warning("worker (pid %d) exited with code %s; starting another", process.pid, process.returncode)
                 self.workers[index] = self._spawn_worker()
@@ -150,8 +168,9 @@ class Stack:
         return subprocess.Popen(self._worker_args, env=self._env, start_new_session=True)
 
     def _check_workers(self) -> None:
+        """A worker that exited with an error of its own while starting (killed ones are started again)."""
         for process in self.workers:
-            if process.poll() is not None:
+            if process.poll() is not None and process.returncode > 0:
                 raise RuntimeError(f"a worker exited with code {process.returncode} (see its log above)")
 
     def stop(self) -> None:

@@ -40,7 +40,8 @@ IDLE_BLOCK_S = 0.2  # how long an idle worker blocks on one queue before checkin
 # KEYS: queue, its intermediate list, queue, ...  ARGV: most ids to move, lease token, lease TTL (ms),
 # lease key prefix. Returns id, key index pairs.
 # A lease is only taken, never taken over: an id whose job another pop holds (a copy a recovery put back
-# while its popper was still taking it) is dropped from this pop.
+# while its popper was still taking it) is left in the intermediate list, where recovery decides about it
+# once that lease is gone (started by its holder: dropped; still waiting: back in its queue).
 _POP_MANY = """
 local wanted = tonumber(ARGV[1])
 local out = {}
@@ -51,8 +52,6 @@ for i = 1, #KEYS, 2 do
     if redis.call('SET', ARGV[4] .. id, ARGV[2], 'NX', 'PX', ARGV[3]) then
       out[#out + 1] = id
       out[#out + 1] = i
-    else
-      redis.call('LREM', KEYS[i + 1], -1, id)
     end
   end
 end
@@ -140,8 +139,7 @@ class ReliableQueue(Queue):
                 return None
             job_id = as_text(moved[1])
             if not connection.set(keys.lease_key(job_id), token, nx=True, px=ttl):
-                connection.lrem(queue.intermediate_queue_key, -1, job_id)  # another pop holds it: not ours
-                return None
+                return None  # another pop holds it: not ours (recovery sees to this copy)
         job = (job_class or queue.job_class)(job_id, connection=connection, serializer=serializer)
         job.origin = queue.name
         job.lease_token = token

@@ -132,8 +132,11 @@ class DecodeWorker(SimpleWorker):
         # Executions expire this long after the last heartbeat: the bound on noticing a dead worker.
         self.execution_ttl = int(max(10, 3 * heartbeat_interval))
         self.job_monitoring_interval = int(max(1, heartbeat_interval))
-        for queue in self.queues:  # pops take leases that live as long as an execution
-            queue.lease_ttl_ms = self.execution_ttl * 1000  # type: ignore[attr-defined]
+        # A lease lapses before its execution does: RQ scores executions in whole seconds (up to 1 s early),
+        # and a job re-queued by RQ's cleanup must find its old lease gone.
+        self.lease_ttl_ms = (self.execution_ttl - 2) * 1000
+        for queue in self.queues:
+            queue.lease_ttl_ms = self.lease_ttl_ms  # type: ignore[attr-defined]
         if encode_threads is None:
             encode_threads = defaults["encode_threads"]
         self.encode_threads = encode_threads

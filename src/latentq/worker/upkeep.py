@@ -48,7 +48,7 @@ def renew(worker: Any) -> None:
     with worker._active_lock:
         active = dict(worker._active)
     tokens = {job_id: getattr(job, "lease_token", "") for job_id, (job, _) in active.items()}
-    held = renew_leases(worker.connection, tokens, worker.execution_ttl * 1000)
+    held = renew_leases(worker.connection, tokens, worker.lease_ttl_ms)
     for job_id, (job, execution) in active.items():
         if not held.get(job_id):
             log.warning("job %s: lease lapsed; another worker will run it", job_id, extra=log_fields(job))
