@@ -18,9 +18,11 @@ wakes everyone again, since messages of the gap are gone.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -52,6 +54,16 @@ def has_ended(raw_status: bytes | None, deadline: float | None) -> bool:
     if status is JobStatus.QUEUED:  # past its deadline, reading its status expires it
         return deadline is not None and time.time() > deadline
     return status.is_final
+
+
+_RUNNING: weakref.WeakSet[DoneListener] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_listeners() -> None:
+    # A listener a program never closed must not outlive its interpreter's logging (nor retry into it).
+    for listener in list(_RUNNING):
+        listener.close()
 
 
 class DoneListener:
@@ -104,6 +116,7 @@ class DoneListener:
         if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="latentq-done-listener", daemon=True)
             self._thread.start()
+            _RUNNING.add(self)
 
     def close(self) -> None:
         """Stop listening: the thread ends (and drops its connection) within ``POLL_S``; nobody waits for it."""
@@ -117,8 +130,8 @@ class DoneListener:
                 self._listen()
                 return  # stopped, or retired when idle
             except Exception as exc:  # never let the one listener die: every waiter would fall back to re-checks
-                if self._stop.is_set():
-                    return
+                if self._stop.is_set() or self._retired(since=0.0):
+                    return  # (nobody waits: a producer's listener retires quietly; the next wait starts another)
                 if self._failures == 0:  # reset by a subscription: a fresh outage starts the backoff over
                     delay = BACKOFF_MIN_S
                 self._failures += 1
