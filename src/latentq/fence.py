@@ -7,6 +7,7 @@ each job, first checks its fence and then runs its commands, or none of them:
 
 - ``lease``: the job's lease still holds this worker's token (finish, fail, retry).
 - ``start``: the same, and the job is still queued (a popped job being started).
+- ``claim``: as ``start``, taking the lease first if nobody holds it (a blocking pop's job).
 - ``queued``: the job is queued and no worker holds a lease on it (cancel, expire).
 
 A Lua script runs atomically, so no other client's write can come between a
@@ -16,20 +17,23 @@ re-queued, or a worker whose pop lost to a cancel, changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from . import keys
 
-__all__ = ["APPLIED", "GONE", "REFUSED", "Fenced", "apply", "capture", "captured", "renew_leases"]
+__all__ = ["APPLIED", "GONE", "REFUSED", "Fenced", "apply", "capture", "captured", "renew_leases", "run_script"]
 
 APPLIED, REFUSED, GONE = 1, 0, -1
 
-# ARGV: item count; per item: kind, job key, lease key, token, read count, reads, write count, writes;
+# ARGV: item count; per item: kind, job key, lease key, token, lease TTL (ms, for a claim), read count, reads,
+# write count, writes;
 # then the global read count and reads. A command is its argument count and its arguments.
 # Returns per item {code, reads...}; then the global reads' replies.
 _APPLY = """
@@ -51,7 +55,7 @@ local function commands()
 end
 local out = {}
 for _ = 1, tonumber(take()) do
-  local kind, job_key, lease_key, token = take(), take(), take(), take()
+  local kind, job_key, lease_key, token, ttl = take(), take(), take(), take(), take()
   local reads, writes = commands(), commands()
   local code = 1
   if kind ~= 'none' then
@@ -61,8 +65,12 @@ for _ = 1, tonumber(take()) do
       code = -1
     elseif kind == 'queued' then
       if status ~= 'queued' or lease then code = 0 end
-    elseif lease ~= token or (kind == 'start' and status ~= 'queued') then
-      code = 0
+    else
+      if kind == 'claim' and not lease and status == 'queued' then
+        redis.call('SET', lease_key, token, 'PX', ttl)
+        lease = token
+      end
+      if lease ~= token or (kind ~= 'lease' and status ~= 'queued') then code = 0 end
     end
   end
   local item = {code}
@@ -99,10 +107,25 @@ class Fenced:
 
     job_id: str
     job_key: str
-    kind: str  # "lease", "start", "queued" or "none"
+    kind: str  # "lease", "start", "claim", "queued" or "none"
     token: str = ""
     writes: list[tuple[Any, ...]] = field(default_factory=list)
     reads: list[tuple[Any, ...]] = field(default_factory=list)
+    ttl_ms: int = 0  # a claim's lease TTL
+
+
+_SHAS: dict[str, str] = {}
+
+
+def run_script(connection: Redis, script: str, numkeys: int, *args: Any) -> Any:
+    """EVALSHA of a Lua script (its body is sent only the first time a server sees it: EVAL)."""
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    try:
+        return connection.evalsha(sha, numkeys, *args)
+    except NoScriptError:  # a new or restarted server: it learns the script now
+        return connection.eval(script, numkeys, *args)
 
 
 def capture(connection: Redis) -> Pipeline:
@@ -134,10 +157,10 @@ def apply(connection: Redis, items: Sequence[Fenced],
     """
     argv: list[Any] = [len(items)]
     for item in items:
-        argv += [item.kind, item.job_key, keys.lease_key(item.job_id), item.token]
+        argv += [item.kind, item.job_key, keys.lease_key(item.job_id), item.token, item.ttl_ms]
         argv += _flatten(item.reads) + _flatten(item.writes)
     argv += _flatten(global_reads)
-    replies = connection.eval(_APPLY, 0, *argv)
+    replies = run_script(connection, _APPLY, 0, *argv)
     results = [(int(reply[0]), list(reply[1:])) for reply in replies[:-1]]
     return results, list(replies[-1])
 
@@ -147,5 +170,5 @@ def renew_leases(connection: Redis, leases: dict[str, str], ttl_ms: int) -> dict
     if not leases:
         return {}
     ids = list(leases)
-    replies = connection.eval(_RENEW, len(ids), *[keys.lease_key(i) for i in ids], ttl_ms, *[leases[i] for i in ids])
+    replies = run_script(connection, _RENEW, len(ids), *[keys.lease_key(i) for i in ids], ttl_ms, *[leases[i] for i in ids])
     return {job_id: bool(reply) for job_id, reply in zip(ids, replies)}

@@ -113,7 +113,9 @@ class Intake:
             executions[job.id] = rqstate.start_writes(worker, job, queues[job.id], ttl, pipe)
             latent = keys.latent_key(job.id) if fetch else latent_key_of(job.id, job.kwargs)
             reads = ([("HGETALL", job.key)] if fetch else []) + [("GET", latent)]
-            items.append(Fenced(job.id, job.key, "start", getattr(job, "lease_token", ""), captured(pipe), reads))
+            kind = "claim" if getattr(job, "lease_claim", False) else "start"
+            items.append(Fenced(job.id, job.key, kind, getattr(job, "lease_token", ""), captured(pipe), reads,
+                                ttl_ms=worker.lease_ttl_ms))  # fmt: skip
         depth_reads = [("LLEN", queue.key) for queue in depth_of or []]
         results, depths = apply(connection, items, depth_reads)
         batch, fetched, gone = Batch(), {}, []

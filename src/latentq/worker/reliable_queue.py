@@ -30,6 +30,7 @@ from rq.exceptions import DequeueTimeout
 from rq.utils import as_text
 
 from .. import keys
+from ..fence import run_script
 
 __all__ = ["ReliableQueue", "IDLE_BLOCK_S", "LEASE_TTL_MS"]
 
@@ -124,11 +125,11 @@ class ReliableQueue(Queue):
     @classmethod
     def _take(cls, queue: Queue, timeout: float | None, connection: Any, job_class: Any,
               serializer: Any) -> tuple[Any, Queue] | None:  # fmt: skip
-        """One job, its lease taken: by Lua at once, or by BLMOVE (blocking) and then the lease."""
+        """One job: by Lua with its lease at once, or by BLMOVE (blocking), its lease claimed when it starts."""
         token = new_token()
         ttl = getattr(queue, "lease_ttl_ms", LEASE_TTL_MS)
         if timeout is None:
-            popped = connection.eval(_POP_MANY, 2, queue.key, queue.intermediate_queue_key, 1, token, ttl,
+            popped = run_script(connection, _POP_MANY, 2, queue.key, queue.intermediate_queue_key, 1, token, ttl,
                                      keys.LEASE_PREFIX)  # fmt: skip
             if not popped:
                 return None
@@ -138,11 +139,11 @@ class ReliableQueue(Queue):
             if moved is None:
                 return None
             job_id = as_text(moved[1])
-            if not connection.set(keys.lease_key(job_id), token, nx=True, px=ttl):
-                return None  # another pop holds it: not ours (recovery sees to this copy)
         job = (job_class or queue.job_class)(job_id, connection=connection, serializer=serializer)
         job.origin = queue.name
         job.lease_token = token
+        # A blocking pop takes its lease in the start (a "claim"): one round trip less on an idle worker.
+        job.lease_claim = timeout is not None
         return job, queue
 
     @staticmethod
@@ -152,12 +153,12 @@ class ReliableQueue(Queue):
         An id is put back when a second look, a moment after the first, still finds it without a lease,
         so a pop between its move and its lease is never mistaken for a dead one.
         """
-        args = (_REQUEUE_ORPHANS, 2, queue.key, queue.intermediate_queue_key, keys.LEASE_PREFIX,
+        args = (connection, _REQUEUE_ORPHANS, 2, queue.key, queue.intermediate_queue_key, keys.LEASE_PREFIX,
                 queue.job_class.redis_job_namespace_prefix, keys.ORPHAN_PREFIX, mark_ttl_ms)  # fmt: skip
-        requeued, marked = connection.eval(*args)
+        requeued, marked = run_script(*args)
         if marked:
             time.sleep(ORPHAN_SECOND_LOOK_S)
-            requeued += connection.eval(*args)[0]
+            requeued += run_script(*args)[0]
         return int(requeued)
 
     @classmethod
@@ -169,7 +170,7 @@ class ReliableQueue(Queue):
         list_keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
         token = new_token()
         ttl = getattr(queues[0], "lease_ttl_ms", LEASE_TTL_MS)
-        popped = connection.eval(_POP_MANY, len(list_keys), *list_keys, count, token, ttl, keys.LEASE_PREFIX)
+        popped = run_script(connection, _POP_MANY, len(list_keys), *list_keys, count, token, ttl, keys.LEASE_PREFIX)
         pairs = [(popped[i].decode(), queues[(int(popped[i + 1]) - 1) // 2]) for i in range(0, len(popped), 2)]
         if not pairs:
             return []
