@@ -216,3 +216,20 @@ def test_a_job_requeued_while_its_dead_workers_lease_still_holds_is_not_lost(env
     rerun, _ = pop_and_start(other)
     assert [j.id for j in rerun.jobs] == [job.id]
     assert finish(other, rerun) == [True] and successes(redis_conn, job.id) == 1
+
+
+def test_a_blocking_pop_claims_its_lease_in_its_start_unless_another_pop_holds_it(env, redis_conn, make_worker):
+    first, second = Client().submit_many(torch.randn(2, 32, 4, 4), model="taef2")
+    worker = make_worker("w")
+    worker.max_batch = 1
+    queues = worker.model_queues("taef2")
+
+    popped, queue = ReliableQueue._take(queues[-1], 1, redis_conn, None, JSONSerializer)  # the blocking pop
+    assert popped.id == first.id and not redis_conn.exists(keys.lease_key(first.id))  # BLMOVE: no lease yet
+    assert [j.id for j in worker.take(popped, queue).jobs] == [first.id]
+    assert redis_conn.get(keys.lease_key(first.id)).decode() == popped.lease_token
+
+    popped, queue = ReliableQueue._take(queues[-1], 1, redis_conn, None, JSONSerializer)
+    redis_conn.set(keys.lease_key(second.id), "another pop")  # a copy of it another worker took meanwhile
+    assert worker.take(popped, queue).jobs == []
+    assert redis_conn.hget(f"rq:job:{second.id}", "status") == b"queued"
