@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from redis import Redis
 from redis.client import Pipeline
 from rq import Queue
 from rq.executions import Execution
@@ -28,7 +27,6 @@ __all__ = [
     "cancel_writes",
     "fail_writes",
     "finish_writes",
-    "intermediate_key",
     "job_from_record",
     "meta_write",
     "now",
@@ -37,11 +35,6 @@ __all__ = [
     "start_writes",
     "worker_busy_writes",
 ]
-
-
-def intermediate_key(queue: Queue) -> str:
-    """RQ's list of jobs popped from ``queue`` and not yet started."""
-    return queue.intermediate_queue_key
 
 
 def job_from_record(job: RQJob, raw: dict[bytes, bytes]) -> None:
@@ -141,13 +134,4 @@ def stop_requested(worker: Any) -> bool:
     return bool(worker._stop_requested or worker._shutdown_requested_date is not None)
 
 
-def fetch_job(connection: Redis, job_id: str, serializer: Any) -> RQJob | None:
-    from rq.exceptions import NoSuchJobError
-
-    try:
-        return RQJob.fetch(job_id, connection=connection, serializer=serializer)
-    except NoSuchJobError:
-        return None
-
-
-__all__ += ["fetch_job", "prune_registries", "stop_requested"]
+__all__ += ["prune_registries", "stop_requested"]
