@@ -58,6 +58,17 @@ class Ending:
         return str(request_field(self.job.kwargs, "model", ""))
 
 
+def _metrics(job: RQJob, model: str, status: str, timings: dict[str, float]) -> MetricsBatch:
+    """A job's end in the metrics: its status, and for a finished one its encode, store and end-to-end times."""
+    metrics = MetricsBatch()
+    metrics.status(model, status)
+    if status == "finished":
+        latency = (job.ended_at - job.enqueued_at).total_seconds() if job.ended_at and job.enqueued_at else None
+        metrics.job(model, encode_seconds=timings.get("encode", 0.0), store_seconds=timings.get("store", 0.0),
+                    latency_seconds=latency)  # fmt: skip
+    return metrics
+
+
 def _writes(connection: Redis, worker: Any, ending: Ending) -> list[tuple[Any, ...]]:
     job, status = ending.job, ending.status
     pipe = capture(connection)
@@ -81,13 +92,7 @@ def _writes(connection: Redis, worker: Any, ending: Ending) -> list[tuple[Any, .
     if status == "retry":  # back in its queue: its latent stays for the next attempt
         return captured(pipe)
     pipe.delete(latent_key_of(job.id, job.kwargs))
-    metrics = MetricsBatch()
-    metrics.status(ending.model, status)
-    if status == "finished":
-        latency = (job.ended_at - job.enqueued_at).total_seconds() if job.ended_at and job.enqueued_at else None
-        metrics.job(ending.model, encode_seconds=ending.timings.get("encode", 0.0),
-                    store_seconds=ending.timings.get("store", 0.0), latency_seconds=latency)  # fmt: skip
-    metrics.write(pipe)
+    _metrics(job, ending.model, status, ending.timings).write(pipe)
     if worker is not None:
         pipe.hincrby(worker.stats_key, "finished" if status == "finished" else "failed", 1)
     pipe.publish(keys.job_done_channel(job.id), status)
@@ -114,12 +119,7 @@ def end_jobs(connection: Redis, endings: list[Ending], *, worker: Any = None,
 def announce_finished(connection: Redis, job: RQJob, timings: dict[str, float]) -> None:
     """What a job finished by RQ's own worker (``tasks.decode_job``) still needs from latentq: metrics,
     the latent's deletion, the done message. RQ writes the rest when the task returns."""
-    model = str(request_field(job.kwargs, "model", ""))
-    metrics = MetricsBatch()
-    metrics.status(model, "finished")
-    latency = (job.ended_at - job.enqueued_at).total_seconds() if job.ended_at and job.enqueued_at else None
-    metrics.job(model, encode_seconds=timings.get("encode", 0.0), store_seconds=timings.get("store", 0.0),
-                latency_seconds=latency)  # fmt: skip
+    metrics = _metrics(job, str(request_field(job.kwargs, "model", "")), "finished", timings)
     with connection.pipeline(transaction=False) as pipe:
         metrics.write(pipe)
         pipe.delete(latent_key_of(job.id, job.kwargs))
