@@ -6,7 +6,8 @@
     │   ├── InvalidLatent       (shape, channels, dtype, non-finite values)
     │   ├── LatentTooLarge      (over a configured size limit)
     │   └── UnsupportedFormat   (output format or option not offered)
-    ├── QueueFull               (backpressure: too many jobs waiting for a model)
+    ├── QueueFull               (backpressure: too many jobs waiting for a model or a tenant)
+    │   └── RateLimited         (a tenant submits faster than its rate)
     ├── JobNotFound
     ├── JobConflict             (e.g. cancel of a job that already started or ended)
     ├── JobFailed               (the worker recorded a failure; .reason says why)
@@ -34,6 +35,7 @@ __all__ = [
     "LatentqError",
     "ModelLoadError",
     "QueueFull",
+    "RateLimited",
     "StoreError",
     "UnknownModel",
     "Unavailable",
@@ -75,6 +77,10 @@ class QueueFull(LatentqError):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(QueueFull):
+    """A tenant's submits per second are used up; ``retry_after`` says when the next one is allowed."""
 
 
 class JobNotFound(LatentqError):
