@@ -25,6 +25,7 @@ __all__ = [
     "ORPHAN_PREFIX",
     "recovery_lock",
     "lease_key",
+    "recent_jobs_key",
 ]
 
 PREFIX = "latentq:"
@@ -103,3 +104,8 @@ def lease_key(job_id: str) -> str:
 def recovery_lock(queue: str) -> str:
     """Held by the one worker that recovers a queue's abandoned jobs at a time: each is recovered once."""
     return f"{PREFIX}lock:recovery:{queue}"
+
+
+def recent_jobs_key(tenant: str) -> str:
+    """A tenant's recent jobs, newest last (sorted set: job id -> submit time; trimmed to a bound)."""
+    return f"{PREFIX}recent:{tenant}"

@@ -30,7 +30,7 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
     "job_latency_seconds": (_SECONDS, "End to end: enqueued to result stored"),
 }
 STATUSES = ("finished", "failed", "canceled", "expired")
-MINUTE_KEY_TTL = 180  # per-minute throughput counters: the current and previous minute are read
+MINUTE_KEY_TTL = 16 * 60  # per-minute throughput counters: the console charts the last 15 minutes
 
 
 def _bucket(bounds: tuple[float, ...], value: float) -> str:

@@ -312,6 +312,8 @@ class JobInfo:
     workers: int | None = None  # live workers serving the model (a queued job with 0 will wait)
     waiting_reason: str | None = None
     deadline: float | None = None
+    # Where the time went, in ms: waiting (enqueued to started), decode (the job's batch), encode, store.
+    timings: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

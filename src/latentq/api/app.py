@@ -38,6 +38,8 @@ from ..spec import DecodeRequest, JobInfo
 from ..store import LocalStore, ObjectStore, check_key, open_store
 from .auth import install_api_keys
 from .batches import install_batch_routes
+from .console import install_console
+from .jobs import install_job_listing
 from .openapi import errors
 from .params import BatchId, JobId, ResultKey, decode_params, read_latent
 from .remote import install_remote_routes
@@ -103,6 +105,8 @@ def create_app(
         title="latentq",
         version=__version__,
         description="Queued, batched VAE decoding for latent diffusion models.",
+        docs_url=None,  # /docs and /redoc come from install_console, with their assets served here (no CDN)
+        redoc_url=None,
     )
     app.state.client = client
     app.state.long_polls = long_polls
@@ -250,6 +254,8 @@ def create_app(
             return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
         return JSONResponse({"status": "ok", "redis": "ok", "version": __version__, "waiting": long_polls.waiting})
 
+    install_job_listing(app, client, url_for_result)  # GET /v1/jobs
+    install_console(app, client)  # the console at /, GET /v1/overview, offline /docs
     install_batch_routes(app, client, settings)
     install_remote_routes(app, client, settings)  # diffusers' remote_decode / remote_encode protocol
     return app

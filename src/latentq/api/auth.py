@@ -1,4 +1,7 @@
-"""Optional API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz``.
+"""Optional API keys: ``Authorization: Bearer <key>`` on every route but ``/healthz`` and the pages.
+
+The pages (the console, the API docs, the schema and their static files) hold no data: the console
+asks for a key and sends it with each API call it makes.
 
 Keys come from ``LATENTQ_API_KEYS`` (comma-separated, so keys can be rotated
 by listing old and new together). Every configured key is compared in
@@ -15,7 +18,9 @@ from fastapi.responses import JSONResponse
 
 __all__ = ["install_api_keys", "OPEN_PATHS"]
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# What a browser loads before it can send a key: the console's files and the docs' assets (public code).
+OPEN_PREFIXES = ("/console/", "/docs-assets/")
 
 
 def _valid(presented: str, keys: tuple[bytes, ...]) -> bool:
@@ -31,7 +36,7 @@ def install_api_keys(app: FastAPI, api_keys: tuple[str, ...]) -> None:
 
     @app.middleware("http")
     async def require_api_key(request: Request, call_next):
-        if request.url.path in OPEN_PATHS:
+        if request.url.path in OPEN_PATHS or request.url.path.startswith(OPEN_PREFIXES):
             return await call_next(request)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token or not _valid(token.strip(), keys):

@@ -24,6 +24,7 @@ from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobN
 from ..models.registry import Registry, load_registry
 from ..lifecycle import Ending, end_jobs
 from ..payload import JobPayload, request_field
+from ..recent import DEFAULT_TENANT, index_recent_job
 from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
@@ -237,9 +238,11 @@ class Client:
             for job_id, tensor in payloads
         ]
         # The latents and the jobs land together or not at all.
+        submitted_at = time.time()
         with self.connection.pipeline(transaction=True) as pipe:
             for job_id, tensor in payloads:
                 pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor), ex=settings.latent_ttl)
+                index_recent_job(pipe, DEFAULT_TENANT, job_id, submitted_at)  # GET /v1/jobs lists it
             if batch_id:
                 batch = keys.batch_key(batch_id)
                 pipe.rpush(batch, *[job_id for job_id, _ in payloads])

@@ -28,6 +28,17 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _timings(rq_job: RQJob, record: dict) -> dict[str, float]:
+    """A finished job's time, in ms, by stage (a stage the record does not carry is left out)."""
+    timings = {}
+    if rq_job.started_at is not None and rq_job.enqueued_at is not None:
+        timings["waiting"] = round(max(0.0, (rq_job.started_at - rq_job.enqueued_at).total_seconds()) * 1000, 3)
+    for stage in ("decode", "encode", "store"):
+        if record.get(f"{stage}_ms") is not None:
+            timings[stage] = float(record[f"{stage}_ms"])
+    return timings
+
+
 def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, workers: int | None = None,
              *, result: dict | None = None) -> JobInfo:  # fmt: skip
     """Build a JobInfo; ``url_for(key)`` turns a result key into a URL.
@@ -69,6 +80,7 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
         ]
         info["batch_size"] = record.get("batch_size")
         info["tiled"] = record.get("tiled")
+        info["timings"] = _timings(rq_job, record)
     elif status in (JobStatus.FAILED, JobStatus.EXPIRED):
         result = rq_job.latest_result()
         info["error"] = (result.exc_string if result is not None else None) or (

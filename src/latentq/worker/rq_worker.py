@@ -162,7 +162,8 @@ class DecodeWorker(SimpleWorker):
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
-        self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch})
+        self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch,
+                                                      **upkeep.device_stats(self.models)})  # fmt: skip
         self._heartbeat_thread.start()
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
@@ -384,6 +385,7 @@ class DecodeWorker(SimpleWorker):
         """Write the finished job's record to the store, before Redis says finished: one of them always answers."""
         started = time.perf_counter()
         result["encode_ms"] = round(timings.get("encode", 0.0) * 1000, 3)
+        result["store_ms"] = round(timings.get("store", 0.0) * 1000, 3)  # the outputs' (the record's is added below)
         info = job_info(job, lambda key: None, result=result)  # URLs are made when it is read
         self._retrying(lambda: write_record(self.store, info), job)
         timings["store"] = timings.get("store", 0.0) + time.perf_counter() - started

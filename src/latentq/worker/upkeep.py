@@ -19,7 +19,7 @@ from .. import keys, rqstate
 from ..fence import renew_leases
 from .reliable_queue import ReliableQueue
 
-__all__ = ["recover_abandoned", "renew", "run"]
+__all__ = ["device_stats", "recover_abandoned", "renew", "run"]
 
 log = logging.getLogger("latentq.worker")
 
@@ -29,11 +29,26 @@ def run(worker: Any, stop: threading.Event) -> None:
     while not stop.wait(worker.heartbeat_interval):
         try:
             renew(worker)
+            if any(str(model.device).startswith("cuda") for model in worker.models.values()):
+                worker.connection.hset(worker.stats_key, mapping=device_stats(worker.models))  # GPU memory, live
         except Exception:  # Redis unreachable: retried next tick (leases outlive two missed ones)
             log.debug("renewing leases failed", exc_info=True)
         if time.monotonic() - last_recovery >= worker.heartbeat_interval:
             last_recovery = time.monotonic()
             recover_abandoned(worker)
+
+
+def device_stats(models: dict[str, Any]) -> dict[str, str | int]:
+    """The worker's device(s), and on a GPU its memory in bytes (the console's workers table shows them)."""
+    devices = sorted({str(model.device) for model in models.values()}) or ["cpu"]
+    stats: dict[str, str | int] = {"device": ",".join(devices)}
+    cuda = [device for device in devices if device.startswith("cuda")]
+    if cuda:
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(cuda[0]))
+        stats.update(gpu_memory_used=total - free, gpu_memory_total=total)
+    return stats
 
 
 def renew(worker: Any) -> None:

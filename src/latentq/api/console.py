@@ -1,0 +1,111 @@
+"""The web console at ``/``, its live overview (``GET /v1/overview``) and the offline API docs.
+
+The console is three static files (``api/static/``: HTML, JS, CSS; no framework, no build step) that
+talk to the JSON API like any script. Everything a page loads comes from this server: the console's
+own files, and Swagger UI / ReDoc from the ``fastapi-offline`` package's copies (no CDN), so both
+work on a machine with no network.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from rq import Worker
+
+from .. import keys, metrics
+from ..producer.client import Client
+from .openapi import errors
+
+__all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "install_console", "overview"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc, favicon
+CHART_MINUTES = 15  # the throughput chart's span (metrics keeps the per-minute counters a little longer)
+
+
+def _int(value: bytes | None) -> int | None:
+    return int(float(value)) if value not in (None, b"") else None
+
+
+def overview(client: Client) -> dict[str, Any]:
+    """Queues per model (depth, running, live workers, why jobs wait, jobs per minute) and live workers."""
+    connection = client.connection
+    now = time.time()
+    minute = int(now // 60)
+    minutes = list(range(minute - CHART_MINUTES + 1, minute + 1))
+    models = []
+    for name in client.registry.names():
+        queues = [client.queue(name), client.queue(name, "high")]
+        queued, serving = client.queued_count(name), client.workers_serving(name)
+        started = sum(queue.started_job_registry.count for queue in queues)
+        per_minute = [int(v or 0) for v in connection.mget([keys.finished_per_minute_key(name, m) for m in minutes])]
+        totals = metrics.jobs_total(connection, name)
+        if not (queued or started or serving or any(per_minute) or any(totals.values())):
+            continue  # a model nobody serves or uses: a dozen rows of zeros say nothing
+        models.append({
+            "name": name, "queued": queued, "started": started, "workers": serving, "totals": totals,
+            "finished_per_minute": per_minute,
+            "waiting_reason": f"no live worker serves model {name!r}" if queued and not serving else None,
+        })  # fmt: skip
+    workers = Worker.all(connection=connection)
+    with connection.pipeline(transaction=False) as pipe:
+        for worker in workers:
+            pipe.hgetall(keys.worker_stats_key(worker.name))
+        stats = [{k.decode(): v for k, v in raw.items()} for raw in pipe.execute()]
+    rows = []
+    for worker, stat in zip(workers, stats):
+        served = list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names()))
+        rows.append({
+            "name": worker.name, "host": worker.hostname, "pid": worker.pid, "state": str(worker.get_state()),
+            "models": served, "device": (stat.get("device") or b"cpu").decode(),
+            "decode_calls": _int(stat.get("decode_calls")) or 0, "decoded_jobs": _int(stat.get("decoded_jobs")) or 0,
+            "finished": worker.successful_job_count, "failed": worker.failed_job_count,
+            "started_at": worker.birth_date.isoformat() if worker.birth_date else None,
+            "gpu_memory_used": _int(stat.get("gpu_memory_used")), "gpu_memory_total": _int(stat.get("gpu_memory_total")),
+        })  # fmt: skip
+    return {"time": now, "chart_minutes": CHART_MINUTES, "models": models, "workers": rows}
+
+
+def install_console(app: FastAPI, client: Client) -> None:
+    """Add ``/`` (the console), ``/console/*`` (its files), ``GET /v1/overview``, ``/docs`` and ``/redoc``.
+
+    The app must be made with ``docs_url=None, redoc_url=None``: FastAPI's own pages load from a CDN.
+    """
+    app.mount("/console", StaticFiles(directory=STATIC_DIR), name="console")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def console_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/overview", summary="Queues, workers and throughput at a glance (the console's live view)",
+             responses=errors())  # fmt: skip
+    async def get_overview() -> dict[str, Any]:
+        return await run_in_threadpool(overview, client)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png", oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_ui_parameters={"validatorUrl": None},  # the default badge asks an online validator
+        )  # fmt: skip
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js",
+                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip

@@ -1,0 +1,246 @@
+"""The console at ``/``, ``GET /v1/jobs``, ``GET /v1/overview`` and the offline API docs.
+
+The browser tests drive Debian's ``chromium`` with Playwright (from PyPI; no browser download) against a
+real ``latentq up`` (embedded Redis, one worker, the taef2 model). Every URL that is not latentq's is
+aborted and recorded, so the pages must work with the network off and may not even try to reach out.
+
+Screenshots go to the test's temporary directory; set ``LATENTQ_CONSOLE_SCREENSHOTS=docs`` to refresh
+README's (``docs/console-*.png``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from conftest import IMAGES_DIR, REPO, TAEF2_DIR
+from PIL import Image
+from safetensors.torch import save as safetensors_bytes
+
+from latentq.redis_server import free_port
+
+CHROMIUM = shutil.which("chromium")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the test extra not installed
+    sync_playwright = None
+
+
+
+def browser_test(function):
+    """Marked ``browser``; skipped, with the reason, only where chromium or playwright is missing (CI has both)."""
+    function = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                  "(apt-get install chromium)")(function)  # fmt: skip
+    function = pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed "
+                                  "(pip install -e '.[test]')")(function)  # fmt: skip
+    return pytest.mark.browser(function)
+
+VIEWPORT = {"width": 1200, "height": 800}
+PHOTOS = ("astronaut", "chelsea", "coffee")
+
+
+def _png(name: str, size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.open(IMAGES_DIR / f"{name}.png").convert("RGB").resize(size).save(out, "PNG")
+    return out.getvalue()
+
+
+def _as_file(name: str, data: bytes, kind: str) -> dict[str, str]:
+    return {"name": name, "type": kind, "data": base64.b64encode(data).decode()}
+
+
+# What a drop onto the page's drop zone carries: real File objects in a DataTransfer.
+DATA_TRANSFER = """(files) => {
+  const transfer = new DataTransfer();
+  for (const f of files) {
+    const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+    transfer.items.add(new File([bytes], f.name, { type: f.type }));
+  }
+  return transfer;
+}"""
+
+THUMBNAIL_LOADED = """(id) => {
+  const img = document.querySelector(`.card[data-job-id="${id}"][data-status="finished"] img`);
+  return Boolean(img && img.complete && img.naturalWidth > 0);
+}"""
+
+# Mean absolute difference (0-255) of the round trip's two pictures, drawn at the same size.
+ROUND_TRIP_DIFFERENCE = """() => {
+  const [original, decoded] = [".roundtrip-original", ".roundtrip-decoded"].map((s) => document.querySelector(s));
+  const pixels = (img) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = original.naturalWidth; canvas.height = original.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0, canvas.width, canvas.height);
+    return context.getImageData(0, 0, canvas.width, canvas.height).data;
+  };
+  const [a, b] = [pixels(original), pixels(decoded)];
+  let total = 0;
+  for (let i = 0; i < a.length; i += 4) total += Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]);
+  return { difference: total / (3 * a.length / 4), widths: [original.naturalWidth, decoded.naturalWidth] };
+}"""
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    """A real ``latentq up``: its own embedded Redis, one taef2 worker, the API on a free port."""
+    root = tmp_path_factory.mktemp("console")
+    (root / "models.toml").write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
+    env.update(LATENTQ_MODELS=str(root / "models.toml"), LATENTQ_STORE=str(root / "results"), OMP_NUM_THREADS="1")
+    port = free_port()
+    log = root / "up.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "latentq", "up", "--workers", "1", "--port", str(port),
+                                    "--max-wait-ms", "50"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while "latentq is up" not in log.read_text():  # after /healthz answers and the worker registered
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+class Offline:
+    """A browser page that may reach ``origin`` only: anything else is aborted and recorded."""
+
+    def __init__(self, browser, origin: str) -> None:
+        self.origin = origin
+        self.requested: list[str] = []
+        self.blocked: list[str] = []
+        self.errors: list[str] = []
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(60_000)
+        self.page.on("request", lambda request: self.requested.append(request.url))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def ours(self, url: str) -> bool:
+        # blob: URLs are the page's own objects (a dropped file), named after its origin.
+        return url.removeprefix("blob:").startswith(self.origin + "/")
+
+    def _route(self, route) -> None:
+        if self.ours(route.request.url):
+            route.continue_()
+        else:
+            self.blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    def drop(self, *files: dict[str, str]) -> None:
+        transfer = self.page.evaluate_handle(DATA_TRANSFER, list(files))
+        self.page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+
+    def screenshot(self, name: str, tmp_path: Path) -> None:
+        folder = os.environ.get("LATENTQ_CONSOLE_SCREENSHOTS")
+        target = (REPO / folder if folder else tmp_path) / f"console-{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(target))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _encode_photo(origin: str, name: str) -> bytes:
+    """A real latent of a photograph (so the gallery shows pictures): the API's encode route, as safetensors."""
+    reply = httpx.post(f"{origin}/v1/models/taef2/encode", content=_png(name, (256, 256)),
+                       headers={"content-type": "image/png"}, timeout=120)  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    shape = json.loads(reply.headers["shape"])
+    return safetensors_bytes({"latent": torch.frombuffer(bytearray(reply.content), dtype=torch.float32).reshape(shape)})
+
+
+# ------------------------------------------------------------------------------------------ the console
+@browser_test
+@pytest.mark.timeout(240)
+def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_path):
+    latents = [_as_file(f"{name}.safetensors", _encode_photo(up, name), "application/octet-stream") for name in PHOTOS]
+    browser = Offline(chromium, up)
+    page = browser.page
+    try:
+        page.goto(up + "/")
+        page.wait_for_selector("#submit-model option[value=taef2]", state="attached")
+        page.wait_for_selector("#worker-rows tr[data-worker]")  # the live worker, from /v1/overview
+
+        # Three latents dropped on the drop zone: three decoded thumbnails in the gallery.
+        browser.drop(*latents)
+        page.wait_for_function("document.querySelectorAll('#submit-log a').length === 3")
+        ids = page.eval_on_selector_all("#submit-log a", "links => links.map(a => a.hash.split('/').pop())")
+        assert len(set(ids)) == 3
+        for job_id in ids:
+            page.wait_for_function(THUMBNAIL_LOADED, arg=job_id)
+        src = page.get_attribute(f'.card[data-job-id="{ids[0]}"] img', "src")
+        assert src.startswith(up + "/v1/results/") and ".png" in src
+        page.wait_for_function("document.querySelector('#queue-rows tr[data-model=taef2] svg rect[opacity=\"1\"]') !== null")
+        browser.screenshot("dashboard", tmp_path)
+
+        # The filter: finished jobs only (the encode jobs above are finished too).
+        page.select_option("#filter-status", "finished")
+        page.wait_for_function("""() => {
+          const cards = [...document.querySelectorAll('#gallery .card')];
+          return cards.length >= 3 && cards.every((card) => card.dataset.status === 'finished');
+        }""")
+        page.select_option("#filter-status", "canceled")
+        page.wait_for_function("document.querySelectorAll('#gallery .card').length === 0")
+        page.select_option("#filter-status", "")
+
+        # A dropped image: encoded, then decoded, shown side by side.
+        browser.drop(_as_file("chelsea.png", _png("chelsea", (320, 240)), "image/png"))
+        page.wait_for_selector("#roundtrips .pair[data-job-id]", timeout=120_000)
+        page.wait_for_function("document.querySelector('.roundtrip-decoded').complete")
+        compared = page.evaluate(ROUND_TRIP_DIFFERENCE)
+        assert compared["widths"] == [320, 320], compared
+        assert compared["difference"] < 20, compared  # the same photograph (a random decode differs by ~70)
+        page.locator("#roundtrips").scroll_into_view_if_needed()
+        browser.screenshot("round-trip", tmp_path)
+
+        # A job's page: where its time went, stage by stage, and its result links.
+        page.click(f'.card[data-job-id="{ids[0]}"]')
+        page.wait_for_selector("#timings tr[data-stage]")
+        stages = page.eval_on_selector_all("#timings tr[data-stage]",
+                                           "rows => rows.map(r => [r.dataset.stage, Number(r.querySelector('[data-ms]').dataset.ms)])")  # fmt: skip
+        assert [stage for stage, _ in stages] == ["waiting", "decode", "encode", "store"], stages
+        assert all(ms >= 0 for _, ms in stages) and dict(stages)["decode"] > 0, stages
+        link = page.get_attribute("#result-links a", "href")
+        assert httpx.get(link, timeout=30).headers["content-type"] == "image/png"
+        browser.screenshot("job", tmp_path)
+
+        # The API docs render from latentq's own files, with everything else unreachable.
+        page.goto(up + "/docs")
+        page.locator(".swagger-ui .opblock-summary-path", has_text="/v1/overview").wait_for()
+        assert page.locator(".swagger-ui .opblock").count() >= 10
+
+        assert browser.blocked == [], browser.blocked  # nothing even tried to leave
+        assert [url for url in browser.requested if not browser.ours(url)] == []
+        assert browser.errors == [], browser.errors
+    finally:
+        browser.close()
+
