@@ -295,15 +295,17 @@ def test_the_sender_checks_again_and_connects_to_the_checked_address(monkeypatch
     receiver = Receiver()
     try:
         port = urlsplit(receiver.url).port
-        refusing = WebhookSender("secret", max_attempts=1)  # what a job submitted elsewhere may still name
-        refusing.send(f"{receiver.url}/refused", {"id": "j1"})
-        refusing.send(f"http://localhost:{port}/refused-by-name", {"id": "j2"})
-        refusing.close(timeout=10)
+        refusing = WebhookSender("secret")  # what a job submitted elsewhere may still name
+        for url in (f"{receiver.url}/refused", f"http://localhost:{port}/refused-by-name"):
+            attempt = refusing.deliver(url, "msg_j1_finished", b"{}")
+            assert not attempt.delivered and not attempt.retry and "LATENTQ_WEBHOOK_ALLOW" in attempt.reason
+        refusing.close()
         assert receiver.deliveries == []
 
-        allowing = WebhookSender("secret", max_attempts=1, allow=["127.0.0.0/8"])
-        allowing.send(f"http://localhost:{port}/by-name", {"id": "j3"})  # resolved, checked, connected by address
-        allowing.close(timeout=10)
+        allowing = WebhookSender("secret", allow=["127.0.0.0/8"])
+        # Resolved, checked, connected by address.
+        assert allowing.deliver(f"http://localhost:{port}/by-name", "msg_j3_finished", b"{}").delivered
+        allowing.close()
         (delivery,) = receiver.deliveries
         assert delivery.path == "/by-name" and delivery.headers["host"] == f"localhost:{port}"
         assert delivery.verifies("secret")

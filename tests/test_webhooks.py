@@ -1,18 +1,35 @@
-"""Webhooks: a signed POST per ended job, retried with backoff, received by a real local HTTP server."""
+"""Webhooks: Standard Webhooks POSTs per ended job, received by a real local HTTP server and verified
+with the ``standardwebhooks`` package (the spec's reference library)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import time
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 import torch
 from helpers import wait_until
+from standardwebhooks import Webhook
 from webhook_receiver import SECRET, Receiver
 
-from latentq import Client, JobFailed
-from latentq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSender, sign, verify_signature
+from latentq import Client, JobFailed, keys
+from latentq.errors import ConfigError
+from latentq.outbox import pending
+from latentq.webhooks import (
+    ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSender,
+    event_body,
+    secret_key,
+    sign,
+    standard_secret,
+    verify_signature,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +39,7 @@ def allow_local_receiver(monkeypatch):
     Autouse fixtures come first, so the ``env`` the processes get carries it too.
     """
     monkeypatch.setenv("LATENTQ_WEBHOOK_ALLOW", "127.0.0.1")
+    monkeypatch.setenv("LATENTQ_WEBHOOK_BACKOFF", "0.5")
 
 
 @pytest.fixture
@@ -37,6 +55,11 @@ def signed_procs(procs):
     return procs
 
 
+def delivered_all(connection) -> bool:
+    """The outbox holds nothing more: no delivery can still come."""
+    return pending(connection) == 0 and connection.zcard(keys.WEBHOOK_DUE) == 0
+
+
 @pytest.mark.timeout(180)
 def test_one_signed_post_per_finished_and_failed_job(signed_procs, receiver, redis_conn):
     client = Client()
@@ -50,110 +73,136 @@ def test_one_signed_post_per_finished_and_failed_job(signed_procs, receiver, red
     quiet.wait(60)
     with pytest.raises(JobFailed):
         bad.wait(60)
-    wait_until(lambda: len(receiver.deliveries) >= 2, 30)
-    time.sleep(1.5)  # a duplicate or a delivery for the quiet job would arrive by now
+    wait_until(lambda: len(receiver.deliveries) >= 2 and delivered_all(redis_conn), 30)
     assert sorted(d.path for d in receiver.deliveries) == ["/hooks/bad", "/hooks/ok"]
 
     for delivery in receiver.deliveries:
         assert delivery.headers["content-type"] == "application/json"
-        assert delivery.headers[SIGNATURE_HEADER.lower()].startswith("sha256=")
-        assert abs(int(delivery.headers[TIMESTAMP_HEADER.lower()]) - time.time()) < 60
-        assert delivery.verifies()
+        assert delivery.headers[SIGNATURE_HEADER].startswith("v1,")
+        assert abs(int(delivery.headers[TIMESTAMP_HEADER]) - time.time()) < 300
+        assert delivery.verifies()  # standardwebhooks.Webhook.verify
         assert not delivery.verifies("another-secret")
-    by_path = {d.path: json.loads(d.body) for d in receiver.deliveries}
+        assert verify_signature(SECRET, delivery.body, delivery.headers)  # latentq's own check agrees
+    by_path = {d.path: d for d in receiver.deliveries}
     finished, failed = by_path["/hooks/ok"], by_path["/hooks/bad"]
-    assert finished["id"] == ok.id and finished["status"] == "finished"
-    assert finished["results"][0]["url"] == ok.info().results[0].url
-    assert finished["results"][0]["content_type"] == "image/png"
-    assert failed["id"] == bad.id and failed["status"] == "failed"
-    assert "not a safetensors" in failed["error"]
+    assert finished.msg_id == f"msg_{ok.id}_finished" and failed.msg_id == f"msg_{bad.id}_failed"
+    assert finished.payload["type"] == "job.finished" and failed.payload["type"] == "job.failed"
+    stamp = datetime.fromisoformat(finished.payload["timestamp"].replace("Z", "+00:00"))
+    assert abs(stamp.timestamp() - time.time()) < 300 and stamp.tzinfo == timezone.utc
+    assert finished.data["id"] == ok.id and finished.data["status"] == "finished"
+    assert finished.data["results"][0]["key"] == ok.info().results[0].key
+    assert finished.data["results"][0]["content_type"] == "image/png"
+    assert failed.data["id"] == bad.id and failed.data["status"] == "failed"
+    assert "not a safetensors" in failed.data["error"]
 
 
 @pytest.mark.timeout(180)
-def test_a_receiver_failing_twice_gets_the_delivery_on_the_third_try(signed_procs, receiver):
+def test_a_receiver_failing_twice_gets_the_delivery_on_the_third_try(signed_procs, receiver, redis_conn):
     receiver.script = [500, 500]
     job = Client().submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hook")
     signed_procs.worker("taef2")
     job.wait(60)
-    wait_until(lambda: len(receiver.deliveries) >= 3, 30)
-    time.sleep(2.5)  # the third try succeeded: no fourth one (it would come 2 s later)
-    assert len(receiver.deliveries) == 3
+    wait_until(lambda: len(receiver.deliveries) >= 3 and delivered_all(redis_conn), 30)
+    assert [d.status for d in receiver.deliveries] == [500, 500, 200]
     first, second, third = receiver.deliveries
     assert first.body == second.body == third.body  # the same payload, re-signed per attempt
+    assert first.msg_id == second.msg_id == third.msg_id == f"msg_{job.id}_finished"  # one id across retries
     assert all(d.verifies() for d in receiver.deliveries)
-    assert json.loads(third.body)["status"] == "finished"
-    # Exponential backoff from 0.5 s: 0.5 s, then 1 s between attempts.
-    assert 0.4 <= second.at - first.at < 2.0
-    assert 0.9 <= third.at - second.at < 3.0
+    assert third.data["status"] == "finished"
+    # Exponential backoff from LATENTQ_WEBHOOK_BACKOFF (0.5 s here): at least 0.5 s, then 1 s, between attempts.
+    assert second.at - first.at >= 0.5 and third.at - second.at >= 1.0
+
+
+@pytest.mark.timeout(120)
+def test_a_job_canceled_through_the_api_sends_its_webhook(signed_procs, receiver):
+    api = signed_procs.api()  # no worker: the job stays queued until canceled; the API drains the outbox
+    job = Client().submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/canceled")
+    assert httpx.delete(f"{api}/v1/jobs/{job.id}", timeout=30).status_code == 200
+    wait_until(lambda: len(receiver.deliveries) >= 1, 30)
+    (delivery,) = receiver.deliveries
+    assert delivery.path == "/hooks/canceled" and delivery.verifies()
+    assert delivery.msg_id == f"msg_{job.id}_canceled" and delivery.payload["type"] == "job.canceled"
+    assert delivery.data["id"] == job.id and delivery.data["status"] == "canceled"
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_cancel_is_delivered_by_a_worker(signed_procs, receiver, redis_conn):
+    """The Client that canceled holds nothing: its job's webhook waits in Redis for any drainer."""
+    with Client() as client:
+        job = client.submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/mine")
+        assert client.cancel(job.id).status.value == "canceled"
+    assert pending(redis_conn) == 1 and receiver.deliveries == []
+    signed_procs.worker("taef2")
+    wait_until(lambda: receiver.deliveries, 60)
+    (delivery,) = receiver.deliveries
+    assert delivery.path == "/hooks/mine" and delivery.data["status"] == "canceled" and delivery.verifies()
 
 
 # ---------------------------------------------------------------- signatures and the sender, in process
 
 
 @pytest.mark.timeout(30)
-def test_sign_and_verify():
-    body = b'{"id":"abc","status":"finished"}'
+def test_signatures_are_the_standard_ones_for_both_secret_forms():
+    body = event_body("finished", {"id": "abc", "status": "finished"})
     now = int(time.time())
-    signature = sign(SECRET, body, now)
-    assert signature.startswith("sha256=") and len(signature) == 7 + 64
-    assert verify_signature(SECRET, body, now, signature)
-    assert verify_signature(SECRET, body, str(now), signature)  # the header value is a string
-    assert not verify_signature(SECRET, body.replace(b"finished", b"failed"), now, signature)  # tampered body
-    assert not verify_signature("another-secret", body, now, signature)
-    assert not verify_signature(SECRET, body, now + 1, signature)  # the timestamp is signed too
-    assert not verify_signature(SECRET, body, now, signature.removeprefix("sha256="))
-    assert not verify_signature(SECRET, body, "not-a-time", signature)
-    # Replays: a valid signature made too long ago (or ahead) is refused.
-    assert verify_signature(SECRET, body, now, signature, now=now + 299)
-    assert not verify_signature(SECRET, body, now, signature, now=now + 301)
-    assert not verify_signature(SECRET, body, now, signature, now=now - 301)
-    stale = now - 3600
-    assert not verify_signature(SECRET, body, stale, sign(SECRET, body, stale))
-    assert verify_signature(SECRET, body, stale, sign(SECRET, body, stale), tolerance_s=7200)
+    raw = SECRET
+    standard = "whsec_" + base64.b64encode(b"\x00\x01binary key\xff").decode()
+    for secret in (raw, standard):
+        signature = sign(secret, "msg_abc_finished", now, body)
+        headers = {ID_HEADER: "msg_abc_finished", TIMESTAMP_HEADER: str(now), SIGNATURE_HEADER: signature}
+        # The reference library accepts it, given the secret's whsec_ form (or the raw key's bytes).
+        assert Webhook(standard_secret(secret)).verify(body, headers) == json.loads(body)
+        assert Webhook(secret_key(secret)).verify(body, headers) == json.loads(body)
+        assert verify_signature(secret, body, headers)
+        assert verify_signature(secret, body, {**headers, SIGNATURE_HEADER: "v1,bm9wZQ== " + signature})
+        for tampered in ({**headers, ID_HEADER: "msg_abc_failed"}, {**headers, TIMESTAMP_HEADER: str(now + 1)},
+                         {**headers, SIGNATURE_HEADER: signature[3:]}, {**headers, TIMESTAMP_HEADER: "soon"}):  # fmt: skip
+            assert not verify_signature(secret, body, tampered)
+        assert not verify_signature(secret, body.replace(b"finished", b"failed"), headers)
+        assert not verify_signature("another-secret", body, headers)
+        # Replays: a valid signature made too long ago (or ahead) is refused.
+        assert verify_signature(secret, body, headers, now=now + 299)
+        assert not verify_signature(secret, body, headers, now=now + 301)
+        assert not verify_signature(secret, body, headers, now=now - 301)
+    assert standard_secret(standard) == standard and secret_key(standard) == b"\x00\x01binary key\xff"
+    assert secret_key("whsec_" + base64.b64encode(b"key!").decode().rstrip("=")) == b"key!"  # padding optional
+    with pytest.raises(ConfigError):
+        secret_key("whsec_not base64!")
+    payload = json.loads(body)
+    assert set(payload) == {"type", "timestamp", "data"} and payload["type"] == "job.finished"
 
 
 @pytest.mark.timeout(30)
-def test_sender_retries_then_gives_up_and_never_raises(receiver):
-    receiver.script = [500] * 10
-    sender = WebhookSender(SECRET, max_attempts=3, backoff_s=0.05)
-    sender.send(f"{receiver.url}/always-failing", {"id": "j1", "status": "finished"})
-    sender.send("http://127.0.0.1:1/unreachable", {"id": "j2", "status": "failed"})  # connection refused
-    sender.close(timeout=10)
-    assert [d.path for d in receiver.deliveries] == ["/always-failing"] * 3
-    assert all(d.verifies() for d in receiver.deliveries)
-    assert json.loads(receiver.deliveries[0].body) == {"id": "j1", "status": "finished"}
+def test_one_attempt_and_what_it_tells_the_outbox(receiver):
+    sender = WebhookSender(SECRET)
+    body = event_body("finished", {"id": "j1"})
+    receiver.script = [500, 410]
+    failed = sender.deliver(f"{receiver.url}/a", "msg_j1_finished", body)
+    gone = sender.deliver(f"{receiver.url}/a", "msg_j1_finished", body)
+    ok = sender.deliver(f"{receiver.url}/a", "msg_j1_finished", body)
+    unreachable = sender.deliver("http://127.0.0.1:1/unreachable", "msg_j2_failed", body)  # connection refused
+    assert (failed.delivered, failed.retry, failed.reason) == (False, True, "HTTP 500")
+    assert (gone.delivered, gone.retry) == (False, False)  # 410 Gone: the receiver wants no more
+    assert ok.delivered and not unreachable.delivered and unreachable.retry
+    assert [d.status for d in receiver.deliveries] == [500, 410, 200]
+    assert all(d.verifies() and d.msg_id == "msg_j1_finished" and d.body == body for d in receiver.deliveries)
+    sender.close()
 
 
 @pytest.mark.timeout(30)
-def test_without_a_secret_deliveries_are_unsigned(receiver, monkeypatch):
+def test_without_a_secret_deliveries_are_unsigned_with_one_warning(receiver, monkeypatch, caplog):
+    import latentq.webhooks as webhooks
+
     monkeypatch.delenv("LATENTQ_WEBHOOK_SECRET", raising=False)
-    sender = WebhookSender()
-    assert not sender.secret
-    sender.send(f"{receiver.url}/plain", {"id": "j3"})
-    sender.close(timeout=10)
-    (delivery,) = receiver.deliveries
-    assert SIGNATURE_HEADER.lower() not in delivery.headers and TIMESTAMP_HEADER.lower() in delivery.headers
-    assert not delivery.verifies()
-
-
-@pytest.mark.timeout(120)
-def test_a_job_canceled_through_the_api_sends_its_webhook(signed_procs, receiver):
-    api = signed_procs.api()  # no worker: the job stays queued until canceled
-    job = Client().submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/canceled")
-    assert httpx.delete(f"{api}/v1/jobs/{job.id}", timeout=30).status_code == 200
-    wait_until(lambda: len(receiver.deliveries) >= 1, 30)
-    (delivery,) = receiver.deliveries
-    assert delivery.path == "/hooks/canceled" and delivery.verifies()
-    body = json.loads(delivery.body)
-    assert body["id"] == job.id and body["status"] == "canceled"
-
-
-@pytest.mark.timeout(60)
-def test_a_producer_cancel_sends_the_webhook_by_close(receiver, env, monkeypatch):
-    monkeypatch.setenv("LATENTQ_WEBHOOK_SECRET", SECRET)
-    with Client() as client:
-        job = client.submit(torch.randn(32, 4, 4), model="taef2", callback_url=f"{receiver.url}/hooks/mine")
-        assert client.cancel(job.id).status.value == "canceled"
-    # close() delivered it
-    assert [d.path for d in receiver.deliveries] == ["/hooks/mine"]
-    assert json.loads(receiver.deliveries[0].body)["status"] == "canceled" and receiver.deliveries[0].verifies()
+    monkeypatch.setattr(webhooks, "_warned_unsigned", type(webhooks._warned_unsigned)())  # a fresh process's
+    with caplog.at_level(logging.WARNING, logger="latentq.webhooks"):
+        sender = WebhookSender()
+        assert not sender.secret and not caplog.records  # no webhook sent yet: nothing to warn about
+        for index in range(2):
+            assert sender.deliver(f"{receiver.url}/plain", f"msg_j{index}_finished", b"{}").delivered
+    sender.close()
+    assert [r.getMessage() for r in caplog.records] == ["LATENTQ_WEBHOOK_SECRET is not set: webhooks are sent unsigned"]
+    for delivery in receiver.deliveries:
+        assert SIGNATURE_HEADER not in delivery.headers
+        assert delivery.headers[ID_HEADER] and delivery.headers[TIMESTAMP_HEADER]
+        assert not delivery.verifies()

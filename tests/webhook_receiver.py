@@ -1,13 +1,21 @@
-"""A webhook receiver for tests: a real local HTTP server that records every POST."""
+"""A webhook receiver for tests: a real local HTTP server that records every POST.
+
+Signatures are checked with ``standardwebhooks``, the Standard Webhooks reference library from PyPI.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from latentq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from standardwebhooks import Webhook
+
+from latentq.webhooks import standard_secret
 
 __all__ = ["SECRET", "Delivery", "Receiver"]
 
@@ -20,18 +28,40 @@ class Delivery:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 200  # what the receiver answered
+
+    @property
+    def msg_id(self) -> str:
+        return self.headers.get("webhook-id", "")
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The job's status JSON."""
+        return self.payload["data"]
 
     def verifies(self, secret: str = SECRET) -> bool:
-        return verify_signature(secret, self.body, self.headers.get(TIMESTAMP_HEADER.lower(), ""),
-                                self.headers.get(SIGNATURE_HEADER.lower(), ""))  # fmt: skip
+        """Whether the Standard Webhooks library accepts it (``secret``: any string, or whsec_...)."""
+        try:
+            Webhook(standard_secret(secret)).verify(self.body, self.headers)
+            return True
+        except Exception:
+            return False
 
 
 class Receiver:
-    """A tiny webhook receiver on 127.0.0.1 (free port): records every POST and answers from a script."""
+    """A tiny webhook receiver on 127.0.0.1 (free port): records every POST and answers from a script.
+
+    ``script``: status codes for the next requests, then ``respond(delivery)`` if set, else 200.
+    """
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
-        self.script: list[int] = []  # status codes for the next requests; then 200
+        self.script: list[int] = []
+        self.respond: Callable[[Delivery], int] | None = None
         self._lock = threading.Lock()
         receiver = self
 
@@ -40,9 +70,13 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver._lock:
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    receiver.deliveries.append(Delivery(self.path, headers, body, time.monotonic()))
-                    status = receiver.script.pop(0) if receiver.script else 200
-                self.send_response(status)
+                    delivery = Delivery(self.path, headers, body, time.monotonic())
+                    if receiver.script:
+                        delivery.status = receiver.script.pop(0)
+                    elif receiver.respond is not None:
+                        delivery.status = receiver.respond(delivery)
+                    receiver.deliveries.append(delivery)
+                self.send_response(delivery.status)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -53,6 +87,15 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def accepted(self) -> list[Delivery]:
+        """Deliveries answered 2xx."""
+        with self._lock:
+            return [d for d in self.deliveries if d.status < 300]
+
+    def by_id(self) -> dict[str, Delivery]:
+        """The accepted deliveries after deduplication by ``webhook-id`` (what a receiver acts on)."""
+        return {d.msg_id: d for d in self.accepted()}
 
     def close(self) -> None:
         self.server.shutdown()

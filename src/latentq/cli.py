@@ -161,7 +161,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 previews[name] = load_model(registry.get(spec.preview), args.device, args.dtype)
             except Exception as exc:  # previews are optional: serve full decodes without them
                 log.warning("no preview decoder for %s: %s", name, exc)
-    from .webhooks import WebhookSender
+    from .outbox import Drainer
     from .worker.runner import serve
 
     connection = redis_from_url(settings.redis_url)
@@ -177,7 +177,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             store,
             max_batch=args.max_batch,
             max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
-            webhooks=WebhookSender(allow=settings.webhook_allow),
             max_wait_ms=args.max_wait_ms,
             encode_threads=args.encode_threads,
             limits=settings.limits,
@@ -186,7 +185,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
         )
 
-    return serve(make_worker, connection, burst=args.burst, logging_level=args.log_level)
+    drainer = Drainer.from_settings(connection, settings)  # this process's share of the webhook deliveries
+    return serve(make_worker, connection, burst=args.burst, logging_level=args.log_level, drainer=drainer)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from .netguard import WebhookPolicy
 from .spec import Limits
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "webhook_allow_from_env", "webhook_policy"]
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "webhook_allow_from_env", "webhook_policy",
+           "webhook_secret_from_env"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # The RQ job function, by dotted path: producers never import the worker.
@@ -33,6 +34,12 @@ class Settings:
     api_keys: tuple[str, ...] = ()  # bearer tokens the API accepts; empty: no authentication
     # Hosts and CIDR networks webhooks may go to besides public addresses (see latentq.netguard).
     webhook_allow: tuple[str, ...] = ()
+    # Webhooks (latentq.outbox): the signing secret (whsec_<base64> or any string; None: unsigned),
+    # attempts per delivery, the first retry's delay (doubling, up to an hour) and one attempt's timeout.
+    webhook_secret: str | None = None
+    webhook_attempts: int = 8
+    webhook_backoff: float = 1.0
+    webhook_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -45,7 +52,11 @@ class Settings:
             "limits": Limits.from_env(),
             "api_keys": tuple(k.strip() for k in env.get("LATENTQ_API_KEYS", "").split(",") if k.strip()),
             "webhook_allow": webhook_allow_from_env(),
+            "webhook_secret": webhook_secret_from_env(),
         }
+        for name, kind in (("webhook_attempts", int), ("webhook_backoff", float), ("webhook_timeout", float)):
+            if raw := env.get(f"LATENTQ_{name.upper()}"):
+                values[name] = kind(raw)
         for name in ("latent_ttl", "result_ttl", "record_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
             raw = env.get(f"LATENTQ_{name.upper()}")
             if raw:
@@ -66,6 +77,11 @@ class Settings:
 def webhook_allow_from_env() -> tuple[str, ...]:
     """``LATENTQ_WEBHOOK_ALLOW``: comma-separated hosts and CIDR networks webhooks may go to."""
     return tuple(e.strip() for e in os.environ.get("LATENTQ_WEBHOOK_ALLOW", "").split(",") if e.strip())
+
+
+def webhook_secret_from_env() -> str | None:
+    """``LATENTQ_WEBHOOK_SECRET``: the key webhooks are signed with (``whsec_<base64>`` or any string)."""
+    return os.environ.get("LATENTQ_WEBHOOK_SECRET") or None
 
 
 def webhook_policy() -> WebhookPolicy:

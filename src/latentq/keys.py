@@ -109,3 +109,17 @@ def recovery_lock(queue: str) -> str:
 def recent_jobs_key(tenant: str) -> str:
     """A tenant's recent jobs, newest last (sorted set: job id -> submit time; trimmed to a bound)."""
     return f"{PREFIX}recent:{tenant}"
+
+
+# --- webhooks (latentq.outbox) -------------------------------------------------------------------
+# The webhook outbox (stream: one entry per job event to deliver: id, url, model, job, body), written in
+# the job's end transaction and drained by every worker and API process through one consumer group.
+WEBHOOK_OUTBOX = PREFIX + "webhooks"
+WEBHOOK_GROUP = "latentq-webhooks"
+# When each outbox entry is next due (sorted set: entry id -> ms since the epoch): a retry's time after
+# a failed attempt, or while an attempt runs the moment it is given up for lost (its drainer died).
+WEBHOOK_DUE = PREFIX + "webhooks:due"
+# Attempts made per outbox entry (hash: entry id -> count).
+WEBHOOK_ATTEMPTS = PREFIX + "webhooks:attempts"
+
+__all__ += ["WEBHOOK_ATTEMPTS", "WEBHOOK_DUE", "WEBHOOK_GROUP", "WEBHOOK_OUTBOX"]

@@ -9,7 +9,8 @@ writes, per job and atomically behind the job's fence (``fence``):
 - RQ's record: status, result or failure, registries, execution cleanup (``rqstate``);
 - latentq's metrics (status counters, timing histograms);
 - the deletion of the latent (kept for a retry) and of the lease;
-- the done message that wakes waiting clients.
+- the done message that wakes waiting clients;
+- for a job with a ``callback_url`` that ended (not a retry), its webhook, into the outbox (``outbox``).
 
 A job whose fence refuses (its worker lost it, or it started before a
 cancel) gets none of these: its effects happen once, by its owner.
@@ -17,6 +18,7 @@ cancel) gets none of these: its effects happen once, by its owner.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job as RQJob
 
-from . import keys, rqstate
+from . import keys, outbox, rqstate
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
 from .payload import latent_key_of, request_field
@@ -52,6 +54,8 @@ class Ending:
     reason: str = ""  # failed, retry, expired: the failure's text
     ended: datetime | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Result URLs in the webhook's payload (None: the ending worker's ``url_for``, else keys only).
+    url_for: Callable[[str], str | None] | None = None
 
     @property
     def model(self) -> str:
@@ -93,10 +97,21 @@ def _writes(connection: Redis, worker: Any, ending: Ending) -> list[tuple[Any, .
         return captured(pipe)
     pipe.delete(latent_key_of(job.id, job.kwargs))
     _metrics(job, ending.model, status, ending.timings).write(pipe)
+    _webhook(pipe, job, ending.model, status, ending.url_for or getattr(worker, "url_for", None), ending.result,
+             ending.reason)
     if worker is not None:
         pipe.hincrby(worker.stats_key, "finished" if status == "finished" else "failed", 1)
     pipe.publish(keys.job_done_channel(job.id), status)
     return captured(pipe)
+
+
+def _webhook(pipe: Any, job: RQJob, model: str, status: str, url_for: Callable[[str], str | None] | None,
+             result: dict[str, Any] | None, reason: str = "") -> None:
+    """Queue the ended job's webhook in ``pipe`` (the end's own writes), if it asked for one."""
+    callback = request_field(job.kwargs, "callback_url")
+    if callback:
+        data = outbox.event_data(job, status, url_for or (lambda key: None), result, reason)
+        outbox.add(pipe, job.id, model, status, str(callback), data)
 
 
 def end_jobs(connection: Redis, endings: list[Ending], *, worker: Any = None,
@@ -116,12 +131,16 @@ def end_jobs(connection: Redis, endings: list[Ending], *, worker: Any = None,
     return [code == APPLIED for code, _ in results[: len(endings)]]
 
 
-def announce_finished(connection: Redis, job: RQJob, timings: dict[str, float]) -> None:
+def announce_finished(connection: Redis, job: RQJob, timings: dict[str, float], result: dict[str, Any] | None = None,
+                      url_for: Callable[[str], str | None] | None = None) -> None:  # fmt: skip
     """What a job finished by RQ's own worker (``tasks.decode_job``) still needs from latentq: metrics,
-    the latent's deletion, the done message. RQ writes the rest when the task returns."""
-    metrics = _metrics(job, str(request_field(job.kwargs, "model", "")), "finished", timings)
-    with connection.pipeline(transaction=False) as pipe:
+    the latent's deletion, the done message, its webhook. RQ writes the rest when the task returns."""
+    model = str(request_field(job.kwargs, "model", ""))
+    metrics = _metrics(job, model, "finished", timings)
+    with connection.pipeline(transaction=True) as pipe:
         metrics.write(pipe)
+        if result is not None:
+            _webhook(pipe, job, model, "finished", url_for, result)
         pipe.delete(latent_key_of(job.id, job.kwargs))
         pipe.publish(keys.job_done_channel(job.id), "finished")
         pipe.execute()

@@ -30,6 +30,7 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
     "job_latency_seconds": (_SECONDS, "End to end: enqueued to result stored"),
 }
 STATUSES = ("finished", "failed", "canceled", "expired")
+WEBHOOK_OUTCOMES = ("delivered", "failed")
 MINUTE_KEY_TTL = 16 * 60  # per-minute throughput counters: the console charts the last 15 minutes
 
 
@@ -138,6 +139,11 @@ def render(connection: Redis, models: Iterable[str], queue_depth: dict[str, int]
         for status in STATUSES:
             value = hashes[model].get(f"jobs_total:{status}", "0")
             out.append(f'latentq_jobs_total{{model="{_escape(model)}",status="{status}"}} {value}')
+    family("webhooks_total", "counter", "Webhooks of the model's jobs: delivered, or failed (given up)")
+    for model in models:
+        for outcome in WEBHOOK_OUTCOMES:  # counted by the webhook outbox (latentq.outbox)
+            value = hashes[model].get(f"webhooks_total:{outcome}", "0")
+            out.append(f'latentq_webhooks_total{{model="{_escape(model)}",outcome="{outcome}"}} {value}')
     for name, (bounds, help_text) in HISTOGRAMS.items():
         family(name, "histogram", help_text)
         for model in models:

@@ -32,6 +32,7 @@ from ..errors import (
     StoreError,
     Unavailable,
 )
+from ..outbox import Drainer
 from ..producer.client import Client
 from ..records import is_record_key
 from ..spec import DecodeRequest, JobInfo
@@ -95,9 +96,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         client.listener().start(keep=True)  # subscribed before the first long-poll arrives, and stays
+        # This process's share of the webhook deliveries (latentq.outbox), on a connection of its own.
+        drainer = Drainer.from_settings(redis_from_url(settings.redis_url, max_connections=8), settings).start()
         yield
         await long_polls.aclose()
-        if owns_client:  # delivers the webhooks of jobs canceled through this API
+        await run_in_threadpool(drainer.stop)  # attempts in flight end; the rest stay in Redis for others
+        drainer.connection.close()
+        if owns_client:
             await run_in_threadpool(client.close)
 
     app = FastAPI(

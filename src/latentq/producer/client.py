@@ -23,13 +23,12 @@ from ..connection import redis_from_url, redis_unavailable
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
 from ..lifecycle import Ending, end_jobs
-from ..payload import JobPayload, request_field
+from ..payload import JobPayload
 from ..recent import DEFAULT_TENANT, index_recent_job
 from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore, open_store
 from ..validate import validate_image, validate_latent
-from ..webhooks import WebhookSender
 from ..wire import latent_to_bytes
 from .status import job_info
 from .waiter import RECHECK_S, DoneListener, has_ended
@@ -100,7 +99,6 @@ class Client:
         # One listener (one pub/sub connection, one thread) for every thread that waits on a job.
         self._listener: DoneListener | None = None
         self._lock = threading.Lock()
-        self._webhooks: WebhookSender | None = None  # for jobs that end here (canceled, expired)
 
     @property
     def store(self) -> ObjectStore:
@@ -295,20 +293,11 @@ class Client:
         self._end_queued(rq_job, "expired")  # refused: it started or ended meanwhile
 
     def _end_queued(self, rq_job: RQJob, status: str) -> bool:
-        """End a queued job here (canceled, or expired) through the job lifecycle; False if a worker took it."""
-        (done,) = end_jobs(self.connection, [Ending(rq_job, status)])
-        callback = request_field(rq_job.kwargs, "callback_url")
-        if done and callback:
-            rq_job.refresh()
-            self._webhook_sender().send(callback, job_info(rq_job, self.store.url).to_dict())
-        return done
+        """End a queued job here (canceled, or expired) through the job lifecycle; False if a worker took it.
 
-    def _webhook_sender(self) -> WebhookSender:
-        # Started on first use: most producers never cancel a job that has a callback.
-        with self._lock:
-            if self._webhooks is None:
-                self._webhooks = WebhookSender()
-            return self._webhooks
+        Its webhook, if any, goes into the outbox in the same transaction (any worker or API delivers it)."""
+        (done,) = end_jobs(self.connection, [Ending(rq_job, status, url_for=self.store.url)])
+        return done
 
     @redis_unavailable()
     def wait_for(self, job_id: str, timeout: float) -> JobInfo:
@@ -384,12 +373,9 @@ class Client:
         }
 
     def close(self) -> None:
-        """Deliver pending webhooks (of jobs canceled or expired here), then drop the connections."""
+        """Drop the connections (webhooks of jobs ended here wait in Redis's outbox, not in this process)."""
         with self._lock:
             listener, self._listener = self._listener, None
-            webhooks, self._webhooks = self._webhooks, None
-        if webhooks is not None:
-            webhooks.close()
         if listener is not None:
             listener.close()
         self.connection.close()

@@ -43,7 +43,6 @@ from ..producer.status import job_info
 from ..records import write_record
 from ..spec import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
-from ..webhooks import WebhookSender
 from . import upkeep
 from .completion import Committer, Completed
 from .faults import Faults
@@ -99,7 +98,6 @@ class DecodeWorker(SimpleWorker):
         name: str | None = None,
         heartbeat_interval: float = 5.0,
         previews: dict[str, LoadedModel] | None = None,
-        webhooks: WebhookSender | None = None,
         store_attempts: int = 4,
         url_for: Callable[[str], str] | None = None,
     ) -> None:
@@ -125,7 +123,6 @@ class DecodeWorker(SimpleWorker):
         self.max_batch_pixels = max_batch_pixels
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self.limits = limits or Limits()
-        self.webhooks = webhooks
         self.store_attempts = max(1, store_attempts)
         self.url_for = url_for or store.url
         self.heartbeat_interval = heartbeat_interval
@@ -203,8 +200,6 @@ class DecodeWorker(SimpleWorker):
         self._pool.shutdown(wait=True)
         self._committer.close()
         self._stop_heartbeats.set()
-        if self.webhooks is not None:
-            self.webhooks.close()
         try:
             super().teardown()
             self.connection.expire(self.stats_key, 3600)
@@ -398,7 +393,6 @@ class DecodeWorker(SimpleWorker):
                  extra=log_fields(item.job))  # fmt: skip
         with self._active_lock:
             self._active.pop(item.job.id, None)
-        self._send_webhook(item.job, item.info)
 
     def commit_failed(self, items: list[Completed]) -> None:
         """Redis stayed unreachable past the jobs' leases: let them go; recovery re-queues them."""
@@ -429,34 +423,17 @@ class DecodeWorker(SimpleWorker):
                         reason=reason)  # fmt: skip
         deadline = time.monotonic() + self.execution_ttl
         delay = 0.05
-        while True:
+        while True:  # its webhook, if any, is queued by the same transaction (lifecycle, outbox)
             try:
-                (done,) = end_jobs(self.connection, [ending], worker=self)
+                end_jobs(self.connection, [ending], worker=self)
                 break
             except Exception as exc:  # Redis unreachable: retried while the lease may hold
                 if time.monotonic() + delay > deadline:
                     log.error("could not record the failure of job %s (%s); recovery will re-run it", job.id, exc)
-                    done = False
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self._forget(job.id)
-        if done and not retry:
-            self._send_webhook(job)
-
-    def _send_webhook(self, job: RQJob, info: JobInfo | None = None) -> None:
-        """``info``: a finished job's status (its Redis record may already be gone); else read from Redis."""
-        callback = request_field(job.kwargs, "callback_url")
-        if callback and self.webhooks is not None:
-            try:
-                if info is None:
-                    fresh = RQJob.fetch(job.id, connection=self.connection, serializer=JSONSerializer)
-                    info = job_info(fresh, self.url_for)
-                else:
-                    info = info.with_urls(self.url_for)
-                self.webhooks.send(callback, info.to_dict())
-            except Exception:  # a webhook never fails a job
-                log.warning("could not queue the webhook of job %s", job.id, exc_info=True)
 
     # --- upkeep (the heartbeat thread) -------------------------------------------
     def _heartbeat_loop(self) -> None:

@@ -7,6 +7,10 @@ starts a fresh ``DecodeWorker`` (a new RQ worker registration). Jobs the old
 one held end through their leases: committed if Redis came back in time,
 else re-queued by recovery once their leases lapse. SIGTERM or SIGINT ends
 it: during a batch RQ's warm shutdown finishes the batch first.
+
+Beside the worker, the process drains the webhook outbox (``latentq.outbox``)
+for its whole life, across those restarts: deliveries of jobs that any
+process ended, this one's included.
 """
 
 from __future__ import annotations
@@ -44,8 +48,21 @@ def wait_for_redis(connection: Redis, stop: threading.Event, *, first_delay: flo
 
 
 def serve(make_worker: Callable[[], Any], connection: Redis, *, burst: bool = False,
-          logging_level: str = "INFO") -> int:  # fmt: skip
-    """Run workers made by ``make_worker`` one after another until a stop signal (or a burst's end)."""
+          logging_level: str = "INFO", drainer: Any = None) -> int:  # fmt: skip
+    """Run workers made by ``make_worker`` one after another until a stop signal (or a burst's end).
+
+    ``drainer``: the webhook outbox's ``Drainer``, started now and stopped last.
+    """
+    if drainer is not None:
+        drainer.start()
+    try:
+        return _serve(make_worker, connection, burst, logging_level)
+    finally:
+        if drainer is not None:
+            drainer.stop()
+
+
+def _serve(make_worker: Callable[[], Any], connection: Redis, burst: bool, logging_level: str) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:

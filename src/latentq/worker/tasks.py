@@ -53,5 +53,5 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     result = {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
     job.ended_at = rqstate.now()
     write_record(store, job_info(job, lambda key: None, result=result))
-    announce_finished(job.connection, job, timings)
+    announce_finished(job.connection, job, timings, result, store.url)  # its webhook carries the result URLs
     return result
