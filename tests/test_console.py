@@ -244,3 +244,68 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
     finally:
         browser.close()
 
+
+
+# ------------------------------------------------------------------------------------------ GET /v1/jobs
+@pytest.mark.timeout(60)
+def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_conn, monkeypatch):
+    from latentq import recent
+
+    monkeypatch.setattr(recent, "RECENT_JOBS_LIMIT", 6)
+    submitted = [("a1", 100.0), ("a2", 100.0), ("a3", 100.0), ("b", 101.5), ("c1", 102.0), ("c2", 102.0),
+                 ("c3", 102.0), ("c4", 102.0)]  # two submit_many batches (one submit time each) and one job
+    with redis_conn.pipeline() as pipe:
+        for job_id, at in submitted:
+            recent.index_recent_job(pipe, "alice", job_id, at)
+        pipe.execute()
+    everything = recent.recent_job_ids(redis_conn, "alice", 100)
+    assert [job_id for _, job_id in everything] == ["c4", "c3", "c2", "c1", "b", "a3"]  # the 2 oldest trimmed
+    for size in (1, 2, 4):  # a cursor may fall inside a batch: the page after it goes on from there
+        walked, cursor = [], None
+        while page := recent.recent_job_ids(redis_conn, "alice", size, cursor):
+            walked += page
+            cursor = page[-1]
+        assert walked == everything, size
+    assert recent.recent_job_ids(redis_conn, "bob", 10) == []
+
+
+@pytest.mark.timeout(180)
+def test_job_listing_pages_filters_and_reports_timings_over_http(procs, env):
+    env["LATENTQ_RECORD_TTL"] = "0"  # a finished job answers from its stored record at once
+    api = procs.api()
+    latent = safetensors_bytes({"latent": torch.randn(32, 4, 4)})
+    ids = [httpx.post(f"{api}/v1/jobs?model=taef2", content=latent, timeout=30).json()["id"] for _ in range(4)]
+    overview = httpx.get(f"{api}/v1/overview", timeout=30).json()
+    (taef2,) = overview["models"]
+    assert (taef2["name"], taef2["queued"], taef2["workers"]) == ("taef2", 4, 0)
+    assert "no live worker" in taef2["waiting_reason"]
+    assert httpx.delete(f"{api}/v1/jobs/{ids[0]}", timeout=30).json()["status"] == "canceled"
+
+    def listing(**params):
+        reply = httpx.get(f"{api}/v1/jobs", params=params, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    first = listing(limit=3)
+    assert [job["id"] for job in first["jobs"]] == ids[:0:-1] and first["next_cursor"]
+    assert all(job["status_url"].endswith(f"/v1/jobs/{job['id']}") for job in first["jobs"])
+    second = listing(limit=3, cursor=first["next_cursor"])
+    assert [job["id"] for job in second["jobs"]] == ids[:1] and second["next_cursor"] is None
+    assert [job["id"] for job in listing(status="canceled")["jobs"]] == ids[:1]
+    assert [job["id"] for job in listing(status="queued", model="taef2")["jobs"]] == ids[:0:-1]
+    for params, field, code in [({"status": "lost"}, "status", 422), ({"cursor": "x"}, "cursor", 422),
+                                ({"limit": 0}, "limit", 422), ({"model": "nope"}, None, 404)]:  # fmt: skip
+        reply = httpx.get(f"{api}/v1/jobs", params=params, timeout=30)
+        assert reply.status_code == code, (params, reply.text)
+        if field:
+            assert reply.json()["error"]["field"] == field, reply.text
+
+    procs.worker("taef2")
+    for job_id in ids[1:]:
+        job = httpx.get(f"{api}/v1/jobs/{job_id}", params={"wait": 120}, timeout=150).json()
+        assert job["status"] == "finished", job
+        assert set(job["timings"]) == {"waiting", "decode", "encode", "store"}, job
+        assert all(value >= 0 for value in job["timings"].values()) and job["timings"]["decode"] > 0, job
+    finished = listing(status="finished")["jobs"]
+    assert [job["id"] for job in finished] == ids[:0:-1]
+    assert all(job["results"][0]["url"] and job["timings"] for job in finished)
