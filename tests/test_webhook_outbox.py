@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+import httpx
 import pytest
 import torch
 from helpers import wait_until
@@ -124,8 +125,11 @@ def test_canceled_and_expired_jobs_send_theirs(procs, receiver, redis_conn):
     assert pending(redis_conn) == 2  # queued by the ends themselves: this Client delivers nothing
     client.close()
 
-    procs.api()  # any API process drains the outbox
+    api = procs.api()  # any API process drains the outbox
     wait_until(lambda: len(receiver.by_id()) == 2 and outbox_empty(redis_conn), 60)
+    metrics = httpx.get(f"{api}/metrics", timeout=30).text
+    assert 'latentq_webhooks_total{model="taef2",outcome="delivered"} 2' in metrics
+    assert 'latentq_webhooks_total{model="taef2",outcome="failed"} 0' in metrics
     delivered = receiver.by_id()
     assert_standard(delivered[f"msg_{canceled.id}_canceled"], canceled.id, "canceled")
     assert_standard(delivered[f"msg_{expiring.id}_expired"], expiring.id, "expired")
@@ -207,6 +211,32 @@ def test_an_attempt_whose_drainer_died_is_made_again_after_its_lease(env, redis_
         survivor.stop()
     (delivery,) = receiver.deliveries
     assert_standard(delivery, job.id, "canceled")
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_entries_a_dead_consumer_read_but_never_scheduled_are_reclaimed(env, redis_conn, receiver, monkeypatch):
+    """A drainer that died between reading new entries and scheduling them: XAUTOCLAIM adopts them."""
+    import latentq.outbox as outbox
+
+    client = Client()
+    jobs = [client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/{i}") for i in range(3)]
+    for job in jobs:
+        client.cancel(job.id)
+    crashed = drainer(redis_conn, consumer="crashed")
+    crashed._ensure_group()
+    redis_conn.xreadgroup(keys.WEBHOOK_GROUP, "crashed", {keys.WEBHOOK_OUTBOX: ">"}, count=10)  # then it died
+    assert redis_conn.zcard(keys.WEBHOOK_DUE) == 0
+    assert redis_conn.xpending(keys.WEBHOOK_OUTBOX, keys.WEBHOOK_GROUP)["pending"] == 3
+    monkeypatch.setattr(outbox, "RECLAIM_IDLE_MS", 100)  # (60 s in service)
+    monkeypatch.setattr(outbox, "RECLAIM_EVERY_S", 0.2)
+    survivor = drainer(redis_conn, consumer="survivor").start()
+    try:
+        wait_until(lambda: outbox_empty(redis_conn), 30)
+    finally:
+        survivor.stop()
+    assert sorted(receiver.by_id()) == sorted(f"msg_{job.id}_canceled" for job in jobs)
+    assert redis_conn.xpending(keys.WEBHOOK_OUTBOX, keys.WEBHOOK_GROUP)["pending"] == 0
     client.close()
 
 
