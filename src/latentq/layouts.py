@@ -4,11 +4,12 @@
 | ------- | ---------------------------- | -------------------------------------------------- |
 | image   | (B, C, h, w)                 | as is                                              |
 | packed  | (B, h/2 * w/2, 4C) + H, W    | FLUX.1: FluxPipeline._unpack_latents               |
+|         | or (B, C, h, w) unpacked     | as is (what Hugging Face's FLUX endpoint takes)    |
 | flux2   | (B, h/2 * w/2, 4C) + H, W    | FLUX.2: unpack, batch-norm denormalise, unpatchify |
 | video   | (B, C, f, h, w)              | as is (HunyuanVideo, Wan)                          |
 
-Only torch here: producers and the API validate shapes with it, workers
-also unpack with it (the batch-norm statistics of FLUX.2 come from the loaded
+Only torch here: the generic family (``latentq.models.families.generic``)
+checks shapes with it in every process, and unpacks with it on workers (the batch-norm statistics of FLUX.2 come from the loaded
 VAE).
 """
 

@@ -247,9 +247,11 @@ def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_ty
     are the job's (see :func:`decode_scaling`)."""
     spec = client.registry.get(model)
     plan = plan_decode(spec, output_type, image_format, partial_postprocess, processor)
-    if isinstance(latent, torch.Tensor) and latent.ndim == spec.latent_ndim - 1:
+    # FLUX.1 takes packed (B, seq, 64) and unpacked (B, 16, h, w) latents: the family says which ndims.
+    ndims = spec.family_impl.latent_ndims(spec)
+    if isinstance(latent, torch.Tensor) and latent.ndim not in ndims and latent.ndim + 1 in ndims:
         latent = latent.unsqueeze(0)
-    batch = latent.shape[0] if isinstance(latent, torch.Tensor) and latent.ndim == spec.latent_ndim else 1
+    batch = latent.shape[0] if isinstance(latent, torch.Tensor) and latent.ndim in ndims else 1
     if batch > 1 and (plan.reply == "bytes" or (spec.is_video and plan.reply != "float11")):
         raise InvalidLatent(f"this output holds one sample; the latent has a batch of {batch}: send one per request",
                             field="latent")  # fmt: skip

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from ..layouts import unpack
-from .registry import ModelSpec
+from ..spec import DecodeRequest
+from .families import get_family
+from .families.generic import unscale
+from .modelspec import ModelSpec
 from .taef2 import TAEF2
 
 __all__ = ["LoadedModel", "load_model", "to_uint8"]
@@ -29,39 +32,21 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class LoadedModel:
-    """A model held warm on one device; ``decode`` takes pipeline latents and returns RGB in [0, 1]."""
+    """A model held warm on one device. ``decode`` takes pipeline latents and returns its family's output
+    (RGB in [0, 1] for images and videos); the family (``spec.family``) does the unpacking and normalising."""
 
     def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
         self.spec = spec
         self.module = module
         self.device = device
         self.dtype = dtype
-        self._lock = threading.Lock()  # one forward pass at a time per model
+        self.family = get_family(spec.family)
+        self.lock = threading.Lock()  # one forward pass at a time per model
 
-    # --- pipeline latents -> VAE latents --------------------------------------------
-    def unpack(self, latents: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        """The pipeline's layout -> the VAE's (B, C, h, w) or (B, C, f, h, w); FLUX.2's batch norm included."""
-        bn_mean = bn_std = None
-        if self.spec.normalization == "batch_norm":
-            bn = self.module.bn
-            bn_mean = bn.running_mean
-            bn_std = torch.sqrt(bn.running_var + self.module.config.batch_norm_eps)
-        return unpack(self.spec.layout, latents, spatial_factor=self.spec.spatial_factor, height=height,
-                      width=width, bn_mean=bn_mean, bn_std=bn_std)  # fmt: skip
-
-    def unscale(self, latents: torch.Tensor, scaling_factor: float | None = None,
-                shift_factor: float | None = None) -> torch.Tensor:  # fmt: skip
-        if self.spec.normalization == "latents_mean_std":
-            config = self.module.config
-            shape = (1, -1) + (1,) * (latents.ndim - 2)
-            mean = torch.tensor(config.latents_mean, dtype=latents.dtype, device=latents.device).view(shape)
-            std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device).view(shape)
-            return latents * std + mean  # Wan: latents / (1 / std) + mean
-        if self.spec.normalization == "batch_norm":
-            return latents  # already denormalised in unpack
-        scaling = self.spec.scaling_factor if scaling_factor is None else scaling_factor
-        shift = self.spec.shift_factor if shift_factor is None else shift_factor
-        return latents / scaling + shift
+    def _request(self, scaling_factor: float | None = None, shift_factor: float | None = None,
+                 height: int | None = None, width: int | None = None) -> DecodeRequest:  # fmt: skip
+        return DecodeRequest(model=self.spec.name, scaling_factor=scaling_factor, shift_factor=shift_factor,
+                             height=height, width=width)  # fmt: skip
 
     def should_tile(self, width: int, height: int, frames: int = 1) -> bool:
         if not hasattr(self.module, "use_tiling"):
@@ -72,10 +57,16 @@ class LoadedModel:
 
     # --- decode -----------------------------------------------------------------------
     @torch.inference_mode()
-    def decode_vae(self, z: torch.Tensor, *, tile: bool = False) -> torch.Tensor:
-        """VAE-space latents -> RGB float32 in [0, 1] on the CPU, (B, 3, H, W) or (B, 3, F, H, W)."""
+    def decode_vae(self, z: torch.Tensor, *, tile: bool = False, **kwargs: Any) -> torch.Tensor:
+        """VAE-space latents -> ``vae.decode`` (``kwargs`` passed on) -> float32 in [0, 1] on the CPU,
+        (B, 3, H, W) or (B, 3, F, H, W)."""
+        return self.to_unit(self.vae_decode(z, tile=tile, **kwargs))
+
+    @torch.inference_mode()
+    def vae_decode(self, z: torch.Tensor, *, tile: bool = False, **kwargs: Any) -> torch.Tensor:
+        """The raw ``vae.decode(z, **kwargs)`` output, float32 on the model's device (under the model's lock)."""
         z = z.to(self.device, self.dtype)
-        with self._lock:
+        with self.lock:
             if self.spec.loader == "taef2":
                 out = self.module.decode(z)
             else:
@@ -83,43 +74,40 @@ class LoadedModel:
                     self.module.use_tiling = tile
                 if hasattr(self.module, "use_slicing"):
                     self.module.use_slicing = tile and z.shape[0] > 1
-                out = self.module.decode(z, return_dict=False)[0]
-        out = out.float()
+                out = self.module.decode(z, return_dict=False, **kwargs)[0]
+        return out.float()
+
+    def to_unit(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's raw output (``spec.output_range``) -> [0, 1] on the CPU, as VaeImageProcessor denormalizes."""
         if self.spec.output_range == "-1,1":
             out = out / 2 + 0.5
         return out.clamp(0, 1).cpu()
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, scaling_factor: float | None = None, shift_factor: float | None = None,
-               *, height: int | None = None, width: int | None = None, tile: bool = False) -> torch.Tensor:  # fmt: skip
-        """Pipeline latents (the layout of ``spec``) -> RGB float32 in [0, 1] on the CPU."""
-        z = self.unpack(latents.to(self.device, torch.float32), height, width)
-        return self.decode_vae(self.unscale(z, scaling_factor, shift_factor), tile=tile)
+               *, height: int | None = None, width: int | None = None, tile: bool = False,
+               request: DecodeRequest | None = None) -> Any:  # fmt: skip
+        """Pipeline latents (a batch of one shape) -> the family's output (RGB float32 in [0, 1] on the CPU
+        for images and videos). ``request`` carries the options; without it, the arguments make one."""
+        if request is None:
+            request = self._request(scaling_factor, shift_factor, height, width)
+        z = self.family.to_vae(self, latents.to(self.device, torch.float32), request)
+        return self.family.decode(self, z, request, tile=tile)
 
     @torch.inference_mode()
     def preview(self, full: LoadedModel, latents: torch.Tensor, *, height: int | None = None,
-                width: int | None = None) -> torch.Tensor:  # fmt: skip
+                width: int | None = None, request: DecodeRequest | None = None) -> torch.Tensor:  # fmt: skip
         """Decode ``full``'s pipeline latents with this (tiny) model: full's unpacking, our own scaling."""
-        z = full.unpack(latents.to(full.device, torch.float32), height, width)
-        return self.decode_vae(self.unscale(z.to(self.device)), tile=False)
+        request = request or self._request(height=height, width=width)
+        z = full.family.unpack(full, latents.to(full.device, torch.float32), request)
+        return self.decode_vae(unscale(self, z.to(self.device)), tile=False)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> scaled latents (what a pipeline hands to decode), image layout."""
-        if not self.spec.has_encoder:
+        """(B, 3, H, W) RGB in [0, 1] -> the latents the family hands back (``remote_encode``'s)."""
+        if not self.family.has_encoder(self.spec):
             raise ConfigError(f"model {self.spec.name} has no encoder")
-        x = images.to(self.device, self.dtype)
-        with self._lock:
-            if self.spec.loader == "taef2":
-                z = self.module.encode(x)
-            elif self.spec.diffusers_class == "AutoencoderTiny":
-                z = self.module.encode(x * 2 - 1, return_dict=False)[0]
-            else:
-                z = self.module.encode(x * 2 - 1).latent_dist.mode()
-        z = z.float()
-        if self.spec.normalization != "scale_shift":
-            return z.cpu()
-        return ((z - self.spec.shift_factor) * self.spec.scaling_factor).cpu()
+        return self.family.encode(self, images)
 
 
 def _resolve_taef2_file(source: str) -> Path:

@@ -1,6 +1,7 @@
 """The registry of model specs: latent layout, channels, factors, output range, weights source.
 
-Built-in specs cover ``taef2`` and ``sd15``. A TOML models file (path in
+Built-in specs: the families latentq started with here; the newer image families in
+``catalog.py``, the video and audio ones in ``catalog_video.py``. A TOML models file (path in
 ``LATENTQ_MODELS``) overrides any field of a built-in model (its weights
 ``source`` most often) or declares a new model from a diffusers class::
 
@@ -24,102 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UnknownModel
-from ..layouts import LAYOUTS, describe_shape, latent_ndim
-from ..spec import ARRAY_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS
+from . import catalog, catalog_video
+from .families import get_family
+from .modelspec import ModelSpec
 
-__all__ = ["ModelSpec", "Registry", "BUILTIN_MODELS", "load_registry"]
-
-OUTPUT_RANGES = ("0,1", "-1,1")
-LOADERS = ("taef2", "diffusers")
-# How pipeline latents are un-scaled before vae.decode:
-#   scale_shift       latents / scaling_factor + shift_factor     (SD, SDXL, SD3, FLUX.1, HunyuanVideo, tiny AEs)
-#   latents_mean_std  latents * std + mean, per channel, from the VAE config  (Wan)
-#   batch_norm        the VAE's batch-norm running statistics, in `unpack`    (FLUX.2)
-NORMALIZATIONS = ("scale_shift", "latents_mean_std", "batch_norm")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    loader: str  # "taef2" (our module) or "diffusers" (a diffusers class)
-    latent_channels: int
-    layout: str = "image"
-    scaling_factor: float = 1.0
-    shift_factor: float = 0.0
-    output_range: str = "-1,1"  # range the decoder's raw output lives in
-    dtype: str = "float32"
-    source: str | None = None  # hub repo id or local path
-    subfolder: str | None = None
-    diffusers_class: str | None = None
-    config: dict[str, Any] | None = None  # random-init config when no source
-    seed: int = 0
-    spatial_factor: int = 8
-    temporal_factor: int = 1  # video: decoded frames = (f - 1) * temporal_factor + 1
-    normalization: str = "scale_shift"
-    preview: str | None = None  # the tiny autoencoder that previews this model's latents
-    tile_above_pixels: int = 1024 * 1024  # per-sample output pixels above which decode is tiled
-    tile_above_frames: int = 64  # video: frames above which decode is tiled
-    has_encoder: bool = True
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.loader not in LOADERS:
-            raise ConfigError(f"model {self.name}: loader must be one of {LOADERS}, got {self.loader!r}")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"model {self.name}: layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if self.output_range not in OUTPUT_RANGES:
-            raise ConfigError(f"model {self.name}: output_range must be one of {OUTPUT_RANGES}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(f"model {self.name}: normalization must be one of {NORMALIZATIONS}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"model {self.name}: dtype must be float32, float16 or bfloat16")
-        if self.loader == "diffusers" and not self.diffusers_class:
-            raise ConfigError(f"model {self.name}: a diffusers model needs `class`")
-        if self.source is None and self.config is None:
-            raise ConfigError(f"model {self.name}: needs a weights `source` or a `config`")
-
-    @property
-    def latent_ndim(self) -> int:
-        return latent_ndim(self.layout)
-
-    @property
-    def is_video(self) -> bool:
-        return self.layout == "video"
-
-    @property
-    def packed_channels(self) -> int:
-        """The last dimension of packed (FLUX) latents: 2x2 patches of the VAE's channels."""
-        return self.latent_channels * 4
-
-    @property
-    def output_formats(self) -> list[str]:
-        return list(VIDEO_FORMATS if self.is_video else IMAGE_FORMATS) + list(ARRAY_FORMATS)
-
-    def describe(self) -> dict[str, Any]:
-        """The public view served by ``GET /v1/models`` (no config internals)."""
-        return {
-            "name": self.name,
-            "loader": self.loader,
-            "class": self.diffusers_class or "TAEF2",
-            "layout": self.layout,
-            "latent_shape": describe_shape(self.layout, self.latent_channels),
-            "latent_channels": self.latent_channels,
-            "spatial_factor": self.spatial_factor,
-            "temporal_factor": self.temporal_factor,
-            "normalization": self.normalization,
-            "preview": self.preview,
-            "tile_above_pixels": self.tile_above_pixels,
-            "tile_above_frames": self.tile_above_frames if self.is_video else None,
-            "scaling_factor": self.scaling_factor,
-            "shift_factor": self.shift_factor,
-            "output_range": self.output_range,
-            "dtype": self.dtype,
-            "source": self.source,
-            "has_encoder": self.has_encoder,
-            "output_formats": self.output_formats,
-            "description": self.description,
-        }
-
+__all__ = ["BUILTIN_MODELS", "ModelSpec", "Registry", "load_registry"]
 
 def _kl(name: str, source: str, subfolder: str | None, **fields: Any) -> ModelSpec:
     return ModelSpec(name=name, loader="diffusers", diffusers_class="AutoencoderKL", source=source,
@@ -142,7 +52,7 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
             shift_factor=0.0609, dtype="float16", preview="taesd3", description="SD3 / SD3.5 VAE"),
         _kl("flux1", "black-forest-labs/FLUX.1-schnell", "vae", latent_channels=16, layout="packed",
             scaling_factor=0.3611, shift_factor=0.1159, dtype="bfloat16", preview="taef1",
-            description="FLUX.1 VAE; packed (B, seq, 64) latents with height and width"),
+            description="FLUX.1 VAE; packed (B, seq, 64) latents with height and width, or unpacked (B, 16, h, w)"),
         ModelSpec(name="flux2", loader="diffusers", diffusers_class="AutoencoderKLFlux2",
                   source="black-forest-labs/FLUX.2-dev", subfolder="vae", latent_channels=32, layout="flux2",
                   normalization="batch_norm", dtype="bfloat16", preview="taef2",
@@ -163,6 +73,8 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
               shift_factor=0.1159, description="Tiny AE for FLUX.1 latents (packed)"),
         ModelSpec(name="taef2", loader="taef2", latent_channels=32, output_range="0,1", source="madebyollin/taef2",
                   description="Tiny AE for FLUX.2 latents, (B, 32, h, w) VAE-space latents"),
+        *catalog.SPECS,
+        *catalog_video.SPECS,
     )
 }  # fmt: skip
 
@@ -238,9 +150,11 @@ def _spec_from_table(name: str, table: Any, base_spec: ModelSpec | None, *, base
     if "scaling_factor" not in values and values.get("config"):
         values["scaling_factor"] = float(values["config"].get("scaling_factor", 1.0))
     try:
-        return ModelSpec(name=name, **values)
+        spec = ModelSpec(name=name, **values)
     except TypeError as exc:
         raise ConfigError(f"[models.{name}]: {exc}") from exc
+    get_family(spec.family)  # an unknown family fails here, at load, not on the first job
+    return spec
 
 
 def load_registry(models_file: str | Path | None = None) -> Registry:

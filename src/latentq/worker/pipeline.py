@@ -78,7 +78,7 @@ def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_b
 
 
 def encode_group(model: LoadedModel, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One batched encoder call for same-size images -> each job's latent (1, C, h, w), float32."""
+    """One batched encoder call for same-size images -> each job's latent (1, ...), float32 (the family's)."""
     latents = model.encode(torch.cat(tensors, 0).float())
     return [latents[i : i + 1].contiguous() for i in range(latents.shape[0])]
 
@@ -124,8 +124,8 @@ def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: lis
     if faults is not None:
         size = output_geometry(tensors[0], model.spec, first)
         faults.before_decode(len(tensors), size.width * size.height, tile)
-    images = model.decode(torch.cat(tensors, 0), first.scaling_factor, first.shift_factor,
-                          height=first.height, width=first.width, tile=tile)  # fmt: skip
+    # The family unpacks and denormalises as its pipeline does (request: factors, height/width, frames).
+    images = model.decode(torch.cat(tensors, 0), request=first, tile=tile)
     return _split(images, len(tensors), (time.perf_counter() - started) * 1000, tile)
 
 
@@ -134,7 +134,7 @@ def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[Decod
     """The tiny autoencoder's decode of the same latents (full model's unpacking, preview's scaling)."""
     first = requests[0]
     started = time.perf_counter()
-    images = preview.preview(full, torch.cat(tensors, 0), height=first.height, width=first.width)
+    images = preview.preview(full, torch.cat(tensors, 0), request=first)
     return _split(images, len(tensors), (time.perf_counter() - started) * 1000, False)
 
 
