@@ -5,10 +5,12 @@ import latentq
 pytestmark = pytest.mark.timeout(30)
 
 
+@pytest.mark.timeout(180)  # resolving every name imports diffusers (RemoteVAE): slow on a busy machine
 def test_public_names_are_pinned():
     assert sorted(latentq.__all__) == sorted([
         "Client", "HttpClient", "InvalidRequest", "Job", "JobFailed", "JobStatus", "JobTimeout",
-        "LatentqError", "QueueFull", "ResultObject", "__version__", "remote_decode",
+        "LatentqError", "QueueFull", "RemoteDecodeQueue", "RemoteVAE", "ResultObject", "__version__",
+        "remote_decode", "submit_pipeline_latents",
     ])  # fmt: skip
     for name in latentq.__all__:
         assert hasattr(latentq, name)

@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load on first use
+    from .diffusers_vae import RemoteVAE
+    from .pipeline_queue import RemoteDecodeQueue, submit_pipeline_latents
     from .producer import Client, HttpClient, Job
     from .remote import remote_decode
     from .spec import JobStatus, ResultObject
@@ -29,9 +31,12 @@ __all__ = [
     "JobTimeout",
     "LatentqError",
     "QueueFull",
+    "RemoteDecodeQueue",
+    "RemoteVAE",
     "ResultObject",
     "__version__",
     "remote_decode",
+    "submit_pipeline_latents",
 ]
 
 # Lazy: the producer and remote modules import torch (seconds), which `latentq --help` never needs.
@@ -40,6 +45,9 @@ _LAZY = {
     "HttpClient": ".producer",
     "Job": ".producer",
     "remote_decode": ".remote",
+    "RemoteVAE": ".diffusers_vae",  # these two import diffusers too
+    "RemoteDecodeQueue": ".pipeline_queue",
+    "submit_pipeline_latents": ".pipeline_queue",
     "JobStatus": ".spec",
     "ResultObject": ".spec",
 }

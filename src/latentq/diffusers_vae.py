@@ -1,0 +1,254 @@
+"""A drop-in ``vae=`` for diffusers pipelines whose decode runs on latentq.
+
+    pipe = DiffusionPipeline.from_pretrained(repo, vae=latentq.RemoteVAE("http://latentq:8000", model="sdxl"))
+
+:class:`RemoteVAE` carries the VAE's diffusers config, so the pipeline's own
+code computes its sizes, unscales and unpacks the latents and postprocesses
+the images exactly as with the real VAE; only ``vae.decode`` differs: the
+VAE-space latents it is handed go to latentq's queue (one job per sample,
+``tensor`` output so the pipeline's postprocess sees the float decode) and
+the decoded batch comes back with the shape, dtype and device of a local decode.
+
+How a VAE-space latent is sent, per the model's normalization (no factor is
+ever applied twice, and the worker's decode path is the one every job takes):
+
+    scale_shift       sent with scaling_factor=1, shift_factor=0 (exact)
+    latents_mean_std  the config's statistics undone here, applied again by the worker (Wan)
+    batch_norm        the statistics are weights, not config: this module shows the pipeline an
+                      identity batch norm, and the worker applies the real one (FLUX.2)
+
+Packed layouts (FLUX.1, FLUX.2) are packed again here with the image's height and width.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import FrozenDict
+from diffusers.models.autoencoders.vae import DecoderOutput
+from safetensors.torch import load as st_load
+
+from .errors import InvalidRequest, JobTimeout, LatentqError, UnsupportedFormat
+from .producer import Client, HttpClient
+
+__all__ = ["DEFAULT_TIMEOUT_S", "RemoteVAE", "describe_model", "open_client", "vae_space_request", "wait_and_read"]
+
+DEFAULT_TIMEOUT_S = 300.0
+_PLAIN = (int, float, bool, str, tuple, type(None))
+
+
+def open_client(client: Client | HttpClient | str | None, *, api_key: str | None = None) -> Client | HttpClient:
+    """A client as given; an ``http(s)://`` URL -> ``HttpClient`` (API key: ``api_key`` or ``$LATENTQ_API_KEY``);
+    a Redis URL or None (``$LATENTQ_REDIS_URL``) -> ``Client``."""
+    if isinstance(client, (Client, HttpClient)):
+        return client
+    if isinstance(client, str) and client.startswith(("http://", "https://")):
+        return HttpClient(client.rstrip("/"), api_key=api_key)
+    return Client(client)
+
+
+def describe_model(client: Client | HttpClient, model: str) -> dict[str, Any]:
+    """The deployment's description of ``model`` (``GET /v1/models``), plus what only a local registry knows."""
+    if isinstance(client, Client):
+        spec = client.registry.get(model)
+        return {**spec.describe(), "config": spec.config, "subfolder": spec.subfolder}
+    for entry in client.request("GET", "/v1/models").json()["models"]:
+        if entry.get("name") == model:
+            return entry
+    from .errors import UnknownModel
+
+    raise UnknownModel(f"the latentq API serves no model {model!r}", field="model")
+
+
+def _load_config(cls: Any, description: dict[str, Any], config: Any, subfolder: str | None) -> dict[str, Any]:
+    """The VAE's config: given (a dict, a config.json, a directory or hub repo), else the deployment's."""
+    if isinstance(config, dict):
+        return dict(config)
+    if config is not None:
+        path = Path(str(config)).expanduser()
+        if path.is_file():
+            return cls._dict_from_json_file(path)
+        return dict(cls.load_config(str(config), subfolder=subfolder))
+    if description.get("config"):
+        return dict(description["config"])
+    source = description.get("source")
+    if not source:
+        raise InvalidRequest(f"model {description['name']} names no weights source; pass the VAE's config "
+                             "(RemoteVAE(..., config=...): a dict, a config.json or a directory)", field="config")  # fmt: skip
+    tries = [subfolder or description.get("subfolder")] if subfolder or description.get("subfolder") else [None, "vae"]
+    for index, folder in enumerate(tries):
+        try:
+            return dict(cls.load_config(source, subfolder=folder))
+        except (OSError, ValueError) as exc:  # not there (diffusers raises EnvironmentError)
+            if index == len(tries) - 1:
+                raise InvalidRequest(f"cannot read the config of model {description['name']} from {source!r}: "
+                                     f"{exc}; pass config=", field="config") from None  # fmt: skip
+    raise AssertionError("unreachable")
+
+
+def _shadow(description: dict[str, Any], config: Any, subfolder: str | None) -> torch.nn.Module:
+    """The real VAE class built on the meta device: its full config (defaults included) and plain
+    attributes (e.g. HunyuanVideo's ``spatial_compression_ratio``), without any memory for weights."""
+    import diffusers
+
+    class_name = description.get("class")
+    cls = getattr(diffusers, str(class_name), None)
+    if cls is None or description.get("loader") != "diffusers":
+        raise UnsupportedFormat(f"model {description['name']} ({class_name}) is not a diffusers VAE class",
+                                field="model")  # fmt: skip
+    values = _load_config(cls, description, config, subfolder)
+    with torch.device("meta"):
+        return cls.from_config(values)
+
+
+def _statistics(config: Any, name: str, like: torch.Tensor) -> torch.Tensor:
+    values = getattr(config, name, None)
+    if values is None:
+        raise InvalidRequest(f"the VAE config has no {name}, which this model's normalization needs", field="config")
+    return torch.tensor(values, dtype=like.dtype).view((1, -1) + (1,) * (like.ndim - 2))
+
+
+def vae_space_request(z: torch.Tensor, description: dict[str, Any],
+                      config: Any) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    """What ``vae.decode`` was handed -> the model's pipeline layout and the job options that decode it to the same pixels."""
+    layout, normalization = description.get("layout"), description.get("normalization")
+    x = z.detach().to("cpu", torch.float32).contiguous()
+    options: dict[str, Any] = {}
+    if normalization == "scale_shift":
+        options.update(scaling_factor=1.0, shift_factor=0.0)
+    elif normalization == "latents_mean_std":  # the worker computes x * std + mean
+        x = (x - _statistics(config, "latents_mean", x)) / _statistics(config, "latents_std", x)
+    elif normalization != "batch_norm":  # batch_norm: the identity statistics shown to the pipeline left x as is
+        raise UnsupportedFormat(f"RemoteVAE cannot send latents of normalization {normalization!r}", field="model")
+    factor = int(description.get("spatial_factor") or 8)
+    if layout in ("image", "video"):
+        return x, options
+    if layout in ("packed", "flux2") and x.ndim == 4:
+        batch, channels, h, w = x.shape
+        options.update(height=h * factor, width=w * factor)
+        # 2x2 patches, channels-major within a patch (FluxPipeline._pack_latents, Flux2's patchify), row-major tokens
+        patches = x.view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return patches.reshape(batch, (h // 2) * (w // 2), channels * 4), options
+    raise UnsupportedFormat(f"RemoteVAE cannot send {tuple(z.shape)} latents of layout {layout!r}", field="model")
+
+
+class RemoteVAE(ModelMixin):
+    """A diffusers VAE whose ``decode`` runs on a latentq deployment.
+
+    ``client``: a :class:`~latentq.Client`, an :class:`~latentq.HttpClient`, an ``http(s)://`` API
+    URL, a Redis URL, or None for ``$LATENTQ_REDIS_URL``. ``model``: the latentq model that decodes.
+    ``config``: the VAE's config (a dict, a ``config.json``, a directory or hub repo with
+    ``subfolder``); by default the deployment's model's own. ``timeout``: seconds one decode may take.
+
+    Differences from a local VAE: the decode is clamped to [-1, 1] (the pipelines' postprocess
+    clamps anyway); ``force_upcast`` is False (the worker picks its own precision); tiling is the
+    deployment's choice unless ``enable_tiling()`` / ``disable_tiling()`` force it; no ``encode``.
+    """
+
+    def __init__(self, client: Client | HttpClient | str | None = None, model: str | None = None, *,
+                 config: Any = None, subfolder: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 dtype: torch.dtype = torch.float32, api_key: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if not model:
+            raise InvalidRequest("RemoteVAE needs model=, the latentq model that decodes", field="model")
+        self.client = open_client(client, api_key=api_key)
+        self.model = model
+        self.timeout = float(timeout)
+        self.description = describe_model(self.client, model)
+        shadow = _shadow(self.description, config, subfolder)
+        values = dict(shadow.config)
+        if "force_upcast" in values:
+            values["force_upcast"] = False  # SDXL would upcast a local module's weights; there are none here
+        if self.description.get("normalization") == "batch_norm":
+            # FLUX.2 denormalises with vae.bn's running statistics, which are weights the worker holds: show the
+            # pipeline an exact identity (mean 0, var 1, eps 0) and let the worker apply the real ones.
+            values["batch_norm_eps"] = 0.0
+            self.bn = torch.nn.BatchNorm2d(int(self.description["latent_channels"]) * 4, affine=False)
+        self._internal_dict = FrozenDict(values)
+        self._plain = {k: v for k, v in vars(shadow).items() if not k.startswith("_") and isinstance(v, _PLAIN)}
+        # Moves with pipe.to(device, dtype): the device and dtype the pipeline sees.
+        self.register_buffer("_anchor", torch.zeros(0, dtype=dtype), persistent=False)
+        self.tile: bool | None = None
+
+    @property
+    def config(self) -> FrozenDict:
+        return self._internal_dict
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            plain = self.__dict__.get("_plain") or {}
+            if name in plain:  # the real class's plain attributes, e.g. temporal_compression_ratio
+                return plain[name]
+            raise
+
+    def __repr__(self) -> str:
+        return f"RemoteVAE(model={self.model!r}, class={self.description.get('class')!r})"
+
+    # --- what pipelines call ----------------------------------------------------------
+    def enable_tiling(self, *args: Any, **kwargs: Any) -> None:
+        self.tile = True
+
+    def disable_tiling(self) -> None:
+        self.tile = False
+
+    def enable_slicing(self) -> None:
+        """Workers batch and slice by their own memory budget: nothing to do here."""
+
+    def disable_slicing(self) -> None:
+        """As ``enable_slicing``."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsupportedFormat("RemoteVAE decodes only: give the pipeline a local VAE for image inputs, or use "
+                                "latentq's encode jobs (remote_encode)", field="encode")  # fmt: skip
+
+    def forward(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.decode(sample, **kwargs)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None,
+               **kwargs: Any) -> DecoderOutput | tuple[torch.Tensor]:  # fmt: skip
+        """VAE-space latents (what the pipeline hands its VAE) -> the decode in [-1, 1], as a local VAE returns it."""
+        del generator, kwargs  # the latent distribution's sampling happens in encode, not here
+        sample = self.decode_remote(z)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def decode_remote(self, z: torch.Tensor) -> torch.Tensor:
+        latents, options = vae_space_request(z, self.description, self.config)
+        if self.tile is not None:
+            options["tile"] = self.tile
+        jobs = self.client.submit_many(latents, self.model, output_format="tensor", **options)
+        images = [st_load(data)["image"] for data in wait_and_read(jobs, self.timeout)]
+        return (torch.stack(images) * 2 - 1).to(device=z.device, dtype=z.dtype)
+
+
+def wait_and_read(jobs: list[Any], timeout: float) -> list[bytes]:
+    """Each job's first result object; on timeout, the jobs not started yet are canceled."""
+    deadline = time.monotonic() + timeout
+    try:
+        out = []
+        for job in jobs:
+            job.wait(max(deadline - time.monotonic(), 0.0))
+            out.append(job.read())
+        return out
+    except JobTimeout:
+        for job in jobs:
+            try:
+                job.cancel()  # nobody will read it: free its queue slot
+            except LatentqError:
+                pass  # started or ended: let it finish
+        raise JobTimeout(f"not decoded within {timeout:g} s (jobs {', '.join(j.id for j in jobs)}); "
+                         "queued jobs were canceled") from None  # fmt: skip

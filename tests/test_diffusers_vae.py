@@ -1,0 +1,226 @@
+"""diffusers pipelines with latentq's RemoteVAE (and the asynchronous queue) equal their own in-process output.
+
+Real pipelines (StableDiffusionPipeline, FluxPipeline, WanPipeline) built from tiny random components
+(prompt embeddings instead of text encoders), saved with ``save_pretrained``; a real worker process
+serves the very VAE weights the pipeline saved (a models file pointing at ``<pipeline>/vae``). Each
+comparison runs the same call (same generator) once with the pipeline's own VAE and once through latentq:
+<= 1 per 8-bit channel, fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLWan,
+    DDIMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from PIL import Image
+from tiny_configs import CONFIGS
+
+import latentq
+from latentq import Client, HttpClient, RemoteDecodeQueue, RemoteVAE
+
+pytestmark = pytest.mark.timeout(420)
+
+H, W = 48, 64  # images: latents of 6x8
+
+
+def build_sd15(path):
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4)  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)  # fmt: skip
+    vae = AutoencoderKL.from_config(CONFIGS["sd15"])
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(path)
+    return pipe
+
+
+def build_flux1(path):
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])  # fmt: skip
+    vae = AutoencoderKL.from_config(CONFIGS["flux1"])
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)  # fmt: skip
+    pipe.save_pretrained(path)
+    return pipe
+
+
+def build_wan(path):
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)  # fmt: skip
+    vae = AutoencoderKLWan.from_config(CONFIGS["wan"])
+    # Non-trivial statistics: the normalization must be undone and redone exactly once.
+    generator = torch.Generator().manual_seed(1)
+    vae.register_to_config(latents_mean=(torch.randn(16, generator=generator) * 0.3).tolist(),
+                           latents_std=(torch.rand(16, generator=generator) + 0.5).tolist())  # fmt: skip
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
+    # Only the VAE goes to disk: WanTransformer3DModel keeps modules in fp32, which from_pretrained
+    # refuses without accelerate; the pipeline is built from its objects instead.
+    pipe.vae.save_pretrained(path / "vae")
+    return pipe
+
+
+BUILDERS = {"sd15": build_sd15, "flux1": build_flux1, "wan": build_wan}
+SAVED_WHOLE = ("sd15", "flux1")  # loaded again with from_pretrained, as a user's script does
+
+
+class TinyPipelines:
+    """The tiny pipelines, built once per test under ``root/<name>``."""
+
+    def __init__(self, root):
+        self.root = root
+        self.built = {name: build(root / name) for name, build in BUILDERS.items()}
+
+    def local(self, name: str):
+        """The pipeline with its own VAE (loaded from disk again where it was saved whole)."""
+        return self.with_vae(name, None)
+
+    def with_vae(self, name: str, vae):
+        """The pipeline with ``vae=`` changed (None: its own): ``from_pretrained(path, vae=...)``, the one-line change."""
+        pipe = self.built[name]
+        if name not in SAVED_WHOLE:
+            return pipe if vae is None else type(pipe)(**{**pipe.components, "vae": vae})
+        path = self.root / name
+        index = DiffusionPipeline.load_config(path)
+        expected, _ = type(pipe)._get_signature_keys(type(pipe))
+        absent = {key: None for key in expected if key not in index or index[key][0] is None}
+        return DiffusionPipeline.from_pretrained(path, **absent, **({} if vae is None else {"vae": vae}))
+
+
+def call_kwargs(name: str) -> dict:
+    """One pipeline call's inputs (embeddings instead of prompts), with a fresh generator each time."""
+    g = torch.Generator().manual_seed(42)
+    common = dict(num_inference_steps=2, generator=torch.Generator().manual_seed(7))
+    if name == "sd15":
+        return dict(common, prompt_embeds=torch.randn(2, 7, 32, generator=g),
+                    negative_prompt_embeds=torch.randn(2, 7, 32, generator=g), height=H, width=W)  # fmt: skip
+    if name == "flux1":
+        return dict(common, prompt_embeds=torch.randn(1, 7, 32, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 32, generator=g), height=H, width=W)  # fmt: skip
+    return dict(common, prompt_embeds=torch.randn(1, 7, 32, generator=g),
+                negative_prompt_embeds=torch.randn(1, 7, 32, generator=g), height=32, width=32, num_frames=5)  # fmt: skip
+
+
+def run(pipe, name: str, **extra) -> np.ndarray:
+    """The call's images (or video frames) as 8-bit, as its "np" output rounds them."""
+    out = pipe(**{**call_kwargs(name), **extra}, output_type="np")
+    pixels = out.frames if name == "wan" else out.images
+    return (np.asarray(pixels) * 255).round().astype(np.int16)
+
+
+@pytest.fixture
+def tiny(tmp_path, models_file) -> TinyPipelines:
+    """The tiny pipelines, and a models file whose latentq models serve their very VAEs."""
+    pipelines = TinyPipelines(tmp_path)
+    lines = [models_file.read_text()]
+    for name in BUILDERS:
+        lines.append(f'[models.{name}]\nsource = "{tmp_path / name / "vae"}"\npreview = ""\n')
+    models_file.write_text("\n".join(lines))
+    return pipelines
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+
+
+@torch.no_grad()
+def test_pipelines_with_remote_vae_equal_their_own_decode(tiny, procs, env):
+    procs.worker("sd15", "flux1", "wan", extra=("--no-previews",))
+    with Client() as client:
+        for name in BUILDERS:
+            remote = RemoteVAE(client, model=name)
+            pipe = tiny.with_vae(name, remote)
+            assert type(pipe) is type(tiny.built[name]) and pipe.vae is remote
+            want = run(tiny.local(name), name)
+            got = run(pipe, name)
+            assert_close(got, want)
+            if name == "sd15":
+                assert got.shape[0] == 2  # a batch: one job per sample, stacked back in order
+
+
+@torch.no_grad()
+def test_remote_vae_over_http_and_its_tensor_contract(tiny, procs, env):
+    procs.worker("flux1", "wan", extra=("--no-previews",))
+    api = procs.api()
+    flux = tiny.with_vae("flux1", RemoteVAE(api, model="flux1"))
+    assert isinstance(flux.vae.client, HttpClient)
+    assert_close(run(flux, "flux1"), run(tiny.local("flux1"), "flux1"))
+
+    # What vae.decode returns: shape, dtype and device of the local VAE's decode, in [-1, 1].
+    vae = RemoteVAE(api, model="wan")
+    local_vae = tiny.built["wan"].vae
+    assert vae.config.z_dim == 16 and list(vae.config.latents_std) == list(local_vae.config.latents_std)
+    z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    out = vae.decode(z, return_dict=False)[0]
+    assert out.dtype == torch.bfloat16 and out.device == z.device and tuple(out.shape) == (1, 3, 5, 32, 32)
+    assert float(out.min()) >= -1 and float(out.max()) <= 1
+    want = local_vae.decode(z.float()).sample.clamp(-1, 1)
+    assert (out.float() - want).abs().max() <= 1 / 64  # bf16 rounding of the reply
+
+
+@torch.no_grad()
+def test_queue_collects_what_the_pipelines_would_have_decoded(tiny, procs, env):
+    procs.worker("sd15", "flux1", "wan", extra=("--no-previews",))
+    api = procs.api()
+    with Client() as client:
+        for name in BUILDERS:
+            pipe = tiny.local(name)
+            want = run(pipe, name)
+            if name == "wan":  # over HTTP, the video as its frames (one PNG each)
+                queue = RemoteDecodeQueue(api, model=name, output_format="frames")
+                jobs = queue.generate(pipe, **call_kwargs(name))
+                assert len(jobs) == 1
+                results = queue.results()[0]
+                assert [r.frame for r in results] == list(range(want.shape[1]))
+                frames = [np.asarray(Image.open(io.BytesIO(httpx.get(r.url).content))) for r in results]
+                assert_close(np.stack(frames)[None].astype(np.int16), want)
+                continue
+            queue = RemoteDecodeQueue(client, model=name, output_format="png")
+            jobs = queue.generate(pipe, **call_kwargs(name))  # submitted; nothing waited for yet
+            assert len(jobs) == want.shape[0]
+            got = np.stack([np.asarray(image.convert("RGB")) for image in queue.images()]).astype(np.int16)
+            assert_close(got, want)
+            assert [r[0].content_type for r in queue.results()] == ["image/png"] * len(jobs)
+            assert len(set(queue.urls())) == len(jobs)
+
+
+@torch.no_grad()
+def test_submit_pipeline_latents_takes_the_size_from_the_pipeline(tiny, procs, env):
+    """A FLUX call without height/width: the pipeline's default size, as the pipeline computed it."""
+    procs.worker("flux1", extra=("--no-previews",))
+    pipe = tiny.with_vae("flux1", RemoteVAE(model="flux1"))  # the client: $LATENTQ_REDIS_URL
+    pipe.default_sample_size = 4  # 32x32 images: the pipeline's own default arithmetic, kept small
+    kwargs = {k: v for k, v in call_kwargs("flux1").items() if k not in ("height", "width")}
+    latents = pipe(**kwargs, output_type="latent").images
+    jobs = latentq.submit_pipeline_latents(pipe, latents)  # model and client: the pipeline's RemoteVAE's
+    results = jobs[0].wait(120)
+    assert (results[0].width, results[0].height) == (32, 32)
+    with pytest.raises(latentq.InvalidRequest) as caught:
+        latentq.submit_pipeline_latents(None, latents, model="flux1")
+    assert caught.value.field == "height"
