@@ -7,6 +7,7 @@ made at chosen moments; every wait is on a condition (the receiver's deliveries,
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -17,6 +18,8 @@ import pytest
 import torch
 from helpers import wait_until
 from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
 from webhook_receiver import SECRET, Receiver
 
 from latentq import Client, keys
@@ -112,12 +115,14 @@ def test_a_sigkilled_workers_webhooks_are_all_delivered_by_another_process(procs
 # ---------------------------------------------------------------- every ending sends its webhook
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_canceled_and_expired_jobs_send_theirs(procs, receiver, redis_conn):
-    client = Client()  # no worker serves taef2: the jobs stay queued
+    client = Client()  # no worker serves taef2 yet: the jobs stay queued
     canceled = client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/canceled")
     expiring = client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/expired",
                              deadline=time.time() + 0.5)  # fmt: skip
+    late_deadline = time.time() + 0.5
+    late = client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/late", deadline=late_deadline)
     quiet = client.submit(latent(), model="taef2")  # no callback_url: no webhook
     client.cancel(canceled.id)
     client.cancel(quiet.id)
@@ -125,17 +130,22 @@ def test_canceled_and_expired_jobs_send_theirs(procs, receiver, redis_conn):
     assert pending(redis_conn) == 2  # queued by the ends themselves: this Client delivers nothing
     client.close()
 
-    api = procs.api()  # any API process drains the outbox
-    wait_until(lambda: len(receiver.by_id()) == 2 and outbox_empty(redis_conn), 60)
+    wait_until(lambda: time.time() > late_deadline, 30)
+    procs.worker("taef2")  # pops `late` past its deadline: the worker expires it
+    api = procs.api()  # the API drains the outbox too
+    wait_until(lambda: len(receiver.by_id()) == 3 and outbox_empty(redis_conn), 60)
     metrics = httpx.get(f"{api}/metrics", timeout=30).text
-    assert 'latentq_webhooks_total{model="taef2",outcome="delivered"} 2' in metrics
+    assert 'latentq_webhooks_total{model="taef2",outcome="delivered"} 3' in metrics
     assert 'latentq_webhooks_total{model="taef2",outcome="failed"} 0' in metrics
     delivered = receiver.by_id()
     assert_standard(delivered[f"msg_{canceled.id}_canceled"], canceled.id, "canceled")
     assert_standard(delivered[f"msg_{expiring.id}_expired"], expiring.id, "expired")
+    assert_standard(delivered[f"msg_{late.id}_expired"], late.id, "expired")
     assert delivered[f"msg_{canceled.id}_canceled"].path == "/hooks/canceled"
-    assert "deadline" in delivered[f"msg_{expiring.id}_expired"].data["error"].lower()
-    assert len(receiver.deliveries) == 2
+    for job in (expiring, late):
+        assert "deadline" in delivered[f"msg_{job.id}_expired"].data["error"].lower()
+    assert delivered[f"msg_{late.id}_expired"].data["worker"]  # the worker ended it
+    assert len(receiver.deliveries) == 3
 
 
 @pytest.mark.timeout(60)
@@ -151,6 +161,22 @@ def test_an_ending_the_fence_refuses_queues_no_webhook(env, redis_conn):
     ((_, fields),) = redis_conn.xrange(keys.WEBHOOK_OUTBOX)
     assert fields[b"id"].decode() == f"msg_{job.id}_canceled" and fields[b"url"] == b"http://127.0.0.1:9/hook"
     assert fields[b"model"] == b"taef2" and fields[b"job"].decode() == job.id
+    client.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_job_run_by_rqs_own_worker_queues_its_webhook_too(env, redis_conn):
+    """The plain RQ task (``rq worker`` running ``decode_job``) queues the finished job's webhook as well."""
+    client = Client()
+    job = client.submit(latent(), model="taef2", callback_url="http://127.0.0.1:9/hook")
+    queue = Queue(keys.queue_name("taef2"), connection=redis_conn, serializer=JSONSerializer)
+    SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)
+    assert client.job_info(job.id).status.value == "finished"
+    ((_, fields),) = redis_conn.xrange(keys.WEBHOOK_OUTBOX)
+    payload = json.loads(fields[b"body"])
+    assert fields[b"id"].decode() == f"msg_{job.id}_finished" and payload["type"] == "job.finished"
+    assert payload["data"]["status"] == "finished"
+    assert [r["key"] for r in payload["data"]["results"]] == [r.key for r in client.job_info(job.id).results]
     client.close()
 
 
