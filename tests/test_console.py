@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -171,7 +172,7 @@ class Offline:
 
 def _encode_photo(origin: str, name: str) -> bytes:
     """A real latent of a photograph (so the gallery shows pictures): the API's encode route, as safetensors."""
-    reply = httpx.post(f"{origin}/v1/models/taef2/encode", content=_png(name, (256, 256)),
+    reply = httpx.post(f"{origin}/v1/models/taef2/encode", content=_png(name, (192, 192)),
                        headers={"content-type": "image/png"}, timeout=120)  # fmt: skip
     assert reply.status_code == 200, reply.text
     shape = json.loads(reply.headers["shape"])
@@ -182,7 +183,9 @@ def _encode_photo(origin: str, name: str) -> bytes:
 @browser_test
 @pytest.mark.timeout(240)
 def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_path):
-    latents = [_as_file(f"{name}.safetensors", _encode_photo(up, name), "application/octet-stream") for name in PHOTOS]
+    with ThreadPoolExecutor(len(PHOTOS)) as pool:  # encoded together: one batch
+        encoded = list(pool.map(lambda name: _encode_photo(up, name), PHOTOS))
+    latents = [_as_file(f"{name}.safetensors", data, "application/octet-stream") for name, data in zip(PHOTOS, encoded)]
     browser = Offline(chromium, up)
     page = browser.page
     try:
@@ -213,11 +216,11 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
         page.select_option("#filter-status", "")
 
         # A dropped image: encoded, then decoded, shown side by side.
-        browser.drop(_as_file("chelsea.png", _png("chelsea", (320, 240)), "image/png"))
+        browser.drop(_as_file("chelsea.png", _png("chelsea", (256, 192)), "image/png"))
         page.wait_for_selector("#roundtrips .pair[data-job-id]", timeout=120_000)
         page.wait_for_function("document.querySelector('.roundtrip-decoded').complete")
         compared = page.evaluate(ROUND_TRIP_DIFFERENCE)
-        assert compared["widths"] == [320, 320], compared
+        assert compared["widths"] == [256, 256], compared
         assert compared["difference"] < 20, compared  # the same photograph (a random decode differs by ~70)
         page.locator("#roundtrips").scroll_into_view_if_needed()
         browser.screenshot("round-trip", tmp_path)
