@@ -60,6 +60,7 @@ RECLAIM_IDLE_MS = 60_000  # a pending entry this long untouched may have lost it
 CONSUMER_IDLE_MS = 3_600_000  # a consumer with nothing pending, unheard of this long, is removed
 READ_COUNT = 100
 REDIS_RETRY_MAX_S = 5.0
+MAX_ERROR_WAIT_S = 60.0
 
 
 # --- writing (inside the job's end transaction) -------------------------------------------------------
@@ -190,22 +191,26 @@ class Drainer:
                 self._cycle()
                 if down:
                     log.info("webhook outbox: Redis answers again; deliveries resume")
-                    down, delay = False, 0.1
+                down, delay = False, 0.1
             except REDIS_DOWN as exc:
                 if not down:  # one line per outage, not one per retry
                     log.warning("webhook outbox: Redis is unreachable (%s); deliveries wait for it", exc)
-                    down = True
+                    down, delay = True, 0.1
                 self._stop.wait(delay)
                 delay = min(delay * 2, REDIS_RETRY_MAX_S)
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):  # a Redis that lost its data (restarted without persistence)
                     self._group_ready = False
                     continue
-                log.error("webhook outbox: %s", exc)
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("webhook outbox: unexpected error; going on")
-                self._stop.wait(1.0)
+                delay = max(delay, 1.0)
+                log.error("webhook outbox: %s; retrying in %.0f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_ERROR_WAIT_S)
+            except Exception:  # a bug: said with its traceback, at a slowing pace
+                delay = max(delay, 1.0)
+                log.exception("webhook outbox: unexpected error; retrying in %.0f s", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, MAX_ERROR_WAIT_S)
 
     def _ensure_group(self) -> None:
         try:  # from the stream's start: entries added before any drainer ran are delivered too
