@@ -36,7 +36,7 @@ class Settings:
     webhook_allow: tuple[str, ...] = ()
     # Webhooks (latentq.outbox): the signing secret (whsec_<base64> or any string; None: unsigned),
     # attempts per delivery, the first retry's delay (doubling, up to an hour) and one attempt's timeout.
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # never in a log line
     webhook_attempts: int = 8
     webhook_backoff: float = 1.0
     webhook_timeout: float = 10.0
