@@ -58,6 +58,8 @@ def env(redis_url, models_file, tmp_path, monkeypatch) -> dict[str, str]:
         "LATENTQ_REDIS_URL": redis_url,
         "LATENTQ_MODELS": str(models_file),
         "LATENTQ_STORE": str(tmp_path / "results"),
+        # Where `latentq up` leaves its state file: this test's own, never a real one's (latentq.config).
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

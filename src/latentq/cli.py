@@ -31,11 +31,13 @@ def _positive_int(text: str) -> int:
 
 
 def _add_redis(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", help="Redis URL (default: $LATENTQ_REDIS_URL, else redis://127.0.0.1:6379/0)")
+    parser.add_argument("--redis-url", help="Redis URL (default: $LATENTQ_REDIS_URL, else the running `latentq up` "
+                                            "on this machine, else redis://127.0.0.1:6379/0)")
 
 
 def _add_store(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", help="result store directory (default: $LATENTQ_STORE, else ./latentq-results)")
+    parser.add_argument("--store", help="result store: a directory or s3://bucket/prefix (default: $LATENTQ_STORE, "
+                                        "else the deployment's, published in Redis, else ./latentq-results)")
 
 
 def _apply_env(args: argparse.Namespace) -> None:
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--output-format", default="png",
                         help="png, jpeg, webp, mp4, frames, tensor or uint8 (default png)")
     submit.add_argument("--api", help="submit over HTTP to this API URL instead of straight to Redis")
+    submit.add_argument("--api-key", help="with --api: the API key (default: $LATENTQ_API_KEY)")
     submit.add_argument("--wait", action="store_true", help="wait for the results")
     submit.add_argument("--timeout", type=float, default=600.0, help="with --wait: seconds to wait (default 600)")
     submit.add_argument("--out", type=Path, help="with --wait: save results into this directory")
@@ -139,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .config import Settings
     from .connection import redis_from_url
+    from .deployment import Deployment
     from .models.loader import load_model
     from .models.registry import load_registry
-    from .store import open_store
     from .worker import DecodeWorker
 
     settings = Settings.from_env()
@@ -165,7 +168,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.runner import serve
 
     connection = redis_from_url(settings.redis_url)
-    store = open_store(settings.store, public_url=settings.public_url)
+    # Its store setting (else the deployment's, else the default) becomes the deployment's; its webhooks'
+    # result URLs are the deployment's (signed, through the API's public URL).
+    deployment = Deployment(connection, settings)
+    store = _published_store(deployment)
 
     starts = itertools.count()
 
@@ -183,22 +189,57 @@ def cmd_worker(args: argparse.Namespace) -> int:
             name=f"{args.name}.{start}" if args.name and start else args.name,
             previews=previews,
             heartbeat_interval=args.heartbeat_interval,
+            url_for=deployment.url_for(store),
         )
 
     drainer = Drainer.from_settings(connection, settings)  # this process's share of the webhook deliveries
     return serve(make_worker, connection, burst=args.burst, logging_level=args.log_level, drainer=drainer)
 
 
+def _published_store(deployment):
+    """The worker's store, published as the deployment's; waits out a Redis that is not up yet."""
+    from .connection import REDIS_DOWN
+
+    log = logging.getLogger("latentq")
+    for attempt in itertools.count():
+        try:
+            return deployment.open_store(publish=True)
+        except REDIS_DOWN as exc:
+            if attempt == 0:
+                log.warning("Redis is unreachable (%s); waiting for it", exc)
+            time.sleep(min(5.0, 0.2 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def public_url_for(host: str, port: int) -> str:
+    """The API's URL for other processes: ``$LATENTQ_PUBLIC_URL``, else the address it listens on (a
+    wildcard address named by this machine's host name)."""
+    import socket
+
+    from .config import Settings
+
+    configured = Settings.from_env().public_url
+    if configured:
+        return configured.rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import create_app
+    from .config import Settings
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level.lower())
+    # Published in Redis at start: every process of the deployment makes its result URLs with it.
+    settings = Settings.from_env(public_url=public_url_for(args.host, args.port))
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from .config import default_up_store
     from .stack import Stack, StackOptions
 
     # Several CPU workers each running torch's one-thread-per-core would oversubscribe the cores.
@@ -207,13 +248,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, log_level=args.log_level.lower(),
+        store=os.environ.get("LATENTQ_STORE") or default_up_store(), state_file=True,
     )  # fmt: skip
     stack = Stack(options)
     with _stop_signals():
         try:
             stack.start()
             print(f"latentq is up: API {stack.api_url} (docs at {stack.api_url}/docs), Redis {stack.redis_url}, "
-                  f"{options.workers} worker(s) for {', '.join(options.models)}. Ctrl-C stops.", flush=True)  # fmt: skip
+                  f"results in {options.store}, {options.workers} worker(s) for {', '.join(options.models)}. "
+                  "Ctrl-C stops.", flush=True)  # fmt: skip
             while True:
                 time.sleep(3600)
         except _StopRequested:
@@ -270,16 +313,20 @@ class _DirectBatches:
         return self.client.batch_info(batch_id)
 
     def read(self, result: dict) -> bytes:
-        return self.client.store.get(result["key"])
+        from .spec import ResultObject
+
+        return self.client.read_result(ResultObject.from_dict(result))
 
 
 class _HttpBatches:
     """``latentq submit --api URL``: POST /v1/batches and GET /v1/batches/{id}."""
 
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, api_key: str | None = None) -> None:
         import httpx
 
-        self.http = httpx.Client(base_url=api, timeout=60)
+        from .producer.http import auth_headers
+
+        self.http = httpx.Client(base_url=api, timeout=60, headers=auth_headers(api_key))
 
     def submit(self, samples: list, model: str, output_format: str) -> list[tuple[str, list[str]]]:
         import itertools
@@ -307,8 +354,10 @@ class _HttpBatches:
         return response.json()
 
     def read(self, result: dict) -> bytes:
-        response = self.http.get(result["url"])
-        response.raise_for_status()
+        from .producer.http import _raise_for, result_request
+
+        response = self.http.send(result_request(self.http, result["url"]), follow_redirects=True)
+        _raise_for(response)
         return response.content
 
 
@@ -325,7 +374,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             for index, sample in enumerate(batch.unbind(0)):
                 labels.append(f"{path.stem}-{name}-{index}")
                 samples.append(sample)
-    batches: _DirectBatches | _HttpBatches = _HttpBatches(args.api) if args.api else _DirectBatches()
+    batches: _DirectBatches | _HttpBatches = _HttpBatches(args.api, args.api_key) if args.api else _DirectBatches()
     submitted = batches.submit(samples, args.model, args.output_format)
     label_of: dict[str, str] = {}
     job_ids = [job_id for _, ids in submitted for job_id in ids]
@@ -350,7 +399,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return
         results = job.get("results") or []
         for index, result in enumerate(results):
-            line = f"{label}\t{job['id']}\t{result['url']}"
+            line = f"{label}\t{job['id']}\t{result['url'] or result['key']}"  # no URL: the deployment has no API
             if args.out:
                 ext = result["key"].rsplit(".", 1)[-1]
                 target = args.out / (f"{label}.{index}.{ext}" if len(results) > 1 else f"{label}.{ext}")
@@ -396,9 +445,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     ttl = settings.result_ttl if args.older_than is None else args.older_than
     if ttl < 0:
         raise ConfigError(f"--older-than must be >= 0 seconds, not {ttl:g}")
-    store = open_store(settings.store, public_url=settings.public_url)
+    deployment = _reachable_deployment(settings)
+    if deployment is not None:  # its store (unless one is given here)
+        store = deployment.current_store()
+    else:
+        store = open_store(settings.store, public_url=settings.public_url)
     if isinstance(store, LocalStore):
-        print(f"deleted {store.expire(ttl)} result object(s) older than {ttl:g} s from {store.root}")
+        deleted: list[str] = []
+        print(f"deleted {store.expire(ttl, deleted)} result object(s) older than {ttl:g} s from {store.root}")
+        if deployment is not None and deleted:
+            _forget_deleted(deployment, deleted)
         return 0
     if not isinstance(store, S3Store):
         raise ConfigError(f"cleanup does not know how to expire {store!r}")
@@ -411,8 +467,36 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     else:
         print(f"{where}: the server does not support lifecycle rules; deleting old objects by listing")
     if args.sweep or not lifecycle:
-        print(f"deleted {store.expire(ttl)} result object(s) older than {ttl:g} s from {where}")
+        count = store.expire(ttl)
+        print(f"deleted {count} result object(s) older than {ttl:g} s from {where}")
+        if deployment is not None and count:
+            deployment.record_cleanup()  # (S3's listing does not name the jobs: their RQ records lapse by themselves)
     return 0
+
+
+def _reachable_deployment(settings):
+    """The deployment in Redis, or None when Redis cannot be reached (cleanup of a store alone still works)."""
+    from .connection import REDIS_DOWN, redis_from_url
+    from .deployment import Deployment
+
+    connection = redis_from_url(settings.redis_url)
+    try:
+        connection.ping()
+    except REDIS_DOWN as exc:
+        logging.getLogger("latentq").warning("Redis at %s is unreachable (%s): cleaning the store only, "
+                                             "cached job records are not told", settings.redis_url, exc)  # fmt: skip
+        connection.close()
+        return None
+    return Deployment(connection, settings)
+
+
+def _forget_deleted(deployment, keys: list[str]) -> None:
+    """Jobs whose outputs were deleted read as gone: their RQ records go, every process's cache is dropped."""
+    from .records import forget_finished, job_of_record
+
+    jobs = [job for job in map(job_of_record, keys) if job]
+    forget_finished(deployment.connection, jobs)
+    deployment.record_cleanup()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -445,7 +529,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         models = list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names()))
         print(f"worker {worker.name}: {worker.get_state()}, models {', '.join(models)}, "
               f"{worker.successful_job_count} ok, {worker.failed_job_count} failed")  # fmt: skip
+    print(_deployment_line(client))
     return 0
+
+
+def _deployment_line(client) -> str:
+    """Which deployment this is and how it was found (a flag or variable, a running `latentq up`, the default)."""
+    from .config import read_up_state
+
+    if os.environ.get("LATENTQ_REDIS_URL"):
+        found = "--redis-url or $LATENTQ_REDIS_URL"
+    elif (state := read_up_state()) and state.get("redis_url") == client.settings.redis_url:
+        found = f"latentq up, pid {state['pid']}"
+    else:
+        found = "the default"
+    store = client.deployment.published_store()
+    return (f"deployment: Redis {client.settings.redis_url} ({found}), API {client.deployment.public_url() or 'none'}, "
+            f"results {store[0] if store else 'not published yet'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

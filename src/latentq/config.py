@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from .netguard import WebhookPolicy
 from .spec import Limits
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "webhook_allow_from_env", "webhook_policy",
-           "webhook_secret_from_env"]
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "default_up_store", "read_up_state", "up_state_path",
+           "webhook_allow_from_env", "webhook_policy", "webhook_secret_from_env"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # The RQ job function, by dotted path: producers never import the worker.
@@ -40,12 +44,17 @@ class Settings:
     webhook_attempts: int = 8
     webhook_backoff: float = 1.0
     webhook_timeout: float = 10.0
+    # Seconds a signed result URL of the local store stays valid (GET /v1/jobs/{id} signs fresh ones).
+    result_url_ttl: int = 3600
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
         values: dict[str, object] = {
-            "redis_url": env.get("LATENTQ_REDIS_URL") or DEFAULT_REDIS_URL,
+            # Explicit settings win; else a running `latentq up` on this machine (its state file).
+            "redis_url": env.get("LATENTQ_REDIS_URL")
+            or (None if overrides.get("redis_url") else (read_up_state() or {}).get("redis_url"))
+            or DEFAULT_REDIS_URL,
             "store": env.get("LATENTQ_STORE") or None,
             "models_file": env.get("LATENTQ_MODELS") or None,
             "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
@@ -57,7 +66,8 @@ class Settings:
         for name, kind in (("webhook_attempts", int), ("webhook_backoff", float), ("webhook_timeout", float)):
             if raw := env.get(f"LATENTQ_{name.upper()}"):
                 values[name] = kind(raw)
-        for name in ("latent_ttl", "result_ttl", "record_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries"):
+        for name in ("latent_ttl", "result_ttl", "record_ttl", "failure_ttl", "job_timeout", "max_queued", "max_retries",
+                     "result_url_ttl"):
             raw = env.get(f"LATENTQ_{name.upper()}")
             if raw:
                 values[name] = int(raw)
@@ -87,3 +97,42 @@ def webhook_secret_from_env() -> str | None:
 def webhook_policy() -> WebhookPolicy:
     """This process's webhook policy, for code that has no Settings at hand (a request, a sender)."""
     return WebhookPolicy.from_entries(webhook_allow_from_env())
+
+
+def default_up_store() -> str:
+    """``latentq up``'s result directory when none is configured: absolute, the same whatever the cwd."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(data) / "latentq" / "results")
+
+
+def up_state_path() -> Path:
+    """Where a running ``latentq up`` says where it is: ``$XDG_RUNTIME_DIR/latentq/up.json``, else
+    ``$XDG_CACHE_HOME/latentq/up.json`` (``~/.cache``)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "latentq" / "up.json"
+
+
+def read_up_state() -> dict | None:
+    """The state file of a ``latentq up`` that still runs, else None (missing, unreadable or stale).
+
+    Stale: its process is gone, or its Redis no longer accepts connections (a reused pid).
+    """
+    try:
+        state = json.loads(up_state_path().read_text())
+        pid, redis_url = int(state["pid"]), str(state["redis_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        parts = urlsplit(redis_url)
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), timeout=0.5):
+            pass
+    except (OSError, ValueError):
+        return None
+    return state

@@ -123,3 +123,10 @@ WEBHOOK_DUE = PREFIX + "webhooks:due"
 WEBHOOK_ATTEMPTS = PREFIX + "webhooks:attempts"
 
 __all__ += ["WEBHOOK_ATTEMPTS", "WEBHOOK_DUE", "WEBHOOK_GROUP", "WEBHOOK_OUTBOX"]
+
+# --- the deployment's description (latentq.deployment) ---------------------------------------
+# Hash: id, secret (signs result URLs), public_url (the API's), store (location), store_options (JSON),
+# cleanups (a counter latentq cleanup bumps: cached job records are dropped when it changes).
+DEPLOYMENT = PREFIX + "deployment"
+
+__all__ += ["DEPLOYMENT"]

@@ -7,20 +7,31 @@ not the retention period. The worker writes the same status (results by key,
 timings, batch) to the store before it marks the job finished, so a job is
 always answerable from one or the other, and the record lives as long as its
 outputs (``LATENTQ_RESULT_TTL``, ``latentq cleanup``, S3 lifecycle rules).
+
+Once its outputs are deleted a job reads as gone (``JobNotFound``, HTTP 404), as one that never
+existed: ``latentq cleanup`` deletes the RQ records of the finished jobs whose stored records it
+deleted and bumps the deployment's cleanup counter, which drops every process's cached records.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
 
 from .errors import StoreError
 from .spec import JobInfo
 from .store.base import ObjectStore, job_directory
 
-__all__ = ["RECORD_NAME", "RecordReader", "record_key", "is_record_key", "write_record", "read_record"]
+__all__ = ["RECORD_NAME", "RecordReader", "forget_finished", "is_record_key", "job_of_record", "read_record",
+           "record_key", "write_record"]
 
 RECORD_NAME = "job-record.json"
 RECORD_VERSION = 1
@@ -34,6 +45,29 @@ def record_key(job_id: str) -> str:
 def is_record_key(key: str) -> bool:
     """Records are not result objects: ``GET /v1/results`` never serves one."""
     return key.rsplit("/", 1)[-1] == RECORD_NAME
+
+
+def job_of_record(key: str) -> str | None:
+    """The job id (its directory) of a record key, None for any other key."""
+    return key.rsplit("/", 1)[0] if is_record_key(key) and "/" in key else None
+
+
+def forget_finished(connection: Redis, job_ids: Iterable[str]) -> int:
+    """Delete the RQ records of these jobs that finished (their outputs were just deleted); returns how many.
+
+    Redis keeps a finished job's record ``LATENTQ_RECORD_TTL`` seconds: without this, a cleanup
+    inside that time would leave the job reading "finished" with URLs to nothing.
+    """
+    forgotten = 0
+    for job_id in job_ids:
+        try:
+            job = RQJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        if job.get_status(refresh=False).value == "finished":
+            job.delete()
+            forgotten += 1
+    return forgotten
 
 
 def write_record(store: ObjectStore, info: JobInfo) -> None:
@@ -71,17 +105,41 @@ class RecordReader:
     A record is read only once Redis has dropped the job, and the job had ended by then: it no
     longer changes. Repeated polls of an ended job or batch (``GET /v1/batches/{id}`` of a
     thousand jobs) then cost no store request (an S3 GET each, otherwise).
+
+    Deleted outputs end a cached record: ``cleanups()`` (the deployment's cleanup counter, one
+    Redis read) changing drops the cache, and a record older than ``max_age`` seconds (the result
+    TTL, after which S3 lifecycle rules delete it unannounced) is read from the store again.
     """
 
-    def __init__(self, store: ObjectStore, size: int = 4096) -> None:
+    def __init__(self, store: ObjectStore, size: int = 4096, *, cleanups: Callable[[], int] | None = None,
+                 max_age: float | None = None) -> None:  # fmt: skip
         self.store = store
         self.size = size
+        self.cleanups = cleanups
+        self.max_age = max_age
         self._cache: OrderedDict[str, JobInfo] = OrderedDict()
+        self._seen_cleanups: int | None = None
         self._lock = threading.Lock()
 
+    def _past_max_age(self, info: JobInfo) -> bool:
+        if self.max_age is None or not info.ended_at:
+            return False
+        ended = datetime.datetime.fromisoformat(info.ended_at)
+        if ended.tzinfo is None:
+            ended = ended.replace(tzinfo=datetime.timezone.utc)
+        age = datetime.datetime.now(datetime.timezone.utc) - ended
+        return age.total_seconds() > self.max_age
+
     def read(self, job_id: str, url_for: Callable[[str], str | None]) -> JobInfo | None:
+        cleanups = self.cleanups() if self.cleanups is not None else None
         with self._lock:
+            if cleanups != self._seen_cleanups:
+                self._cache.clear()
+                self._seen_cleanups = cleanups
             info = self._cache.get(job_id)
+            if info is not None and self._past_max_age(info):
+                del self._cache[job_id]
+                info = None
             if info is not None:
                 self._cache.move_to_end(job_id)
         if info is None:

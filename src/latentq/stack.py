@@ -4,6 +4,11 @@ Used by ``latentq up`` and ``latentq demo``. With no Redis URL configured it
 starts an embedded Redis server and stops it on exit. It supervises its
 workers: one that exits (a crash, an out-of-memory kill) is started again.
 
+It describes itself: the API's URL and the store go into Redis before the workers start (see
+``latentq.deployment``), and with ``state_file`` (``latentq up``) it writes where it is to
+``config.up_state_path()`` (Redis URL, API URL, store, pid), removed when it stops, so that the other
+commands and ``Client()`` on this machine find it without flags.
+
 Its children do not get the terminal's Ctrl-C: ``stop`` ends them in order
 (workers, then the API, then Redis), so a worker finishes its batch while
 Redis is still there to take the results.
@@ -11,6 +16,7 @@ Redis is still there to take the results.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -26,8 +32,9 @@ from redis import Redis
 from rq import Queue, Worker
 
 from . import keys
-from .config import Settings
+from .config import Settings, up_state_path
 from .connection import REDIS_DOWN, redis_from_url
+from .deployment import Deployment
 from .redis_server import EmbeddedRedis, free_port
 
 __all__ = ["Stack", "StackOptions", "wait_for_workers"]
@@ -48,6 +55,8 @@ class StackOptions:
     torch_threads: int | None = None  # each worker's torch threads; None: torch's default (one per core)
     redis_url: str | None = None
     log_level: str = "warning"
+    store: str | None = None  # None: $LATENTQ_STORE, else the default; made absolute either way
+    state_file: bool = False  # write up_state_path() while up (`latentq up`; not the demo)
 
 
 def wait_for_workers(connection: Redis, model: str, count: int, timeout: float,
@@ -107,8 +116,25 @@ class Stack:
             _start_without_sigint(self.redis)
             self.redis_url = self.redis.url
             log.info("started embedded Redis at %s", self.redis_url)
-        self._env = {**os.environ, "LATENTQ_REDIS_URL": self.redis_url}
+        if opts.port == 0:
+            opts.port = free_port()
+        # One absolute store for every process, whatever its working directory.
+        store = opts.store or os.environ.get("LATENTQ_STORE") or "latentq-results"
+        if "://" not in store:
+            store = os.path.abspath(os.path.expanduser(store))
+        opts.store = os.environ["LATENTQ_STORE"] = store
         os.environ["LATENTQ_REDIS_URL"] = self.redis_url
+        settings = Settings.from_env(redis_url=self.redis_url,
+                                     public_url=os.environ.get("LATENTQ_PUBLIC_URL") or self.api_url)  # fmt: skip
+        # Published before the workers start: their first webhooks already carry the API's URLs.
+        connection = redis_from_url(self.redis_url)
+        try:
+            deployment = Deployment(connection, settings)
+            deployment.publish_public_url(str(settings.public_url))
+            deployment.publish_store(deployment.open_store())
+        finally:
+            connection.close()
+        self._env = dict(os.environ)
         args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
                 "--max-wait-ms", str(opts.max_wait_ms), "--heartbeat-interval", str(opts.heartbeat_interval)]  # fmt: skip
         if opts.max_batch is not None:
@@ -120,12 +146,9 @@ class Stack:
         self._worker_args = args
         for _ in range(opts.workers):
             self.workers.append(self._spawn_worker())
-        if opts.port == 0:
-            opts.port = free_port()
-        os.environ.setdefault("LATENTQ_PUBLIC_URL", self.api_url)
         from .api import create_app
 
-        app = create_app(Settings.from_env(redis_url=self.redis_url))
+        app = create_app(settings)
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level=opts.log_level)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="latentq-api", daemon=True)
@@ -145,7 +168,30 @@ class Stack:
         finally:
             connection.close()
         self._started.set()
+        if opts.state_file:
+            self._write_state(str(settings.public_url))
         return self
+
+    def _write_state(self, public_url: str) -> None:
+        path = up_state_path()
+        state = {"pid": os.getpid(), "redis_url": self.redis_url, "api_url": public_url, "store": self.options.store,
+                 "started_at": time.time()}  # fmt: skip
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            temp = path.with_name(f".{path.name}.{os.getpid()}")
+            temp.write_text(json.dumps(state))
+            os.replace(temp, path)  # readers see the old file or the new one, never half of one
+        except OSError as exc:
+            log.warning("could not write %s (other commands will need --redis-url): %s", path, exc)
+
+    def _remove_state(self) -> None:
+        """Only our own: another `latentq up` started since owns the file now."""
+        path = up_state_path()
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
 
     def _supervise(self, interval: float = 0.5) -> None:
         """Start a worker again when it exits; its jobs were already re-queued through their leases.
@@ -174,6 +220,8 @@ class Stack:
                 raise RuntimeError(f"a worker exited with code {process.returncode} (see its log above)")
 
     def stop(self) -> None:
+        if self.options.state_file:
+            self._remove_state()
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(5)

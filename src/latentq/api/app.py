@@ -7,6 +7,7 @@ records from RQ.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, metrics
 from ..config import Settings
-from ..connection import redis_from_url
+from ..connection import REDIS_DOWN, redis_from_url
 from ..errors import (
     InvalidRequest,
     JobConflict,
@@ -36,7 +37,7 @@ from ..outbox import Drainer
 from ..producer.client import Client
 from ..records import is_record_key
 from ..spec import DecodeRequest, JobInfo
-from ..store import LocalStore, ObjectStore, check_key, open_store
+from ..store import LocalStore, ObjectStore, check_key
 from .auth import install_api_keys
 from .batches import install_batch_routes
 from .console import install_console
@@ -47,6 +48,8 @@ from .remote import install_remote_routes
 from .waiter import LongPolls
 
 __all__ = ["create_app", "MAX_WAIT_S"]
+
+log = logging.getLogger("latentq.api")
 
 MAX_WAIT_S = 300.0  # longest synchronous wait one request may ask for
 # The API's threads share this many Redis connections (a burst waits for one rather than opening more);
@@ -60,7 +63,7 @@ RESULT_RESPONSES = {
           "content": {kind: _BINARY for kind in ("image/png", "image/jpeg", "image/webp", "video/mp4",
                                                  "application/octet-stream")}},
     307: {"description": "Redirect to the object in the store (S3)"},
-    **errors(404),
+    **errors(403, 404),
 }  # fmt: skip
 
 
@@ -85,7 +88,6 @@ def create_app(
     settings: Settings | None = None, *, client: Client | None = None, store: ObjectStore | None = None
 ) -> FastAPI:
     settings = settings or Settings.from_env()
-    store = store or open_store(settings.store, public_url=settings.public_url)
     owns_client = client is None
     client = client or Client(
         settings=settings, store=store, connection=redis_from_url(settings.redis_url, max_connections=REDIS_CONNECTIONS)
@@ -93,9 +95,24 @@ def create_app(
     # Long-polls wait in the event loop on the client's one listener, not on threads.
     long_polls = LongPolls(client.listener(), settings.redis_url)
 
+    def current_store() -> ObjectStore:
+        """The store given, else this API's setting, else the deployment's (it moves when its workers' moves)."""
+        return store if store is not None else client.store
+
+    def publish() -> None:
+        """The deployment learns this API's public URL and (when set here) its store, for every process."""
+        try:
+            if settings.public_url:
+                client.deployment.publish_public_url(settings.public_url)
+            if store is not None or settings.store:
+                client.deployment.publish_store(current_store())
+        except REDIS_DOWN as exc:  # a Redis outage at start: the workers' own description serves meanwhile
+            log.warning("could not publish the deployment's description: %s", exc)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         client.listener().start(keep=True)  # subscribed before the first long-poll arrives, and stays
+        await run_in_threadpool(publish)
         # This process's share of the webhook deliveries (latentq.outbox), on a connection of its own.
         drainer = Drainer.from_settings(redis_from_url(settings.redis_url, max_connections=8), settings).start()
         yield
@@ -115,7 +132,8 @@ def create_app(
     )
     app.state.client = client
     app.state.long_polls = long_polls
-    app.state.store = store
+    app.state.store = store  # None: the deployment's, as current_store() finds it
+    app.state.current_store = current_store
     if settings.api_keys:
         install_api_keys(app, settings.api_keys)
 
@@ -156,10 +174,17 @@ def create_app(
         # Redis blinked (restart, failover, network): a retryable 503, never a 500.
         return _error(503, "Unavailable", "Redis is unreachable; retry shortly", headers={"Retry-After": "2"})
 
-    def url_for_result(request: Request, key: str) -> str:
-        if store.served_by_api:
-            return str(request.url_for("get_result", key=key))
-        return store.url(key)
+    def url_for_result(request: Request, key: str) -> str | None:
+        # Signed (local store): fetchable with no API key until it expires; made fresh on every read.
+        base = client.deployment.public_url() or str(request.base_url)
+        return client.deployment.result_url(current_store(), key, base)
+
+    def authorise_unsigned_result(request: Request, key: str) -> None:
+        """The one place an unsigned ``GET /v1/results/{key}`` is authorised.
+
+        The API-key middleware has admitted the caller already (when keys are configured); the
+        unguessable token in the key is what ties it to its job. Per-tenant ownership goes here.
+        """
 
     def job_body(request: Request, job_id: str, wait: float = 0.0, info: JobInfo | None = None) -> dict[str, Any]:
         if info is None:  # a blocking wait: only for callers already on a thread
@@ -224,16 +249,29 @@ def create_app(
 
     @app.get("/v1/results/{key:path}", name="get_result", summary="A stored result object",
              responses=RESULT_RESPONSES)  # fmt: skip
-    async def get_result(key: ResultKey) -> Response:
+    async def get_result(
+        request: Request,
+        key: ResultKey,
+        expires: Annotated[str | None, Query(description="signed URL: its expiry (unix seconds)")] = None,
+        sig: Annotated[str | None, Query(description="signed URL: HMAC-SHA256 of key and expiry")] = None,
+    ) -> Response:
         check_key(key)
+        if expires is not None or sig is not None:  # signed: no API key needed, the signature is the grant
+            problem = await run_in_threadpool(client.deployment.check_signature, key, expires, sig)
+            if problem is not None:
+                return _error(403, "Forbidden", problem[1], problem[0])
+        else:
+            authorise_unsigned_result(request, key)
         if is_record_key(key):  # a job's stored status: read through GET /v1/jobs/{id} (and its auth)
             raise StoreError(f"no result object {key!r}")
-        if isinstance(store, LocalStore):
-            path = store.path(key)
+        where = await run_in_threadpool(current_store)
+        if isinstance(where, LocalStore):
+            path = where.path(key)
+
             if not path.is_file():
                 raise StoreError(f"no result object {key!r}")
             return FileResponse(path, headers={"Cache-Control": "private, max-age=86400, immutable"})
-        return RedirectResponse(store.url(key), status_code=307)
+        return RedirectResponse(where.url(key), status_code=307)
 
     @app.get("/v1/models", summary="The models this deployment serves", responses=errors())
     async def list_models() -> dict[str, Any]:

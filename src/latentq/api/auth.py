@@ -38,6 +38,8 @@ def install_api_keys(app: FastAPI, api_keys: tuple[str, ...]) -> None:
     async def require_api_key(request: Request, call_next):
         if request.url.path in OPEN_PATHS or request.url.path.startswith(OPEN_PREFIXES):
             return await call_next(request)
+        if request.url.path.startswith("/v1/results/") and "sig" in request.query_params:
+            return await call_next(request)  # a signed result URL: the result route checks its signature
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token or not _valid(token.strip(), keys):
             message = "missing API key" if not token else "invalid API key"

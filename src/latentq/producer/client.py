@@ -20,6 +20,7 @@ from rq.serializers import JSONSerializer
 from .. import keys
 from ..config import TASK_FUNCTION, Settings
 from ..connection import redis_from_url, redis_unavailable
+from ..deployment import Deployment
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
 from ..models.registry import Registry, load_registry
 from ..lifecycle import Ending, end_jobs
@@ -27,7 +28,7 @@ from ..payload import JobPayload
 from ..recent import DEFAULT_TENANT, index_recent_job
 from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
-from ..store import ObjectStore, open_store
+from ..store import ObjectStore
 from ..validate import validate_image, validate_latent
 from ..wire import latent_to_bytes
 from .status import job_info
@@ -66,8 +67,9 @@ class Job:
         raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
 
     def read(self, index: int = 0) -> bytes:
-        """The bytes of one result object, read from the store."""
-        return self._client.store.get(self.info().results[index].key)
+        """The bytes of one result object: from the store's directory when it is on this machine, else
+        through its URL (no store settings needed: the deployment says where its results are)."""
+        return self._client.read_result(self.info().results[index])
 
     def cancel(self) -> JobInfo:
         return self._client.cancel(self.id)
@@ -95,23 +97,38 @@ class Client:
         self._store = store
         self._records: RecordReader | None = None
         self.connection = connection or redis_from_url(self.settings.redis_url)
+        self.deployment = Deployment(self.connection, self.settings)
         self._queues: dict[str, Queue] = {}
         # One listener (one pub/sub connection, one thread) for every thread that waits on a job.
         self._listener: DoneListener | None = None
         self._lock = threading.Lock()
 
     @property
+    @redis_unavailable()
     def store(self) -> ObjectStore:
-        if self._store is None:
-            self._store = open_store(self.settings.store, public_url=self.settings.public_url)
-        return self._store
+        """The store given, else this process's store setting, else the deployment's (published in Redis
+        by its workers, followed when it moves)."""
+        return self._store if self._store is not None else self.deployment.current_store()
 
     @property
     def records(self) -> RecordReader:
         """Finished jobs' records in the store (what answers once Redis has dropped a job)."""
-        if self._records is None:
-            self._records = RecordReader(self.store)
+        store = self.store
+        if self._records is None or self._records.store is not store:
+            self._records = RecordReader(store, cleanups=self.deployment.cleanups,
+                                         max_age=self.settings.result_ttl)  # fmt: skip
         return self._records
+
+    @redis_unavailable()
+    def result_url(self, key: str) -> str | None:
+        """The URL of a result: signed, through the deployment's API, for the local store (None when the
+        deployment has no API); the store's own (presigned) URL for S3."""
+        return self.deployment.result_url(self.store, key)
+
+    @redis_unavailable()
+    def read_result(self, result: ResultObject) -> bytes:
+        return self.deployment.read_result(self.store, result)
+
 
     def queue(self, model: str, priority: str = "normal") -> Queue:
         name = keys.high_priority_queue_name(model) if priority == "high" else keys.queue_name(model)
@@ -264,7 +281,7 @@ class Client:
 
     def _stored_info(self, job_id: str, url_for=None) -> JobInfo:
         """A job Redis no longer holds: its record in the store, if it finished within the result TTL."""
-        info = self.records.read(job_id, url_for or self.store.url)
+        info = self.records.read(job_id, url_for or self.result_url)
         if info is None:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or older than the result TTL)")
         return info
@@ -286,7 +303,7 @@ class Client:
         # Live workers matter only to a job that still waits; counting them costs round trips.
         waiting = rq_job.get_status(refresh=False).value in ("queued", "deferred", "scheduled")
         workers = self.workers_serving(model) if model and waiting else None
-        return job_info(rq_job, url_for or self.store.url, queue=queue, workers=workers)
+        return job_info(rq_job, url_for or self.result_url, queue=queue, workers=workers)
 
     def _expire_queued(self, rq_job: RQJob) -> None:
         """A queued job past its deadline ends now, whether or not a worker ever looks at it."""
@@ -296,7 +313,7 @@ class Client:
         """End a queued job here (canceled, or expired) through the job lifecycle; False if a worker took it.
 
         Its webhook, if any, goes into the outbox in the same transaction (any worker or API delivers it)."""
-        (done,) = end_jobs(self.connection, [Ending(rq_job, status, url_for=self.store.url)])
+        (done,) = end_jobs(self.connection, [Ending(rq_job, status, url_for=self.result_url)])
         return done
 
     @redis_unavailable()

@@ -34,7 +34,7 @@ from ..errors import (
 from ..spec import JobInfo, JobStatus, ResultObject
 from ..wire import latent_to_bytes
 
-__all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob"]
+__all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob", "auth_headers", "result_request"]
 
 RETRIES = 3  # a GET answered 503 (or not at all) is tried again this many times
 RETRY_AFTER_MAX_S = 30  # the longest Retry-After honored between tries
@@ -46,10 +46,28 @@ _ERRORS: dict[str, type[InvalidRequest]] = {
 }
 
 
-def _auth_headers(api_key: str | None) -> dict[str, str]:
+def auth_headers(api_key: str | None) -> dict[str, str]:
     """``api_key`` or ``$LATENTQ_API_KEY`` as a bearer token, when the API asks for one."""
     key = api_key or os.environ.get("LATENTQ_API_KEY")
     return {"authorization": f"Bearer {key}"} if key else {}
+
+
+_auth_headers = auth_headers
+
+
+def result_request(http: httpx.Client | httpx.AsyncClient, url: str) -> httpx.Request:
+    """A GET of a result URL: the API key only for an unsigned URL of the API itself.
+
+    A signed URL needs none, and an S3 presigned one must not carry any (S3 refuses a request
+    authorised twice); a redirect to S3 drops it anyway (httpx strips it across origins).
+    """
+    target = httpx.URL(url)
+    own = not target.is_absolute_url or target.copy_with(path="/", query=None) == http.base_url.copy_with(path="/")
+    headers = None if own and "sig" not in target.params else {"authorization": ""}
+    request = http.build_request("GET", url, headers=headers)
+    if headers is not None:
+        del request.headers["authorization"]
+    return request
 
 
 def _retry_after(response: httpx.Response) -> int:
@@ -153,7 +171,9 @@ class HttpJob:
 
     def read(self, index: int = 0) -> bytes:
         url = self.info().results[index].url
-        return self._client.request("GET", url).content
+        response = self._client.http.send(result_request(self._client.http, url), follow_redirects=True)
+        _raise_for(response)
+        return response.content
 
     def cancel(self) -> JobInfo:
         """Cancel the job if it has not started (JobConflict once started or ended)."""
@@ -259,7 +279,9 @@ class AsyncHttpJob:
 
     async def read(self, index: int = 0) -> bytes:
         url = (await self.info()).results[index].url
-        return (await self._client.request("GET", url)).content
+        response = await self._client.http.send(result_request(self._client.http, url), follow_redirects=True)
+        _raise_for(response)
+        return response.content
 
     async def cancel(self) -> JobInfo:
         return _info((await self._client.request("DELETE", self.status_url)).json())

@@ -78,16 +78,16 @@ class LocalStore:
             return f"{self.public_url}/v1/results/{key}"
         return self.path(key).as_uri()
 
-    def expire(self, older_than_seconds: float) -> int:
+    def expire(self, older_than_seconds: float, deleted: list[str] | None = None) -> int:
         """Delete objects last written more than ``older_than_seconds`` ago; returns how many.
 
         Temp files that earlier versions left from interrupted writes go too (uncounted); emptied job
-        directories are removed.
+        directories are removed. ``deleted``: appended the key of each object deleted.
         """
         cutoff = time.time() - older_than_seconds
         if not self.root.is_dir():
             return 0
-        deleted = 0
+        count = 0
         for directory in self.root.iterdir():
             try:
                 if not directory.is_dir() or directory.is_symlink():
@@ -98,13 +98,15 @@ class LocalStore:
                     if path.is_file() and path.stat().st_mtime < cutoff:
                         path.unlink(missing_ok=True)
                         if not path.name.startswith(".tmp-"):
-                            deleted += 1
+                            count += 1
+                            if deleted is not None:
+                                deleted.append(f"{directory.name}/{path.name}")
                 if idle:
                     with contextlib.suppress(OSError):  # it still holds newer objects
                         directory.rmdir()
             except FileNotFoundError:  # removed meanwhile by a concurrent cleanup
                 continue
-        return deleted
+        return count
 
 
 def _why(exc: OSError) -> str:
