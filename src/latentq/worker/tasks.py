@@ -19,13 +19,13 @@ from rq import get_current_job
 
 from .. import rqstate
 from ..config import Settings
+from ..deployment import Deployment
 from ..lifecycle import announce_finished
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
 from ..producer.status import job_info
 from ..records import write_record
 from ..spec import DecodeRequest
-from ..store import open_store
 from .pipeline import decode_group, load_latent, store_output
 
 __all__ = ["decode_job"]
@@ -47,11 +47,13 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     model = _model(decode_request.model)
     tensor = load_latent(job.connection.get(latent_key), model.spec, decode_request, settings.limits)
     (decoded,) = decode_group(model, [decode_request], [tensor])
-    store = open_store(settings.store)
+    deployment = Deployment(job.connection, settings)
+    store = deployment.open_store()  # its setting, else the deployment's (published by the workers)
     timings: dict[str, float] = {}
     records = store_output(store, job.id, decode_request, decoded, token=output_token, timings=timings)
     result = {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
     job.ended_at = rqstate.now()
     write_record(store, job_info(job, lambda key: None, result=result))
-    announce_finished(job.connection, job, timings, result, store.url)  # its webhook carries the result URLs
+    # Its webhook carries the deployment's result URLs (signed, through the API), never a file:// path.
+    announce_finished(job.connection, job, timings, result, deployment.url_for(store))
     return result
