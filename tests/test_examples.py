@@ -79,3 +79,22 @@ def test_remote_decode_diffusers_on_its_own_stack_and_on_a_redis(procs, env, tin
     output = run_example("remote_decode_diffusers.py", "--redis-url", env["LATENTQ_REDIS_URL"], "--flux-model", "",
                          "--size", "32", env=env)  # fmt: skip
     assert "all remote_decode / remote_encode calls answered by latentq" in output
+
+
+@pytest.mark.timeout(500)
+def test_drop_in_remote_vae_on_its_own_stack_and_over_http(procs, env, tiny_models, tmp_path):
+    output = run_example("drop_in_remote_vae.py", "--size", "32", "--out", str(tmp_path / "own"))
+    assert "vae=RemoteVAE(model='sd15'" in output and "32x32 image" in output
+    assert "max difference 0 of 255" in output or "max difference 1 of 255" in output
+    assert (tmp_path / "own" / "remote.png").is_file()
+    procs.worker("sd15", extra=("--no-previews",))  # the tests' tiny sd15: the example's VAE weights too
+    output = run_example("drop_in_remote_vae.py", "--api", procs.api(), "--size", "32", env=env)
+    assert "decoded on latentq with a one-line change" in output and "of 255" in output
+
+
+@pytest.mark.timeout(300)
+def test_queue_pipeline_latents_on_its_own_stack(tmp_path):
+    output = run_example("queue_pipeline_latents.py", "--count", "2", "--out", str(tmp_path))
+    assert output.count("latents queued as job") == 2 and output.count("/v1/results/") == 2
+    assert "2 images of 64x48" in output and len(list(tmp_path.glob("*.png"))) == 2
+    assert "max difference 0 of 255" in output or "max difference 1 of 255" in output

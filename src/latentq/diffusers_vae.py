@@ -55,7 +55,7 @@ def describe_model(client: Client | HttpClient, model: str) -> dict[str, Any]:
     """The deployment's description of ``model`` (``GET /v1/models``), plus what only a local registry knows."""
     if isinstance(client, Client):
         spec = client.registry.get(model)
-        return {**spec.describe(), "config": spec.config, "subfolder": spec.subfolder}
+        return {**spec.describe(), "vae_config": spec.config, "subfolder": spec.subfolder}
     for entry in client.request("GET", "/v1/models").json()["models"]:
         if entry.get("name") == model:
             return entry
@@ -73,8 +73,8 @@ def _load_config(cls: Any, description: dict[str, Any], config: Any, subfolder: 
         if path.is_file():
             return cls._dict_from_json_file(path)
         return dict(cls.load_config(str(config), subfolder=subfolder))
-    if description.get("config"):
-        return dict(description["config"])
+    if description.get("vae_config"):  # a model declared inline: GET /v1/models carries its config
+        return dict(description["vae_config"])
     source = description.get("source")
     if not source:
         raise InvalidRequest(f"model {description['name']} names no weights source; pass the VAE's config "

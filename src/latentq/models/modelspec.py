@@ -125,6 +125,9 @@ class ModelSpec:
             "output_range": self.output_range,
             "dtype": self.dtype,
             "source": self.source,
+            "subfolder": self.subfolder,
+            # The diffusers config of a model declared inline (None: its weights' config.json): RemoteVAE's config.
+            "vae_config": self.config,
             "has_encoder": family.has_encoder(self),
             "output_formats": self.output_formats,
             "sample_rate": family.sample_rate,
