@@ -100,7 +100,8 @@ def up(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
     (root / "models.toml").write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
-    env.update(LATENTQ_MODELS=str(root / "models.toml"), LATENTQ_STORE=str(root / "results"), OMP_NUM_THREADS="1")
+    env.update(LATENTQ_MODELS=str(root / "models.toml"), LATENTQ_STORE=str(root / "results"), OMP_NUM_THREADS="1",
+               XDG_RUNTIME_DIR=str(root / "run"))  # its state file (latentq.config): this test's own, never a real one's
     port = free_port()
     log = root / "up.log"
     with open(log, "wb") as out:
