@@ -1,4 +1,4 @@
-"""The ``latentq`` command: up, worker, api, submit, status, cleanup, demo."""
+"""The ``latentq`` command: up, worker, api, submit, status, cleanup, demo, keys."""
 
 from __future__ import annotations
 
@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     _add_redis(demo)
     _add_store(demo)
+
+    from .cli_keys import add_keys_parser  # torch-free, as every parser is
+
+    add_keys_parser(sub, _add_redis)
     return parser
 
 
@@ -556,7 +560,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_submit, "status": cmd_status, "demo": cmd_demo,
-            "cleanup": cmd_cleanup}
+            "cleanup": cmd_cleanup, "keys": lambda args: _cmd_keys(args)}
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from .cli_keys import cmd_keys
+
+    return cmd_keys(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,62 @@ def recovery_lock(queue: str) -> str:
     return f"{PREFIX}lock:recovery:{queue}"
 
 
+# --- tenants (latentq.tenants) and admission (latentq.admission) ------------------------------
+# API keys, by the SHA-256 of the key (hash: hex digest -> JSON {tenant, label, prefix, created}).
+API_KEYS = PREFIX + "api-keys"
+# Tenants and their limits (hash: tenant -> JSON {max_queued, rate, created}).
+TENANTS = PREFIX + "tenants"
+
+
+def tenant_queued_key(tenant: str) -> str:
+    """The tenant's jobs that were queued (sorted set: id -> submit time), pruned of started ones at its cap."""
+    return f"{PREFIX}tenant-queued:{tenant}"
+
+
+def tenant_rate_key(tenant: str) -> str:
+    """The tenant's submit token bucket (hash: tokens, at)."""
+    return f"{PREFIX}tenant-rate:{tenant}"
+
+
+def idempotency_key(tenant: str, key_digest: str) -> str:
+    """The first submit made with an ``Idempotency-Key`` (string: JSON of its job ids, 24 h)."""
+    return f"{PREFIX}idempotency:{tenant}:{key_digest}"
+
+
+def fair_order_key(queue_key: str) -> str:
+    """Fair-share order of a queue's jobs (sorted set: id -> round * ROUND_SPAN + sequence)."""
+    return f"{PREFIX}fair:order:{queue_key}"
+
+
+def fair_rounds_key(queue_key: str) -> str:
+    """Each tenant's last round in a queue (hash: tenant -> round)."""
+    return f"{PREFIX}fair:rounds:{queue_key}"
+
+
+def fair_sequence_key(queue_key: str) -> str:
+    """A queue's enqueue counter (FIFO within one round)."""
+    return f"{PREFIX}fair:seq:{queue_key}"
+
+
+__all__ += [
+    "API_KEYS",
+    "TENANTS",
+    "fair_order_key",
+    "fair_rounds_key",
+    "fair_sequence_key",
+    "idempotency_key",
+    "tenant_queued_key",
+    "tenant_rate_key",
+]
+
+# --- the deployment's description (latentq.deployment) ---------------------------------------
+# Hash: id, secret (signs result URLs), public_url (the API's), store (location), store_options (JSON),
+# cleanups (a counter latentq cleanup bumps: cached job records are dropped when it changes).
+DEPLOYMENT = PREFIX + "deployment"
+
+__all__ += ["DEPLOYMENT"]
+
+
 def recent_jobs_key(tenant: str) -> str:
     """A tenant's recent jobs, newest last (sorted set: job id -> submit time; trimmed to a bound)."""
     return f"{PREFIX}recent:{tenant}"
@@ -123,10 +179,3 @@ WEBHOOK_DUE = PREFIX + "webhooks:due"
 WEBHOOK_ATTEMPTS = PREFIX + "webhooks:attempts"
 
 __all__ += ["WEBHOOK_ATTEMPTS", "WEBHOOK_DUE", "WEBHOOK_GROUP", "WEBHOOK_OUTBOX"]
-
-# --- the deployment's description (latentq.deployment) ---------------------------------------
-# Hash: id, secret (signs result URLs), public_url (the API's), store (location), store_options (JSON),
-# cleanups (a counter latentq cleanup bumps: cached job records are dropped when it changes).
-DEPLOYMENT = PREFIX + "deployment"
-
-__all__ += ["DEPLOYMENT"]

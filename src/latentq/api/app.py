@@ -38,12 +38,13 @@ from ..producer.client import Client
 from ..records import is_record_key
 from ..spec import DecodeRequest, JobInfo
 from ..store import LocalStore, ObjectStore, check_key
-from .auth import install_api_keys
+from ..tenants import TenantDirectory
+from .auth import check_owner, install_tenants, request_tenant
 from .batches import install_batch_routes
 from .console import install_console
 from .jobs import install_job_listing
 from .openapi import errors
-from .params import BatchId, JobId, ResultKey, decode_params, read_latent
+from .params import BatchId, IdempotencyKey, JobId, ResultKey, decode_params, read_latent
 from .remote import install_remote_routes
 from .waiter import LongPolls
 
@@ -134,8 +135,8 @@ def create_app(
     app.state.long_polls = long_polls
     app.state.store = store  # None: the deployment's, as current_store() finds it
     app.state.current_store = current_store
-    if settings.api_keys:
-        install_api_keys(app, settings.api_keys)
+    # Keys in Redis (latentq keys) and LATENTQ_API_KEYS; none anywhere: authentication is off.
+    install_tenants(app, TenantDirectory(client.connection, settings.api_keys))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,7 +150,7 @@ def create_app(
         if isinstance(exc, InvalidRequest):
             return _error(exc.status_code, type(exc).__name__, str(exc), exc.field)
         if isinstance(exc, QueueFull):
-            return _error(429, "QueueFull", str(exc), headers={"Retry-After": str(exc.retry_after)})
+            return _error(429, type(exc).__name__, str(exc), headers={"Retry-After": str(exc.retry_after)})
         if isinstance(exc, JobNotFound):
             return _error(404, "JobNotFound", str(exc), "id")
         if isinstance(exc, JobConflict):
@@ -182,9 +183,20 @@ def create_app(
     def authorise_unsigned_result(request: Request, key: str) -> None:
         """The one place an unsigned ``GET /v1/results/{key}`` is authorised.
 
-        The API-key middleware has admitted the caller already (when keys are configured); the
-        unguessable token in the key is what ties it to its job. Per-tenant ownership goes here.
+        The API-key middleware has admitted the caller already (when keys are configured); a result
+        belongs to the tenant that owns its job (the key's first segment).
         """
+        job_id = key.split("/", 1)[0]
+        try:
+            owner = client.job_info(job_id).tenant
+        except JobNotFound:
+            raise StoreError(f"no result object {key!r}") from None
+        if getattr(request.state, "scoped", False) and (owner or "default") != request_tenant(request).name:
+            raise StoreError(f"no result object {key!r}")
+
+    def not_found(job_id: str) -> str:
+        # Word for word what an id that never existed gets: another tenant's ids are not confirmed.
+        return f"job {job_id!r} (never submitted, or older than the result TTL)"
 
     def job_body(request: Request, job_id: str, wait: float = 0.0, info: JobInfo | None = None) -> dict[str, Any]:
         if info is None:  # a blocking wait: only for callers already on a thread
@@ -198,10 +210,12 @@ def create_app(
     @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)",
               responses=errors(404, 408, 413, 429), openapi_extra=SAFETENSORS_BODY)  # fmt: skip
     async def submit_job(
-        request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
+        request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)],
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         latent = await read_latent(request, decode_request, client.registry, settings.limits)
-        job = await run_in_threadpool(client.submit_request, latent, decode_request)
+        job = await run_in_threadpool(client.submit_request, latent, decode_request, tenant=request_tenant(request),
+                                      idempotency_key=idempotency_key)  # fmt: skip
         status_url = str(request.url_for("get_job", job_id=job.id))
         return JSONResponse(
             {"id": job.id, "model": decode_request.model, "status": "queued", "status_url": status_url},
@@ -217,6 +231,7 @@ def create_app(
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the job to end")] = 0,
     ) -> dict[str, Any]:
         info = await run_in_threadpool(client.job_info, job_id)
+        check_owner(request, info.tenant, not_found(job_id))
         if wait > 0 and not info.status.is_final:  # awaits the listener: holds no thread while it waits
             await long_polls.until_ended(job_id, wait, info.deadline)
             info = await run_in_threadpool(client.job_info, job_id)
@@ -225,6 +240,8 @@ def create_app(
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a job that has not started (409 once started or ended)",
                 responses=errors(404, 409))  # fmt: skip
     async def cancel_job(request: Request, job_id: JobId) -> dict[str, Any]:
+        info = await run_in_threadpool(client.job_info, job_id)
+        check_owner(request, info.tenant, not_found(job_id))
         await run_in_threadpool(client.cancel, job_id)
         return await run_in_threadpool(job_body, request, job_id)
 
@@ -232,6 +249,7 @@ def create_app(
              responses=errors(404))  # fmt: skip
     async def get_batch(request: Request, batch_id: BatchId) -> dict[str, Any]:
         body = await run_in_threadpool(client.batch_info, batch_id, lambda key: url_for_result(request, key))
+        check_owner(request, body["jobs"][0]["tenant"] if body["jobs"] else None, f"batch {batch_id!r}")
         for job in body["jobs"]:
             job["status_url"] = str(request.url_for("get_job", job_id=job["id"]))
         return body
@@ -267,7 +285,6 @@ def create_app(
         where = await run_in_threadpool(current_store)
         if isinstance(where, LocalStore):
             path = where.path(key)
-
             if not path.is_file():
                 raise StoreError(f"no result object {key!r}")
             return FileResponse(path, headers={"Cache-Control": "private, max-age=86400, immutable"})

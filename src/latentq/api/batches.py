@@ -16,8 +16,9 @@ from ..config import Settings
 from ..errors import InvalidLatent
 from ..producer.client import Client
 from ..spec import DecodeRequest
+from .auth import request_tenant
 from .openapi import errors
-from .params import decode_params, read_latent
+from .params import IdempotencyKey, decode_params, read_latent
 
 __all__ = ["install_batch_routes"]
 
@@ -30,12 +31,15 @@ def install_batch_routes(app: FastAPI, client: Client, settings: Settings) -> No
     @app.post("/v1/batches", status_code=202, summary="Submit a batch: one tensor (B, ...), one job per sample",
               responses=errors(404, 408, 413, 429), openapi_extra=_SAFETENSORS_BODY)  # fmt: skip
     async def submit_batch(
-        request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)]
+        request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)],
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         batch = await read_latent(request, decode_request, client.registry, settings.limits)
         if batch.ndim < 2:
             raise InvalidLatent(f"a batch needs shape (B, ...), got {tuple(batch.shape)}", field="body")
-        jobs = await run_in_threadpool(client.submit_many_request, batch, decode_request)
+        jobs = await run_in_threadpool(client.submit_many_request, batch, decode_request,
+                                       tenant=request_tenant(request),
+                                       idempotency_key=idempotency_key)  # fmt: skip
         batch_id = jobs[0].batch_id
         batch_url = str(request.url_for("get_batch", batch_id=batch_id))
         return JSONResponse(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import Path, Query, Request
+from fastapi import Header, Path, Query, Request
 from torch import Tensor
 
 from ..errors import InvalidRequest, LatentTooLarge
@@ -14,7 +14,7 @@ from ..spec import DecodeRequest, Limits, parse_metadata
 from ..store.base import KEY_PATTERN
 from ..wire import latent_from_bytes
 
-__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "JobId", "ResultKey", "decode_params", "read_body", "read_latent"]
+__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latent"]
 
 # Ids are checked at the edge: nothing else (a dot, a NUL, an emoji) reaches RQ's keys or the store's paths.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -34,7 +34,7 @@ class BodyTimeout(InvalidRequest):
 
 def decode_params(
     model: Annotated[str, Query(description="model name, see GET /v1/models")],
-    output_format: Annotated[str, Query(description="png, jpeg, webp, mp4, frames, tensor or uint8")] = "png",
+    output_format: Annotated[str, Query(description="png, jpeg, webp, mp4, frames, wav, flac, tensor or uint8 (see the model's output_formats)")] = "png",
     scaling_factor: float | None = None,
     shift_factor: float | None = None,
     quality: Annotated[int, Query(ge=1, le=100)] = 90,
@@ -44,9 +44,17 @@ def decode_params(
     fps: Annotated[int, Query(ge=1, le=240, description="mp4 frame rate")] = 24,
     preview: Annotated[bool, Query(description="publish a tiny-autoencoder preview first")] = False,
     tile: Annotated[bool | None, Query(description="force tiled decode on or off (default: by size)")] = None,
+    vae_input: Annotated[bool, Query(description="the latent is what the pipeline hands vae.decode: no unpacking or normalising")] = False,
     priority: Annotated[str, Query(description="normal or high")] = "normal",
     deadline: Annotated[float | None, Query(description="unix time; not started by then -> expired")] = None,
     callback_url: Annotated[str | None, Query(description="webhook URL for the job's final status")] = None,
+    num_frames: Annotated[int | None, Query(description="video frames (ltxvideo tokens, cogvideox, allegro)")] = None,
+    decode_timestep: Annotated[float | None, Query(description="ltxvideo: the decoder's timestep")] = None,
+    decode_noise_scale: Annotated[float | None, Query(description="ltxvideo: decode noise mixed in")] = None,
+    decode_noise_seed: Annotated[int | None, Query(description="ltxvideo: seed of that noise")] = None,
+    decode_chunk_size: Annotated[int | None, Query(description="svd: frames per decoder call")] = None,
+    audio_start_in_s: Annotated[float | None, Query(description="stableaudio: clip start, seconds")] = None,
+    audio_end_in_s: Annotated[float | None, Query(description="stableaudio: clip end, seconds")] = None,
 ) -> DecodeRequest:
     """A FastAPI dependency: the query string as a validated DecodeRequest.
 
@@ -55,8 +63,11 @@ def decode_params(
     meta = parse_metadata(metadata) if metadata else {}
     return DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                          shift_factor=shift_factor, quality=quality, metadata=meta, height=height, width=width,
-                         fps=fps, preview=preview, tile=tile, priority=priority, deadline=deadline,
-                         callback_url=callback_url)  # fmt: skip
+                         fps=fps, preview=preview, tile=tile, vae_input=vae_input, priority=priority, deadline=deadline,
+                         callback_url=callback_url, num_frames=num_frames, decode_timestep=decode_timestep,
+                         decode_noise_scale=decode_noise_scale, decode_noise_seed=decode_noise_seed,
+                         decode_chunk_size=decode_chunk_size, audio_start_in_s=audio_start_in_s,
+                         audio_end_in_s=audio_end_in_s)  # fmt: skip
 
 
 async def read_latent(request: Request, decode_request: DecodeRequest, registry: Registry, limits: Limits) -> Tensor:
@@ -85,3 +96,10 @@ async def read_body(request: Request, limit: int, timeout: float = Limits.body_t
     except TimeoutError:
         raise BodyTimeout(f"body not received within {timeout:g} s ({size} bytes arrived)", field="body") from None
     return b"".join(chunks)
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255,
+           description="retry-safe submit: the same key (per tenant, within 24 h) returns the first submit's jobs"),
+]  # fmt: skip

@@ -39,6 +39,7 @@ from ..remote import (
     tensor_to_bytes,
 )
 from ..wire import MAX_DIMS
+from .auth import request_tenant
 from .openapi import errors
 from .params import read_body
 
@@ -146,7 +147,7 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
         model: str,
         shape: Annotated[list[str] | None, Query(description="the tensor's dimensions, repeated")] = None,
         dtype: Annotated[str | None, Query(description="float16, float32 or bfloat16")] = None,
-        output_type: Annotated[str, Query(description="pil, pt or mp4")] = "pil",
+        output_type: Annotated[str, Query(description="pil, pt, mp4 (video), wav or flac (audio)")] = "pil",
         image_format: Annotated[str, Query(description="jpg or png, for output_type=pil")] = "jpg",
         partial_postprocess: Annotated[str | None, Query(description="pt: uint8 pixels instead of floats")] = None,
         scaling_factor: Annotated[str | None, Query(description="latents / scaling_factor")] = None,
@@ -156,6 +157,13 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
         width: Annotated[str | None, Query(description="image width, for packed latents")] = None,
         quality: Annotated[str | None, Query(description="jpg / mp4 quality 1..100 (latentq)")] = None,
         timeout: Annotated[str | None, Query(description="seconds to wait (latentq, default 300)")] = None,
+        num_frames: Annotated[str | None, Query(description="video frames (ltxvideo, cogvideox, allegro)")] = None,
+        decode_timestep: Annotated[str | None, Query(description="ltxvideo / ltx2: decoder timestep")] = None,
+        decode_noise_scale: Annotated[str | None, Query(description="ltxvideo / ltx2: decode noise")] = None,
+        decode_noise_seed: Annotated[str | None, Query(description="ltxvideo / ltx2: its seed")] = None,
+        decode_chunk_size: Annotated[str | None, Query(description="svd: frames per decoder call")] = None,
+        audio_start_in_s: Annotated[str | None, Query(description="stableaudio: clip start, s")] = None,
+        audio_end_in_s: Annotated[str | None, Query(description="stableaudio: clip end, s")] = None,
     ) -> Response:
         client.registry.get(model)  # unknown model: 404 before reading the body
         if not shape or dtype is None:
@@ -170,11 +178,19 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             partial_postprocess=_bool("partial_postprocess", partial_postprocess, False), processor=wants_tensor,
             scaling_factor=sf, shift_factor=shift, height=_number("height", height, int),
             width=_number("width", width, int), quality=90 if quality is None else _number("quality", quality, int),
+            num_frames=_number("num_frames", num_frames, int),
+            decode_timestep=_number("decode_timestep", decode_timestep, float),
+            decode_noise_scale=_number("decode_noise_scale", decode_noise_scale, float),
+            decode_noise_seed=_number("decode_noise_seed", decode_noise_seed, int),
+            decode_chunk_size=_number("decode_chunk_size", decode_chunk_size, int),
+            audio_start_in_s=_number("audio_start_in_s", audio_start_in_s, float),
+            audio_end_in_s=_number("audio_end_in_s", audio_end_in_s, float),
         )  # fmt: skip
         dims = _shape(shape)  # before the body: a bad shape costs no upload
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         latent = tensor_from_body(body, dims, dtype, limits)
-        pending = await run_in_threadpool(submit_decode, client, latent, model, **options)
+        pending = await run_in_threadpool(submit_decode, client.for_tenant(request_tenant(request)), latent, model,
+                                          **options)  # fmt: skip
         return await _reply(request, pending, _timeout(timeout))
 
     @app.post("/v1/models/{model}/encode", response_class=Response, responses=_ENCODE_RESPONSES,
@@ -200,5 +216,6 @@ def install_remote_routes(app: FastAPI, client: Client, settings: Settings) -> N
             image = tensor_from_body(body, _shape(shape), dtype, limits)
         else:
             image = await run_in_threadpool(image_from_bytes, body, limits)
-        pending = await run_in_threadpool(submit_encode, client, image, model, scaling_factor=sf, shift_factor=shift)
+        pending = await run_in_threadpool(submit_encode, client.for_tenant(request_tenant(request)), image, model,
+                                          scaling_factor=sf, shift_factor=shift)  # fmt: skip
         return await _reply(request, pending, _timeout(timeout))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
@@ -18,17 +19,20 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from .. import keys
+from ..admission import admit, check_idempotency_key
 from ..config import TASK_FUNCTION, Settings
 from ..connection import redis_from_url, redis_unavailable
 from ..deployment import Deployment
-from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout, QueueFull
-from ..models.registry import Registry, load_registry
+from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout
+from ..fence import capture, captured
 from ..lifecycle import Ending, end_jobs
+from ..models.registry import Registry, load_registry
 from ..payload import JobPayload
-from ..recent import DEFAULT_TENANT, index_recent_job
+from ..recent import index_recent_job
 from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore
+from ..tenants import DEFAULT_TENANT, Tenant, TenantDirectory, digest
 from ..validate import validate_image, validate_latent
 from ..wire import latent_to_bytes
 from .status import job_info
@@ -91,13 +95,18 @@ class Client:
         registry: Registry | None = None,
         store: ObjectStore | None = None,
         connection: Redis | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
+        """``tenant``: whose jobs this client submits (its limits apply; see ``latentq keys``)."""
         self.settings = settings or Settings.from_env(redis_url=redis_url)
         self.registry = registry or load_registry(self.settings.models_file)
         self._store = store
         self._records: RecordReader | None = None
         self.connection = connection or redis_from_url(self.settings.redis_url)
         self.deployment = Deployment(self.connection, self.settings)
+        self.tenant_name = tenant
+        self.tenants = TenantDirectory(self.connection)
+        self._tenant: Tenant | None = None  # set by for_tenant: limits already known
         self._queues: dict[str, Queue] = {}
         # One listener (one pub/sub connection, one thread) for every thread that waits on a job.
         self._listener: DoneListener | None = None
@@ -109,6 +118,13 @@ class Client:
         """The store given, else this process's store setting, else the deployment's (published in Redis
         by its workers, followed when it moves)."""
         return self._store if self._store is not None else self.deployment.current_store()
+
+    def for_tenant(self, tenant: Tenant) -> Client:
+        """This client acting for ``tenant`` (its connections, store and listener shared): the API's view
+        of one request."""
+        view = copy.copy(self)
+        view.tenant_name, view._tenant = tenant.name, tenant
+        return view
 
     @property
     def records(self) -> RecordReader:
@@ -128,7 +144,6 @@ class Client:
     @redis_unavailable()
     def read_result(self, result: ResultObject) -> bytes:
         return self.deployment.read_result(self.store, result)
-
 
     def queue(self, model: str, priority: str = "normal") -> Queue:
         name = keys.high_priority_queue_name(model) if priority == "high" else keys.queue_name(model)
@@ -157,26 +172,31 @@ class Client:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> Job:
         """Validate one latent (with or without its batch dimension of 1) and enqueue its decode.
 
         ``options``: quality, height and width (packed FLUX latents), fps, preview, tile,
         priority ("normal" or "high"), deadline (unix time), callback_url.
+        ``idempotency_key``: a retried submit with the same key (within 24 h) returns the first job.
         """
         request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
-        return self.submit_request(latent, request)
+        return self.submit_request(latent, request, idempotency_key=idempotency_key)
 
     @redis_unavailable()
-    def submit_request(self, latent: torch.Tensor, request: DecodeRequest) -> Job:
-        return self._enqueue([latent], request, batch_id=None)[0]
+    def submit_request(self, latent: torch.Tensor, request: DecodeRequest, *, tenant: Tenant | None = None,
+                       idempotency_key: str | None = None) -> Job:  # fmt: skip
+        return self._enqueue([latent], request, None, tenant, idempotency_key)[0]
 
     @redis_unavailable()
-    def submit_encode(self, image: torch.Tensor, model: str, **options: Any) -> Job:
+    def submit_encode(self, image: torch.Tensor, model: str, *, tenant: Tenant | None = None,
+                      idempotency_key: str | None = None, **options: Any) -> Job:  # fmt: skip
         """Encode an RGB image, (3, H, W) or (1, 3, H, W) float in [0, 1], into the model's latent."""
         request = DecodeRequest(model=model, output_format="tensor", task="encode", **options)
-        return self._enqueue([image], request, batch_id=None)[0]
+        return self._enqueue([image], request, None, tenant, idempotency_key)[0]
 
     @redis_unavailable()
     def submit_many(
@@ -187,15 +207,18 @@ class Client:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> list[Job]:
         """One job per sample of a batch tensor or a list, grouped under one batch id."""
         request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
-        return self.submit_many_request(latents, request)
+        return self.submit_many_request(latents, request, idempotency_key=idempotency_key)
 
     @redis_unavailable()
-    def submit_many_request(self, latents: torch.Tensor | Sequence[torch.Tensor], request: DecodeRequest) -> list[Job]:
+    def submit_many_request(self, latents: torch.Tensor | Sequence[torch.Tensor], request: DecodeRequest, *,
+                            tenant: Tenant | None = None, idempotency_key: str | None = None) -> list[Job]:  # fmt: skip
         if isinstance(latents, torch.Tensor):
             if latents.ndim < 2:
                 raise InvalidLatent(f"submit_many needs a batch of latents, got shape {tuple(latents.shape)}")
@@ -209,7 +232,7 @@ class Client:
                 f"submit_many got {len(samples)} latents, over the limit of {self.settings.limits.max_batch_submit}",
                 field="latents",
             )
-        return self._enqueue(samples, request, batch_id=uuid.uuid4().hex)
+        return self._enqueue(samples, request, uuid.uuid4().hex, tenant, idempotency_key)
 
     def _validate(self, tensor: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
         spec = self.registry.get(request.model)
@@ -217,7 +240,8 @@ class Client:
             return validate_image(tensor, spec, self.settings.limits)
         return validate_latent(tensor, spec, request, self.settings.limits)
 
-    def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None) -> list[Job]:
+    def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None,
+                 tenant: Tenant | None, idempotency_key: str | None) -> list[Job]:  # fmt: skip
         self.registry.get(request.model)
         payloads = []
         for index, latent in enumerate(latents):
@@ -228,15 +252,14 @@ class Client:
                     raise type(exc)(f"latent {index}: {exc}", field=exc.field) from None
                 raise
             payloads.append((uuid.uuid4().hex, tensor))
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        tenant = tenant or self._tenant or self.tenants.tenant(self.tenant_name)
         settings = self.settings
-        waiting = self.queued_count(request.model)
-        if waiting + len(payloads) > settings.max_queued:
-            raise QueueFull(
-                f"model {request.model} has {waiting} jobs queued; the limit is {settings.max_queued}. "
-                "Retry later.",
-                retry_after=5,
-            )
         queue = self.queue(request.model, request.priority)
+        meta: dict[str, Any] = {"tenant": tenant.name}
+        if batch_id:
+            meta["batch_id"] = batch_id
         job_datas = [
             Queue.prepare_data(
                 TASK_FUNCTION,
@@ -246,25 +269,41 @@ class Client:
                 result_ttl=settings.redis_record_ttl,  # then the record in the store answers
                 failure_ttl=settings.failure_ttl,
                 ttl=settings.latent_ttl,
-                meta={"batch_id": batch_id} if batch_id else None,
+                meta=meta,
                 retry=Retry(max=settings.max_retries) if settings.max_retries > 0 else None,
                 description=f"{request.task} {request.model} -> {request.output_format}",
             )
             for job_id, tensor in payloads
         ]
-        # The latents and the jobs land together or not at all.
+        # The latents, the jobs and the checks that admit them: one atomic script (latentq.admission).
         submitted_at = time.time()
-        with self.connection.pipeline(transaction=True) as pipe:
-            for job_id, tensor in payloads:
-                pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor), ex=settings.latent_ttl)
-                index_recent_job(pipe, DEFAULT_TENANT, job_id, submitted_at)  # GET /v1/jobs lists it
-            if batch_id:
-                batch = keys.batch_key(batch_id)
-                pipe.rpush(batch, *[job_id for job_id, _ in payloads])
-                pipe.expire(batch, settings.result_ttl)
-            queue.enqueue_many(job_datas, pipeline=pipe)
-            pipe.execute()
-        return [Job(self, job_id, request.model, batch_id) for job_id, _ in payloads]
+        pipe = capture(self.connection)
+        for job_id, tensor in payloads:
+            pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor), ex=settings.latent_ttl)
+            index_recent_job(pipe, tenant.name, job_id, submitted_at)  # GET /v1/jobs lists it
+        if batch_id:
+            batch = keys.batch_key(batch_id)
+            pipe.rpush(batch, *[job_id for job_id, _ in payloads])
+            pipe.expire(batch, settings.result_ttl)
+        queue.enqueue_many(job_datas, pipeline=pipe)
+        # The ids' push onto the queue is admission's: it places them in fair-share order.
+        writes = [c for c in captured(pipe) if not (c[0] in ("RPUSH", "LPUSH") and c[1] == queue.key)]
+        admitted = admit(
+            self.connection,
+            queue_key=queue.key,
+            model_queue_keys=(self.queue(request.model).key, self.queue(request.model, "high").key),
+            model_cap=settings.max_queued,
+            tenant=tenant,
+            job_ids=[job_id for job_id, _ in payloads],
+            batch_id=batch_id,
+            model=request.model,
+            writes=writes,
+            job_key_prefix=RQJob.redis_job_namespace_prefix,
+            order_ttl=settings.latent_ttl,
+            now=submitted_at,
+            idempotency_digest=digest(idempotency_key) if idempotency_key is not None else None,
+        )
+        return [Job(self, job_id, admitted.model, admitted.batch_id) for job_id in admitted.job_ids]
 
     # --- status -----------------------------------------------------------------------
     @redis_unavailable()

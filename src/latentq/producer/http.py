@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ from ..errors import (
     LatentqError,
     LatentTooLarge,
     QueueFull,
+    RateLimited,
     Unavailable,
     UnknownModel,
     UnsupportedFormat,
@@ -89,7 +91,8 @@ def _raise_for(response: httpx.Response) -> None:
     message = error.get("message") or response.text or response.reason_phrase
     kind = error.get("type", "")
     if response.status_code == 429:
-        raise QueueFull(message, retry_after=int(response.headers.get("retry-after", "5")))
+        limited = RateLimited if kind == "RateLimited" else QueueFull
+        raise limited(message, retry_after=int(response.headers.get("retry-after", "5")))
     if response.status_code == 503:
         raise Unavailable(f"HTTP 503: {message}", retry_after=_retry_after(response))
     if response.status_code == 404 and kind == "JobNotFound":
@@ -217,14 +220,19 @@ class HttpClient:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> HttpJob:
+        """Submit one latent. Every submit carries an ``Idempotency-Key`` (``idempotency_key``, else a
+        random one), so the retries this client makes on a 503 never make a second job."""
         response = self.request(
             "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
-            headers={"content-type": "application/octet-stream"},
+            headers={"content-type": "application/octet-stream",
+                     "idempotency-key": idempotency_key or uuid.uuid4().hex},  # fmt: skip
         )
         body = response.json()
         return HttpJob(self, body["id"], body["status_url"])
@@ -324,14 +332,18 @@ class AsyncHttpClient:
         scaling_factor: float | None = None,
         shift_factor: float | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> AsyncHttpJob:
+        """As ``HttpClient.submit``: retried submits never make a second job."""
         response = await self.request(
             "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
             content=latent_to_bytes(latent),
-            headers={"content-type": "application/octet-stream"},
+            headers={"content-type": "application/octet-stream",
+                     "idempotency-key": idempotency_key or uuid.uuid4().hex},  # fmt: skip
         )
         body = response.json()
         return AsyncHttpJob(self, body["id"], body["status_url"])

@@ -66,6 +66,7 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
         "worker": rq_job.worker_name,
         "workers": workers,
         "deadline": request.get("deadline"),
+        "tenant": meta.get("tenant"),
     }
     if meta.get("preview"):
         info["preview"] = ResultObject.from_dict({**meta["preview"], "url": url_for(meta["preview"]["key"])})
