@@ -73,10 +73,12 @@ def test_status_lists_only_models_with_jobs_or_workers(env):
 
     empty = run(env, "status")
     assert empty.returncode == 0, empty.stderr
-    assert empty.stdout.splitlines() == [empty.stdout.splitlines()[0]]  # the header alone
+    header, *rows, deployment = empty.stdout.splitlines()
+    assert rows == [] and header.startswith("model ")  # the header alone, then the deployment
+    assert deployment.startswith(f"deployment: Redis {env['LATENTQ_REDIS_URL']} (--redis-url or $LATENTQ_REDIS_URL)")
     Client().submit(torch.randn(32, 4, 4), model="taef2")
     queued = run(env, "status")
-    rows = queued.stdout.splitlines()[1:]
+    rows = queued.stdout.splitlines()[1:-1]
     assert len(rows) == 1 and re.match(r"taef2\s+1\s+0\s+0\s+0\s+0\s+0$", rows[0]), queued.stdout
 
 
