@@ -9,6 +9,7 @@ work on a machine with no network.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,36 +37,48 @@ def _int(value: bytes | None) -> int | None:
 
 
 def overview(client: Client) -> dict[str, Any]:
-    """Queues per model (depth, running, live workers, why jobs wait, jobs per minute) and live workers."""
+    """Queues per model (depth, running, live workers, why jobs wait, jobs per minute) and live workers.
+
+    Two reads whatever the number of models (the console polls it): the workers, then one pipeline.
+    """
     connection = client.connection
     now = time.time()
     minute = int(now // 60)
-    minutes = list(range(minute - CHART_MINUTES + 1, minute + 1))
-    models = []
-    for name in client.registry.names():
-        queues = [client.queue(name), client.queue(name, "high")]
-        queued, serving = client.queued_count(name), client.workers_serving(name)
-        started = sum(queue.started_job_registry.count for queue in queues)
-        per_minute = [int(v or 0) for v in connection.mget([keys.finished_per_minute_key(name, m) for m in minutes])]
-        totals = metrics.jobs_total(connection, name)
-        if not (queued or started or serving or any(per_minute) or any(totals.values())):
-            continue  # a model nobody serves or uses: a dozen rows of zeros say nothing
-        models.append({
-            "name": name, "queued": queued, "started": started, "workers": serving, "totals": totals,
-            "finished_per_minute": per_minute,
-            "waiting_reason": f"no live worker serves model {name!r}" if queued and not serving else None,
-        })  # fmt: skip
+    minutes = range(minute - CHART_MINUTES + 1, minute + 1)
+    names = client.registry.names()
     workers = Worker.all(connection=connection)
+    served = [list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names())) for worker in workers]
+    serving = Counter(model for models in served for model in models)
     with connection.pipeline(transaction=False) as pipe:
+        for name in names:
+            for queue in (client.queue(name), client.queue(name, "high")):
+                pipe.llen(queue.key)
+                # The registry's size as it stands: RQ's ``count`` would run its cleanup (the workers' upkeep).
+                pipe.zcard(queue.started_job_registry.key)
+            pipe.mget([keys.finished_per_minute_key(name, m) for m in minutes])
+            pipe.hmget(keys.metrics_key(name), [f"jobs_total:{status}" for status in metrics.STATUSES])
         for worker in workers:
             pipe.hgetall(keys.worker_stats_key(worker.name))
-        stats = [{k.decode(): v for k, v in raw.items()} for raw in pipe.execute()]
+        replies = pipe.execute()
+    models = []
+    for index, name in enumerate(names):
+        queued, started, queued_high, started_high, per_minute, totals = replies[6 * index : 6 * index + 6]
+        queued, started = queued + queued_high, started + started_high
+        per_minute = [int(v or 0) for v in per_minute]
+        totals = {status: int(v or 0) for status, v in zip(metrics.STATUSES, totals)}
+        if not (queued or started or serving[name] or any(per_minute) or any(totals.values())):
+            continue  # a model nobody serves or uses: a dozen rows of zeros say nothing
+        models.append({
+            "name": name, "queued": queued, "started": started, "workers": serving[name], "totals": totals,
+            "finished_per_minute": per_minute,
+            "waiting_reason": f"no live worker serves model {name!r}" if queued and not serving[name] else None,
+        })  # fmt: skip
     rows = []
-    for worker, stat in zip(workers, stats):
-        served = list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names()))
+    for worker, models_served, raw in zip(workers, served, replies[6 * len(names) :]):
+        stat = {k.decode(): v for k, v in raw.items()}
         rows.append({
             "name": worker.name, "host": worker.hostname, "pid": worker.pid, "state": str(worker.get_state()),
-            "models": served, "device": (stat.get("device") or b"cpu").decode(),
+            "models": models_served, "device": (stat.get("device") or b"cpu").decode(),
             "decode_calls": _int(stat.get("decode_calls")) or 0, "decoded_jobs": _int(stat.get("decoded_jobs")) or 0,
             "finished": worker.successful_job_count, "failed": worker.failed_job_count,
             "started_at": worker.birth_date.isoformat() if worker.birth_date else None,
