@@ -8,9 +8,12 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.mark.timeout(180)  # resolving every name imports diffusers (RemoteVAE): slow on a busy machine
 def test_public_names_are_pinned():
     assert sorted(latentq.__all__) == sorted([
-        "Client", "HttpClient", "InvalidRequest", "Job", "JobFailed", "JobStatus", "JobTimeout",
-        "LatentqError", "QueueFull", "RemoteDecodeQueue", "RemoteVAE", "ResultObject", "__version__",
-        "remote_decode", "submit_pipeline_latents",
+        "AsyncHttpClient", "AsyncHttpJob", "Client", "HttpClient", "HttpJob", "Job", "JobStatus", "ResultObject",
+        "RemoteDecodeQueue", "RemoteVAE", "__version__", "remote_decode", "submit_pipeline_latents",
+        # every exception of the tree, so callers catch at any level from `latentq`
+        "ConfigError", "InvalidLatent", "InvalidRequest", "JobConflict", "JobFailed", "JobNotFound", "JobTimeout",
+        "LatentTooLarge", "LatentqError", "ModelLoadError", "QueueFull", "RateLimited", "StoreError",
+        "Unavailable", "UnknownModel", "UnsupportedFormat",
     ])  # fmt: skip
     for name in latentq.__all__:
         assert hasattr(latentq, name)
@@ -21,6 +24,7 @@ def test_exception_tree():
 
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.LatentqError)
+        assert getattr(latentq, name) is getattr(errors, name)  # exported from the package too
     assert issubclass(errors.InvalidLatent, ValueError)
 
 

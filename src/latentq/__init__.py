@@ -12,28 +12,59 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .errors import InvalidRequest, JobFailed, JobTimeout, LatentqError, QueueFull
+from .errors import (
+    ConfigError,
+    InvalidLatent,
+    InvalidRequest,
+    JobConflict,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    LatentqError,
+    LatentTooLarge,
+    ModelLoadError,
+    QueueFull,
+    RateLimited,
+    StoreError,
+    Unavailable,
+    UnknownModel,
+    UnsupportedFormat,
+)
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load on first use
     from .diffusers_vae import RemoteVAE
     from .pipeline_queue import RemoteDecodeQueue, submit_pipeline_latents
-    from .producer import Client, HttpClient, Job
+    from .producer import AsyncHttpClient, AsyncHttpJob, Client, HttpClient, HttpJob, Job
     from .remote import remote_decode
     from .spec import JobStatus, ResultObject
 
 __all__ = [
+    "AsyncHttpClient",
+    "AsyncHttpJob",
     "Client",
+    "ConfigError",
     "HttpClient",
+    "HttpJob",
+    "InvalidLatent",
     "InvalidRequest",
     "Job",
+    "JobConflict",
     "JobFailed",
+    "JobNotFound",
     "JobStatus",
     "JobTimeout",
+    "LatentTooLarge",
     "LatentqError",
+    "ModelLoadError",
     "QueueFull",
+    "RateLimited",
     "RemoteDecodeQueue",
     "RemoteVAE",
     "ResultObject",
+    "StoreError",
+    "Unavailable",
+    "UnknownModel",
+    "UnsupportedFormat",
     "__version__",
     "remote_decode",
     "submit_pipeline_latents",
@@ -41,8 +72,11 @@ __all__ = [
 
 # Lazy: the producer and remote modules import torch (seconds), which `latentq --help` never needs.
 _LAZY = {
+    "AsyncHttpClient": ".producer",
+    "AsyncHttpJob": ".producer",
     "Client": ".producer",
     "HttpClient": ".producer",
+    "HttpJob": ".producer",
     "Job": ".producer",
     "remote_decode": ".remote",
     "RemoteVAE": ".diffusers_vae",  # these two import diffusers too
