@@ -250,6 +250,35 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
 
 
 
+@browser_test
+@pytest.mark.timeout(150)
+def test_console_asks_for_a_key_and_shows_that_tenants_jobs_only(procs, env, chromium, tmp_path):
+    env["LATENTQ_API_KEYS"] = "alice:alice-key,bob:bob-key"
+    api = procs.api()  # no worker: the jobs stay queued, which is all the gallery needs here
+    latent = safetensors_bytes({"latent": torch.randn(32, 4, 4)})
+    mine, theirs = (httpx.post(f"{api}/v1/jobs?model=taef2", content=latent, timeout=30,
+                               headers={"authorization": f"Bearer {who}-key"}).json()["id"] for who in ("alice", "bob"))  # fmt: skip
+    browser = Offline(chromium, api)
+    page = browser.page
+    try:
+        page.goto(api + "/")
+        page.wait_for_selector("#key-dialog[open]")  # the API answered 401: the page asks
+        page.fill("#key-input", "not-a-key")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_function("document.querySelector('#key-error').textContent.includes('refused')")
+        assert page.is_visible("#key-dialog[open]")
+        page.fill("#key-input", "alice-key")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector(f'.card[data-job-id="{mine}"][data-status="queued"]')
+        page.wait_for_selector("#queue-rows tr[data-model=taef2] .waiting-reason")  # no live worker serves it
+        assert page.locator("#gallery .card").count() == 1, "bob's job is not alice's to see"
+        assert page.locator(f'.card[data-job-id="{theirs}"]').count() == 0
+        assert page.evaluate("sessionStorage.getItem('latentq.apiKey')") == "alice-key"
+        assert browser.blocked == [] and browser.errors == [], (browser.blocked, browser.errors)
+    finally:
+        browser.close()
+
+
 # ------------------------------------------------------------------------------------------ GET /v1/jobs
 @pytest.mark.timeout(60)
 def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_conn, monkeypatch):
