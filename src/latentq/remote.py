@@ -14,6 +14,8 @@ What diffusers' client expects back, and the job format that produces it::
                                       denormalizes): (B, 3, H, W); video (B, 3, F, H, W)  tensor
     pt           -          True      uint8: (B, H, W, 3); video (F, H, W, 3)             uint8
     mp4          -          -         MP4 bytes (video models)                            mp4
+    wav / flac   -          -         audio bytes (audio models; latentq's)               wav / flac
+    pt (audio)   -          -         float (B, channels, samples), unclipped             tensor
 
 Float replies are float32 (diffusers' endpoints sent float16 / bfloat16; the
 client accepts all three, and float32 keeps the pixels exact).
@@ -59,7 +61,9 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT_S = 300.0
-OUTPUT_TYPES = ("pil", "pt", "mp4")
+OUTPUT_TYPES = ("pil", "pt", "mp4", "wav", "flac")
+REPLY_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4", "wav": "audio/wav",
+                       "flac": "audio/flac"}  # fmt: skip
 IMAGE_FORMATS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png"}  # diffusers says "jpg", our jobs say "jpeg"
 BODY_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -77,7 +81,7 @@ _IMAGE_DECODES = threading.BoundedSemaphore(2)
 @dataclass(frozen=True)
 class DecodePlan:
     output_format: str  # the job's output format
-    reply: Literal["bytes", "float01", "float11", "uint8"]
+    reply: Literal["bytes", "float01", "float11", "uint8", "audio"]
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,15 @@ def plan_decode(spec: ModelSpec, output_type: str, image_format: str, partial_po
     if output_type not in OUTPUT_TYPES:
         raise UnsupportedFormat(f"output_type {output_type!r} is not one of {', '.join(OUTPUT_TYPES)}",
                                 field="output_type")  # fmt: skip
+    if spec.output_kind == "audio":
+        if output_type in ("wav", "flac"):
+            return DecodePlan(output_type, "bytes")
+        if output_type == "pt":
+            return DecodePlan("tensor", "audio")
+        raise UnsupportedFormat(f"{spec.name} decodes audio: use output_type wav, flac or pt", field="output_type")
+    if output_type in ("wav", "flac"):
+        raise UnsupportedFormat(f"output_type {output_type!r} needs an audio model; {spec.name} decodes "
+                                f"{spec.output_kind}", field="output_type")  # fmt: skip
     if output_type == "mp4":
         if not spec.is_video:
             raise UnsupportedFormat(f"output_type 'mp4' needs a video model; {spec.name} decodes images",
@@ -242,9 +255,11 @@ class PendingReply:
 def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_type: str = "pil",
                   image_format: str = "jpg", partial_postprocess: bool = False, processor: bool = False,
                   scaling_factor: float | None = None, shift_factor: float | None = None,
-                  height: int | None = None, width: int | None = None, quality: int = 90) -> PendingReply:  # fmt: skip
+                  height: int | None = None, width: int | None = None, quality: int = 90,
+                  **family_options: Any) -> PendingReply:  # fmt: skip
     """Submit a protocol decode: one job per sample of the batch. ``scaling_factor`` / ``shift_factor``
-    are the job's (see :func:`decode_scaling`)."""
+    are the job's (see :func:`decode_scaling`); ``family_options``: the DecodeRequest fields some families
+    read (num_frames, decode_timestep, audio_end_in_s, ...), None ones left out."""
     spec = client.registry.get(model)
     plan = plan_decode(spec, output_type, image_format, partial_postprocess, processor)
     # FLUX.1 takes packed (B, seq, 64) and unpacked (B, 16, h, w) latents: the family says which ndims.
@@ -257,7 +272,11 @@ def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_ty
                             field="latent")  # fmt: skip
     options: dict[str, Any] = dict(output_format=plan.output_format, scaling_factor=scaling_factor,
                                    shift_factor=shift_factor, height=height, width=width, quality=quality)  # fmt: skip
-    jobs = client.submit_many(latent, model, **options) if batch > 1 else [client.submit(latent, model, **options)]
+    options.update({name: value for name, value in family_options.items() if value is not None})
+    if batch > 1:  # slices keep their batch dimension: an unbound FLUX.1 (16, h, w) would read as packed
+        jobs = client.submit_many([latent[i : i + 1] for i in range(batch)], model, **options)
+    else:
+        jobs = [client.submit(latent, model, **options)]
     return PendingReply(jobs, "decode", plan=plan, video=spec.is_video)
 
 
@@ -272,8 +291,9 @@ def collect_reply(client: Client, pending: PendingReply, timeout: float) -> Remo
     plan = pending.plan
     assert plan is not None
     if plan.reply == "bytes":
-        content_type = {"png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4"}[plan.output_format]
-        return RemoteResult(ids, data=datas[0], content_type=content_type)
+        return RemoteResult(ids, data=datas[0], content_type=REPLY_CONTENT_TYPES[plan.output_format])
+    if plan.reply == "audio":
+        return RemoteResult(ids, tensor=torch.stack([st_load(data)["audio"] for data in datas]))
     images = [st_load(data)["image"] for data in datas]
     return RemoteResult(ids, tensor=_reply_tensor(plan.reply, images, pending.video))
 
@@ -326,8 +346,8 @@ def remote_decode(
     do_scaling: bool = True,
     scaling_factor: float | None = None,
     shift_factor: float | None = None,
-    output_type: Literal["mp4", "pil", "pt"] = "pil",
-    return_type: Literal["mp4", "pil", "pt"] = "pil",
+    output_type: Literal["mp4", "pil", "pt", "wav", "flac"] = "pil",
+    return_type: Literal["mp4", "pil", "pt", "wav", "flac"] = "pil",
     image_format: Literal["png", "jpg"] = "jpg",
     partial_postprocess: bool = False,
     input_tensor_type: Literal["binary"] = "binary",
@@ -399,6 +419,6 @@ def _client_output(result: RemoteResult, processor: Any, output_type: str, retur
         if return_type == "pt":
             return output
         return [Image.fromarray(a) for a in (output.permute(0, 2, 3, 1).float().numpy() * 255).round().astype("uint8")]
-    if output_type == "mp4" and return_type == "mp4":
+    if output_type in ("mp4", "wav", "flac") and return_type == output_type:
         return result.data
     raise ValueError(f"output_type {output_type!r} with return_type {return_type!r} has no return value")

@@ -20,6 +20,7 @@ from .errors import InvalidRequest, UnsupportedFormat
 __all__ = [
     "ACCEPTED_DTYPES",
     "ARRAY_FORMATS",
+    "AUDIO_FORMATS",
     "VIDEO_FORMATS",
     "IMAGE_FORMATS",
     "METADATA_MAX_BYTES",
@@ -48,7 +49,11 @@ VIDEO_FORMATS: dict[str, str] = {
     "mp4": "video/mp4",  # H.264 through PyAV
     "frames": "image/png",  # one PNG object per frame
 }
-OUTPUT_FORMATS: dict[str, str] = {**IMAGE_FORMATS, **VIDEO_FORMATS, **ARRAY_FORMATS}
+AUDIO_FORMATS: dict[str, str] = {
+    "wav": "audio/wav",  # 16-bit PCM
+    "flac": "audio/flac",  # lossless, 16-bit
+}
+OUTPUT_FORMATS: dict[str, str] = {**IMAGE_FORMATS, **VIDEO_FORMATS, **AUDIO_FORMATS, **ARRAY_FORMATS}
 FORMAT_ALIASES = {"jpg": "jpeg"}
 TASKS = ("decode", "encode")
 PRIORITIES = ("normal", "high")
@@ -136,11 +141,22 @@ class DecodeRequest:
     width: int | None = None
     fps: int = 24  # mp4 frame rate
     preview: bool = False  # publish a fast tiny-autoencoder decode first
+    # The latent is what a pipeline hands vae.decode (RemoteVAE): the family's unpacking and normalising
+    # are skipped, its decode and postprocessing are not.
+    vae_input: bool = False
     tile: bool | None = None  # None: tiled decode above the model's threshold
     task: str = "decode"  # or "encode": an image in, a latent out
     priority: str = "normal"  # or "high": workers take high-priority jobs first
     deadline: float | None = None  # unix time; a job not started by then ends "expired"
     callback_url: str | None = None  # webhook: the job's status JSON is POSTed here when it ends
+    # What some video and audio pipelines need besides the latent (names as their __call__ spells them):
+    num_frames: int | None = None  # the video's frames: LTX's packed tokens, CogVideoX 1.5's padding, Allegro's crop
+    decode_timestep: float | None = None  # LTX: the timestep-conditioned decoder's timestep
+    decode_noise_scale: float | None = None  # LTX: noise mixed in before decoding (None: decode_timestep)
+    decode_noise_seed: int | None = None  # LTX: seed of that noise, drawn as torch.randn on the CPU
+    decode_chunk_size: int | None = None  # Stable Video Diffusion: frames per temporal-decoder call
+    audio_start_in_s: float | None = None  # Stable Audio: the requested clip, in seconds
+    audio_end_in_s: float | None = None
     # False where a stored request is read back (from_dict): its callback_url was checked at submit,
     # and the sender checks it again, with a fresh DNS answer, before every delivery.
     check_callback: dataclasses.InitVar[bool] = True
@@ -179,8 +195,11 @@ class DecodeRequest:
             object.__setattr__(self, "deadline", deadline)
         if self.callback_url is not None:
             _check_callback(self.callback_url, resolve=check_callback)
+        if not isinstance(self.vae_input, bool):
+            raise InvalidRequest(f"vae_input must be true or false, got {self.vae_input!r}", field="vae_input")
         if self.scaling_factor == 0.0:
             raise InvalidRequest("scaling_factor must not be 0", field="scaling_factor")
+        _check_family_options(self)
         check_metadata(self.metadata)
 
     @property
@@ -190,7 +209,8 @@ class DecodeRequest:
     def batch_signature(self) -> tuple[Any, ...]:
         """Jobs with equal signatures (and latent shapes) may share one decode call."""
         return (self.task, self.model, self.scaling_factor, self.shift_factor, self.height, self.width, self.tile,
-                self.preview)  # fmt: skip
+                self.preview, self.vae_input, self.num_frames, self.decode_timestep, self.decode_noise_scale, self.decode_noise_seed,
+                self.decode_chunk_size, self.audio_start_in_s, self.audio_end_in_s)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,6 +219,37 @@ class DecodeRequest:
     def from_dict(cls, data: dict[str, Any]) -> DecodeRequest:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names}, check_callback=False)
+
+
+_MAX_AUDIO_S = 3600.0  # an hour: far past any pipeline's clip; keeps the sample arithmetic small
+
+
+def _check_number(request: DecodeRequest, name: str, low: float, high: float, *, integer: bool = False) -> None:
+    value = getattr(request, name)
+    if value is None:
+        return
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidRequest(f"{name} must be an integer in {low:g}..{high:g}, got {value!r}", field=name)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= float(value) <= high:
+        raise InvalidRequest(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}", field=name)
+    object.__setattr__(request, name, float(value))
+
+
+def _check_family_options(request: DecodeRequest) -> None:
+    """Ranges of the family options; whether a model takes them is its family's check."""
+    _check_number(request, "num_frames", 1, 100_000, integer=True)
+    _check_number(request, "decode_timestep", 0.0, 1.0)
+    _check_number(request, "decode_noise_scale", 0.0, 1.0)
+    _check_number(request, "decode_noise_seed", 0, 2**63 - 1, integer=True)
+    _check_number(request, "decode_chunk_size", 1, 100_000, integer=True)
+    _check_number(request, "audio_start_in_s", 0.0, _MAX_AUDIO_S)
+    _check_number(request, "audio_end_in_s", 0.0, _MAX_AUDIO_S)
+    start, end = request.audio_start_in_s, request.audio_end_in_s
+    if start is not None and end is not None and end <= start:
+        raise InvalidRequest(f"audio_end_in_s ({end:g}) must be after audio_start_in_s ({start:g})",
+                             field="audio_end_in_s")  # fmt: skip
 
 
 def _check_callback(url: object, *, resolve: bool) -> None:
@@ -280,6 +331,9 @@ class ResultObject:
     frame: int | None = None  # index of this frame, for the "frames" format
     shape: list[int] | None = None  # for tensor outputs (encode results)
     dtype: str | None = None
+    sample_rate: int | None = None  # audio outputs (width: samples, height: channels)
+    channels: int | None = None
+    duration_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -314,6 +368,7 @@ class JobInfo:
     deadline: float | None = None
     # Where the time went, in ms: waiting (enqueued to started), decode (the job's batch), encode, store.
     timings: dict[str, float] | None = None
+    tenant: str | None = None  # who submitted it (None: a job from before tenants, the default tenant's)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

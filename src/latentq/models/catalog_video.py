@@ -4,12 +4,67 @@ Issue 14 part 2 (wan22, ltxvideo, ltx2, hunyuanvideo15, cogvideox, mochi, svd, a
 stableaudio) lists its ``ModelSpec`` entries here; the registry imports ``SPECS``. Keep this module
 torch-free (the registry, and so producers and the API, import it): a spec names its ``family``
 module, which imports diffusers only inside its methods. Image families live in ``catalog.py``.
+
+``layout`` is descriptive here (the family checks shapes): ``video`` (B, C, f, h, w), ``video_frames_first``
+(B, f, C, h, w), ``video_tokens`` (B, f*h*w, C) with num_frames/height/width, ``audio`` (B, C, l).
+For audio, ``temporal_factor`` is the VAE's hop length (samples per latent step).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from .modelspec import ModelSpec
 
 __all__ = ["SPECS"]
 
-SPECS: tuple[ModelSpec, ...] = ()
+
+def _spec(name: str, family: str, cls: str, source: str, channels: int, **fields: Any) -> ModelSpec:
+    return ModelSpec(name=name, loader="diffusers", family=family, diffusers_class=cls, source=source,
+                     subfolder="vae", latent_channels=channels, has_encoder=False, **fields)  # fmt: skip
+
+
+SPECS: tuple[ModelSpec, ...] = (
+    _spec("wan22", "wan22", "AutoencoderKLWan", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", 48, layout="video",
+          spatial_factor=16, temporal_factor=4, dtype="float32", tile_above_pixels=704 * 1280,
+          pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+          description="Wan 2.2 TI2V-5B VAE (48 channels, patchified, 16x); (B, 48, f, h, w) latents"),
+    _spec("ltxvideo", "ltxvideo", "AutoencoderKLLTXVideo", "Lightricks/LTX-Video", 128, layout="video_tokens",
+          spatial_factor=32, temporal_factor=8, dtype="bfloat16",
+          pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+          description="LTX-Video VAE; packed (B, f*h*w, 128) tokens with num_frames, height and width; "
+                      "decode_timestep, decode_noise_scale, decode_noise_seed"),
+    _spec("ltx2", "ltx2", "AutoencoderKLLTX2Video", "Lightricks/LTX-2", 128, layout="video", spatial_factor=32,
+          temporal_factor=8, dtype="bfloat16",
+          pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
+          description="LTX-2 video VAE; (B, 128, f, h, w) latents as LTX2Pipeline returns them (denormalised); "
+                      "decode_timestep, decode_noise_scale, decode_noise_seed; its audio is not served yet"),
+    _spec("hunyuanvideo15", "hunyuanvideo15", "AutoencoderKLHunyuanVideo15",
+          "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v", 32, layout="video", spatial_factor=16,
+          temporal_factor=4, dtype="bfloat16", pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
+          description="HunyuanVideo 1.5 VAE (16x); (B, 32, f, h, w) latents"),
+    _spec("cogvideox", "cogvideox", "AutoencoderKLCogVideoX", "THUDM/CogVideoX-5b", 16, layout="video_frames_first",
+          scaling_factor=0.7, temporal_factor=4, dtype="bfloat16",
+          pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline"),
+          description="CogVideoX VAE; frames-first (B, f, 16, h, w) latents; num_frames drops CogVideoX 1.5's "
+                      "padding frames"),
+    _spec("mochi", "mochi", "AutoencoderKLMochi", "genmo/mochi-1-preview", 12, layout="video", temporal_factor=6,
+          dtype="bfloat16", pipelines=("MochiPipeline",),
+          description="Mochi 1 VAE (6x temporal); (B, 12, f, h, w) latents, latents_mean/std from its config"),
+    _spec("svd", "svd", "AutoencoderKLTemporalDecoder", "stabilityai/stable-video-diffusion-img2vid-xt", 4,
+          layout="video_frames_first", scaling_factor=0.18215, temporal_factor=1, dtype="float16",
+          pipelines=("StableVideoDiffusionPipeline",),
+          description="Stable Video Diffusion temporal decoder; frames-first (B, f, 4, h, w) latents; "
+                      "decode_chunk_size"),
+    _spec("allegro", "allegro", "AutoencoderKLAllegro", "rhymes-ai/Allegro", 4, layout="video", scaling_factor=0.13,
+          temporal_factor=4, dtype="float32", pipelines=("AllegroPipeline",),
+          description="Allegro VAE (always tiled); (B, 4, f, h, w) latents; num_frames, height, width crop"),
+    _spec("easyanimate", "easyanimate", "AutoencoderKLMagvit", "alibaba-pai/EasyAnimateV5.1-7b-zh-diffusers", 16,
+          layout="video", scaling_factor=0.7125, temporal_factor=4, dtype="bfloat16",
+          pipelines=("EasyAnimatePipeline", "EasyAnimateControlPipeline", "EasyAnimateInpaintPipeline"),
+          description="EasyAnimate MagViT VAE; (B, 16, f, h, w) latents"),
+    _spec("stableaudio", "stableaudio", "AutoencoderOobleck", "stabilityai/stable-audio-open-1.0", 64,
+          layout="audio", temporal_factor=2048, dtype="float16", pipelines=("StableAudioPipeline",),
+          description="Stable Audio Open VAE; (B, 64, l) latents to 44.1 kHz stereo wav / flac; "
+                      "audio_start_in_s, audio_end_in_s"),
+)  # fmt: skip

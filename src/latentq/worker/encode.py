@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
+import wave
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
 from ..spec import DecodeRequest
 
-__all__ = ["EncodedObject", "encode_output", "encode_mp4", "EXTENSIONS"]
+__all__ = ["EXTENSIONS", "EncodedObject", "audio_pcm16", "encode_audio_output", "encode_flac", "encode_mp4",
+           "encode_output", "encode_wav"]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tensor": "safetensors", "uint8": "safetensors",
-              "mp4": "mp4", "frames": "png"}  # fmt: skip
+              "mp4": "mp4", "frames": "png", "wav": "wav", "flac": "flac"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class EncodedObject:
     height: int
     frames: int = 1
     frame: int | None = None
+    sample_rate: int | None = None  # audio outputs (and an MP4's audio track)
+    channels: int | None = None
+    duration_s: float | None = None
 
 
 def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
@@ -40,8 +47,10 @@ def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def encode_mp4(frames: torch.Tensor, fps: int, quality: int) -> bytes:
-    """(F, H, W, 3) uint8 -> H.264 MP4 (yuv420p, so players everywhere open it)."""
+def encode_mp4(frames: torch.Tensor, fps: int, quality: int, audio: torch.Tensor | None = None,
+               sample_rate: int | None = None) -> bytes:  # fmt: skip
+    """(F, H, W, 3) uint8 -> H.264 MP4 (yuv420p, so players everywhere open it); with ``audio``
+    ((channels, samples) float in [-1, 1] at ``sample_rate``), an AAC track beside it."""
     import av
 
     buffer = io.BytesIO()
@@ -51,10 +60,78 @@ def encode_mp4(frames: torch.Tensor, fps: int, quality: int) -> bytes:
         stream.pix_fmt = "yuv420p"
         # quality 100 -> crf 0 (lossless luma), 1 -> crf 51
         stream.options = {"crf": str(round((100 - quality) * 0.51)), "preset": "veryfast"}
+        sound = None
+        if audio is not None and sample_rate:
+            sound = container.add_stream("aac", rate=sample_rate, layout=_layout(audio.shape[0]))
+            sound.bit_rate = 64_000 + 1_920 * quality  # 256 kb/s at quality 100
         for array in frames.numpy():
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())
+        if sound is not None:
+            _mux_audio(container, sound, audio_pcm16(audio), sample_rate)
     return buffer.getvalue()
+
+
+# --- audio --------------------------------------------------------------------------------
+def audio_pcm16(audio: torch.Tensor) -> np.ndarray:
+    """(channels, samples) float -> interleaved (samples, channels) int16, clipped to [-1, 1] first."""
+    return (audio.float().clamp(-1, 1) * 32767).round().to(torch.int16).T.contiguous().numpy()
+
+
+def _layout(channels: int) -> str:
+    return {1: "mono", 2: "stereo"}.get(channels, f"{channels}c")
+
+
+def _mux_audio(container: Any, stream: Any, pcm: np.ndarray, sample_rate: int) -> None:
+    import av
+
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=_layout(pcm.shape[1]))
+    frame.sample_rate = sample_rate
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    container.mux(stream.encode(None))
+
+
+def encode_wav(audio: torch.Tensor, sample_rate: int) -> bytes:
+    """(channels, samples) float in [-1, 1] -> 16-bit PCM WAV (the stdlib's writer: no codec involved)."""
+    pcm = audio_pcm16(audio)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(pcm.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def encode_flac(audio: torch.Tensor, sample_rate: int) -> bytes:
+    """(channels, samples) float in [-1, 1] -> 16-bit FLAC through PyAV (lossless: the WAV's samples)."""
+    import av
+
+    pcm = audio_pcm16(audio)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=sample_rate, layout=_layout(pcm.shape[1]))
+        stream.format = "s16"
+        _mux_audio(container, stream, pcm, sample_rate)
+    return buffer.getvalue()
+
+
+def encode_audio_output(audio: torch.Tensor, sample_rate: int, request: DecodeRequest) -> list[EncodedObject]:
+    """One job's audio, (channels, samples) float, in the requested format (wav, flac or tensor)."""
+    fmt = request.output_format
+    channels, samples = audio.shape
+    meta = dict(width=samples, height=channels, sample_rate=sample_rate, channels=channels,
+                duration_s=samples / sample_rate)  # fmt: skip
+    if fmt == "wav":
+        data = encode_wav(audio, sample_rate)
+    elif fmt == "flac":
+        data = encode_flac(audio, sample_rate)
+    elif fmt == "tensor":
+        data = st_save({"audio": audio.float().contiguous()})
+    else:
+        raise ValueError(f"output_format {fmt!r} is not an audio format")
+    return [EncodedObject(data, request.content_type, EXTENSIONS[fmt], **meta)]
 
 
 def encode_output(image: torch.Tensor, pixels: torch.Tensor, request: DecodeRequest) -> list[EncodedObject]:

@@ -21,10 +21,11 @@ from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
 from ..validate import output_geometry, validate_image, validate_latent
 from ..wire import latent_from_bytes
-from .encode import encode_output
+from .encode import encode_audio_output, encode_output
 from .faults import Faults
 
 __all__ = [
+    "DecodedAudio",
     "DecodedImage",
     "decode_group",
     "decode_preview",
@@ -108,6 +109,23 @@ def _split(images: torch.Tensor, batch_size: int, elapsed_ms: float, tiled: bool
     return [DecodedImage(images[i], pixels[i], batch_size, elapsed_ms, tiled) for i in range(images.shape[0])]
 
 
+@dataclass
+class DecodedAudio:
+    """One job's audio, (channels, samples) float (raw: the pipeline does not clip), at ``sample_rate``."""
+
+    audio: torch.Tensor
+    sample_rate: int
+    batch_size: int
+    decode_ms: float
+    tiled: bool = False
+
+
+def _split_audio(model: LoadedModel, audio: torch.Tensor, elapsed_ms: float, tiled: bool) -> list[DecodedAudio]:
+    family = model.family
+    rate = family.output_sample_rate(model) if hasattr(family, "output_sample_rate") else family.sample_rate
+    return [DecodedAudio(audio[i], int(rate), audio.shape[0], elapsed_ms, tiled) for i in range(audio.shape[0])]
+
+
 def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tensor) -> bool:
     if request.tile is not None:
         return request.tile and hasattr(model.module, "use_tiling")
@@ -126,6 +144,8 @@ def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: lis
         faults.before_decode(len(tensors), size.width * size.height, tile)
     # The family unpacks and denormalises as its pipeline does (request: factors, height/width, frames).
     images = model.decode(torch.cat(tensors, 0), request=first, tile=tile)
+    if model.spec.output_kind == "audio":
+        return _split_audio(model, images, (time.perf_counter() - started) * 1000, tile)
     return _split(images, len(tensors), (time.perf_counter() - started) * 1000, tile)
 
 
@@ -138,7 +158,7 @@ def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[Decod
     return _split(images, len(tensors), (time.perf_counter() - started) * 1000, False)
 
 
-def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage,
+def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage | DecodedAudio,
                  *, preview: bool = False, timings: dict[str, float] | None = None,
                  token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Encode and store one job's output objects; return their JSON result records.
@@ -154,7 +174,10 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
         decoded = DecodedImage(image, pixels, decoded.batch_size, decoded.decode_ms)
     records = []
     started = time.perf_counter()
-    outputs = encode_output(decoded.image, decoded.pixels, request)
+    if isinstance(decoded, DecodedAudio):
+        outputs = encode_audio_output(decoded.audio, decoded.sample_rate, request)
+    else:
+        outputs = encode_output(decoded.image, decoded.pixels, request)
     encoded_at = time.perf_counter()
     for index, encoded in enumerate(outputs):
         key = make_key(job_id, encoded.ext, f"p{index}" if preview else index, token)
@@ -163,6 +186,8 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
                   "height": encoded.height, "bytes": len(encoded.data), "frames": encoded.frames}  # fmt: skip
         if encoded.frame is not None:
             record["frame"] = encoded.frame
+        if encoded.sample_rate is not None:
+            record.update(sample_rate=encoded.sample_rate, channels=encoded.channels, duration_s=encoded.duration_s)
         records.append(record)
     if timings is not None:
         timings["encode"] = encoded_at - started

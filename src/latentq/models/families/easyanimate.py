@@ -1,0 +1,30 @@
+"""EasyAnimate: ``AutoencoderKLMagvit`` (16 channels, 8x spatial, 4x temporal).
+
+EasyAnimatePipeline after denoising: ``1 / vae.config.scaling_factor * latents``, ``vae.decode``,
+``postprocess_video``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .videobase import VideoFamily, scaling_of
+
+if TYPE_CHECKING:
+    from ...spec import DecodeRequest
+    from ..loader import LoadedModel
+
+__all__ = ["FAMILY", "EasyAnimateFamily"]
+
+
+class EasyAnimateFamily(VideoFamily):
+    name = "easyanimate"
+
+    def to_vae(self, model: LoadedModel, latents: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
+        scaling = scaling_of(model, request)
+        return 1 / scaling * latents
+
+
+FAMILY = EasyAnimateFamily()

@@ -1,0 +1,165 @@
+"""The video and audio families through the whole system equal their diffusers pipelines' own output.
+
+For each family a real diffusers pipeline is built from tiny random components (tests/pipelines_video.py)
+and run twice with the same generator: once with ``output_type="latent"``, once with ``"np"``. Its VAE is
+saved and named in the models file; the latents go Client -> Redis -> one real worker process -> store,
+and the stored output (``uint8`` frames, 16-bit ``wav`` / ``flac``) must match the pipeline's pixels
+within 1 per 8-bit channel, its audio within one 16-bit step. fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import wave
+
+import av
+import numpy as np
+import pytest
+import torch
+from pipelines_video import BUILDERS
+from safetensors.torch import load as st_load
+
+from latentq import Client
+
+pytestmark = pytest.mark.families
+
+VIDEO = ["wan22", "ltxvideo", "ltx2", "hunyuanvideo15", "cogvideox", "mochi", "easyanimate", "svd", "allegro"]
+AUDIO = ["stableaudio"]
+
+
+def _toml_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, str) else str(value)
+
+
+@pytest.fixture
+def references(tmp_path, models_file):
+    """Each family's pipeline run (latents and output); its VAE saved where the models file points."""
+    cases, lines = {}, [models_file.read_text()]
+    for name in VIDEO + AUDIO:
+        case = BUILDERS[name]()
+        latent = case.run("latent")
+        output = case.run("np")
+        if name in AUDIO:
+            cases[name] = (case, latent.audios, np.asarray(output.audios))
+        else:
+            cases[name] = (case, latent.frames, np.asarray(output.frames))
+        case.pipe.vae.save_pretrained(tmp_path / name / "vae")
+        fields = "".join(f"{key} = {_toml_value(value)}\n" for key, value in case.spec_fields.items())
+        lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\n{fields}')
+    models_file.write_text("\n".join(lines))
+    return cases
+
+
+def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as reader:
+        assert reader.getsampwidth() == 2
+        pcm = np.frombuffer(reader.readframes(reader.getnframes()), "<i2").reshape(-1, reader.getnchannels())
+        return pcm.T, reader.getframerate()
+
+
+def _flac_samples(data: bytes) -> tuple[np.ndarray, int]:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        chunks = [frame.to_ndarray().reshape(-1, stream.channels) for frame in container.decode(stream)]
+        return np.concatenate(chunks).T, stream.rate
+
+
+@pytest.mark.timeout(400)
+def test_video_and_audio_families_match_their_pipelines(procs, references):
+    procs.worker(*VIDEO, *AUDIO, extra=("--no-previews",))
+    client = Client()
+    jobs = {}
+    for name in VIDEO:
+        case, latent, _ = references[name]
+        jobs[name] = client.submit(latent, model=name, output_format="uint8", **case.options)
+    case, latent, _ = references["stableaudio"]
+    for fmt in ("wav", "flac"):
+        jobs[f"stableaudio-{fmt}"] = client.submit(latent, model="stableaudio", output_format=fmt, **case.options)
+
+    failures = {}
+    for name in VIDEO:
+        (result,) = jobs[name].wait(timeout=300)
+        got = st_load(client.store.get(result.key))["image"].numpy().astype(int)
+        expected = (references[name][2][0] * 255).round().astype(int)  # the pipeline's (F, H, W, 3) frames
+        if got.shape != expected.shape:
+            failures[name] = f"shape {got.shape} != pipeline's {expected.shape}"
+        elif (diff := int(np.abs(got - expected).max())) > 1:
+            failures[name] = f"max abs difference {diff} per 8-bit channel"
+        elif (result.width, result.height, result.frames) != (got.shape[2], got.shape[1], got.shape[0]):
+            failures[name] = f"result record {result} does not describe the frames"
+
+    audio = references["stableaudio"][2][0]  # (channels, samples), raw (the pipeline does not clip)
+    expected = np.round(np.clip(audio, -1, 1) * 32767).astype(int)
+    rate = references["stableaudio"][0].pipe.vae.config.sampling_rate
+    for fmt, reader in (("wav", _wav_samples), ("flac", _flac_samples)):
+        (result,) = jobs[f"stableaudio-{fmt}"].wait(timeout=300)
+        samples, got_rate = reader(client.store.get(result.key))
+        if samples.shape != expected.shape or got_rate != rate:
+            failures[fmt] = f"{samples.shape} at {got_rate} Hz != pipeline's {expected.shape} at {rate} Hz"
+        elif (diff := int(np.abs(samples.astype(int) - expected).max())) > 1:
+            failures[fmt] = f"max abs difference {diff} 16-bit steps"
+        elif (result.sample_rate, result.channels) != (rate, audio.shape[0]) or \
+                result.duration_s != pytest.approx(audio.shape[1] / rate):  # fmt: skip
+            failures[fmt] = f"result record {result} does not describe the audio"
+    assert not failures, failures
+
+
+@pytest.mark.timeout(300)
+def test_families_over_the_hf_protocol(procs, tmp_path, models_file):
+    """POST /v1/models/{model}/decode: diffusers' own remote_decode for a video family (uint8 frames and MP4),
+    the family options and audio outputs as query parameters."""
+    import httpx
+    from diffusers.utils.remote_utils import remote_decode
+
+    names = ["wan22", "ltxvideo", "stableaudio"]
+    cases, lines = {}, [models_file.read_text()]
+    for name in names:
+        case = BUILDERS[name]()
+        cases[name] = (case, case.run("latent"), case.run("np"))
+        case.pipe.vae.save_pretrained(tmp_path / name / "vae")
+        fields = "".join(f"{key} = {_toml_value(value)}\n" for key, value in case.spec_fields.items())
+        lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\n{fields}')
+    models_file.write_text("\n".join(lines))
+    procs.worker(*names, extra=("--no-previews",))
+    api = procs.api()
+
+    _, latent, output = cases["wan22"]
+    frames = remote_decode(f"{api}/v1/models/wan22/decode", latent.frames, output_type="pt", return_type="pt",
+                           partial_postprocess=True)  # fmt: skip
+    expected = (output.frames[0] * 255).round().astype(int)
+    assert tuple(frames.shape) == expected.shape and frames.dtype == torch.uint8
+    assert int(np.abs(frames.numpy().astype(int) - expected).max()) <= 1
+    mp4 = remote_decode(f"{api}/v1/models/wan22/decode", latent.frames, output_type="mp4", return_type="mp4")
+    with av.open(io.BytesIO(mp4)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == expected.shape[0]
+
+    # ltxvideo's packed tokens need the pipeline's num_frames / height / width and its decode options.
+    case, latent, output = cases["ltxvideo"]
+    tokens = latent.frames.contiguous()
+    # do_scaling: the model's own factors, as diffusers' client asks by default (without it, the protocol
+    # reads the latent as un-scaled already: scaling_factor 1).
+    params = [("shape", d) for d in tokens.shape] + [("dtype", "float32"), ("output_type", "pt"),
+              ("partial_postprocess", "true"), ("do_scaling", "true")] + list(case.options.items())  # fmt: skip
+    reply = httpx.post(f"{api}/v1/models/ltxvideo/decode", params=params, content=tokens.numpy().tobytes(),
+                       timeout=120)  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    got = np.frombuffer(reply.content, np.uint8).reshape([int(d) for d in json.loads(reply.headers["shape"])])
+    assert int(np.abs(got.astype(int) - (output.frames[0] * 255).round().astype(int)).max()) <= 1
+    bad = httpx.post(f"{api}/v1/models/ltxvideo/decode", params=params[:-len(case.options)],
+                     content=tokens.numpy().tobytes(), timeout=60)  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "num_frames", bad.text
+
+    case, latent, output = cases["stableaudio"]
+    audio = latent.audios.contiguous()
+    params = [("shape", d) for d in audio.shape] + [("dtype", "float32"), ("output_type", "wav")]
+    reply = httpx.post(f"{api}/v1/models/stableaudio/decode", params=params + list(case.options.items()),
+                       content=audio.numpy().tobytes(), timeout=120)  # fmt: skip
+    assert reply.status_code == 200 and reply.headers["content-type"] == "audio/wav", reply.text
+    samples, rate = _wav_samples(reply.content)
+    expected = np.round(np.clip(np.asarray(output.audios)[0], -1, 1) * 32767).astype(int)
+    assert rate == case.pipe.vae.config.sampling_rate and samples.shape == expected.shape
+    assert int(np.abs(samples.astype(int) - expected).max()) <= 1
+    wrong = httpx.post(f"{api}/v1/models/stableaudio/decode", params=params + [("num_frames", 9)],
+                       content=audio.numpy().tobytes(), timeout=60)  # fmt: skip
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "num_frames", wrong.text
