@@ -16,6 +16,7 @@ import pytest
 import requests
 import torch
 from conftest import IMAGES_DIR
+from diffusers import AutoencoderKL, FluxPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import remote_utils
 from diffusers.utils.remote_utils import remote_decode, remote_encode
@@ -244,3 +245,68 @@ def test_latentq_remote_decode_goes_straight_to_redis(live, redis_url):
         latentq.remote_decode(None, latent, model="nope")
     with pytest.raises(ValueError, match="processor"):
         latentq.remote_decode(None, latent, output_type="pt", model="sd15")
+
+
+@pytest.mark.timeout(400)
+def test_flux1_unpacked_latents_as_the_hf_endpoint_takes_them(live):
+    """FLUX.1 latents sent unpacked, (B, 16, h, w) with no height/width, as diffusers' docs send them."""
+    url = endpoint(live, "flux1")
+    factors = dict(scaling_factor=0.3611, shift_factor=0.1159)
+    g = torch.Generator().manual_seed(6)
+    small = torch.randn(1, 16, H // 8, W // 8, generator=g).to(torch.bfloat16)
+    packed = FluxPipeline._pack_latents(small.float(), 1, 16, H // 8, W // 8)
+    # Unpacked and packed are the same latent: the same pixels, through either layout.
+    png = remote_decode(endpoint=url, tensor=small, image_format="png", **factors)
+    assert isinstance(png, Image.Image) and png.size == (W, H) and png.format == "png"
+    from_packed = decode_png(via_jobs(live, packed, "flux1", "png", height=H, width=W, **factors))
+    assert max_diff(pixels(png), from_packed) <= 1  # bf16 in, fp32 tokens in: rounding of the latent only
+    assert np.array_equal(pixels(png), decode_png(via_jobs(live, small, "flux1", "png", **factors)))
+    # A batch of two unpacked latents: two jobs, stacked back.
+    both = remote_decode(endpoint=url, tensor=torch.cat([small, small]), output_type="pt", partial_postprocess=True,
+                         return_type="pt", **factors)  # fmt: skip
+    assert both.shape == (2, H, W, 3) and np.array_equal(both[1].numpy(), pixels(png))
+    processor = VaeImageProcessor(vae_scale_factor=8)
+    picture = remote_decode(endpoint=url, tensor=small, output_type="pt", processor=processor, **factors)
+    assert isinstance(picture, Image.Image) and max_diff(pixels(picture), pixels(png)) <= 1
+
+    # The exact case of the issue: bf16 (1, 16, 128, 128) -> 1024x1024.
+    latent = torch.randn(1, 16, 128, 128, generator=g).to(torch.bfloat16)
+    jpg = remote_decode(endpoint=url, tensor=latent, **factors)
+    assert isinstance(jpg, Image.Image) and jpg.size == (1024, 1024) and jpg.format == "jpeg" and jpg.mode == "RGB"
+    uint8 = remote_decode(endpoint=url, tensor=latent, output_type="pt", partial_postprocess=True, return_type="pt",
+                          **factors)  # fmt: skip
+    assert uint8.dtype == torch.uint8 and uint8.shape == (1, 1024, 1024, 3)
+    raw = remote_decode(endpoint=url, tensor=latent, output_type="pt", return_type="pt", **factors)
+    assert raw.dtype == torch.float32 and raw.shape == (1, 3, 1024, 1024)
+    assert float(raw.min()) >= -1 and float(raw.max()) <= 1
+    assert max_diff(((raw[0] + 1) / 2 * 255).round().permute(1, 2, 0).numpy(), uint8[0].numpy()) <= 1
+    # JPEG keeps the luma of each 16x16 block (DC coefficients; chroma is subsampled): the same image, up to its loss.
+    luma = [(a.astype(float) @ np.array([0.299, 0.587, 0.114])).reshape(64, 16, 64, 16).mean(axis=(1, 3))
+            for a in (pixels(jpg), uint8[0].numpy())]  # fmt: skip
+    assert np.abs(luma[0] - luma[1]).max() < 3
+
+
+@pytest.mark.timeout(300)
+def test_flux1_encode_returns_what_the_hf_endpoint_returns(live):
+    """remote_encode for FLUX.1: the unpacked (1, 16, H/8, W/8) latent, scaled by the factors passed; it decodes back."""
+    photo = Image.open(IMAGES_DIR / "chelsea.png").convert("RGB").crop((100, 60, 228, 156))  # 128x96
+    factors = dict(scaling_factor=0.3611, shift_factor=0.1159)
+    latent = remote_encode(endpoint=endpoint(live, "flux1", "encode"), image=photo, **factors)
+    assert latent.dtype == torch.float32 and latent.shape == (1, 16, 96 // 8, 128 // 8)
+    x = (torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 255).contiguous()
+    client = Client()
+    stored = st_load(client.store.get(client.submit_encode(x, "flux1").wait(120)[0].key))["latent"]
+    assert torch.equal(latent, stored)
+    # What the VAE itself computes (the same seed-0 random weights the models file gives the worker).
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_config(CONFIGS["flux1"]).eval()
+    with torch.no_grad():
+        expected = (vae.encode(x * 2 - 1).latent_dist.mode() - 0.1159) * 0.3611
+    assert torch.allclose(latent, expected, atol=1e-5, rtol=1e-4)
+    unscaled = remote_encode(endpoint=endpoint(live, "flux1", "encode"), image=photo)
+    assert torch.allclose(unscaled, latent / 0.3611 + 0.1159, atol=1e-5, rtol=1e-5)
+
+    # The docs' round trip: the encoded latent straight back to remote_decode, no height/width.
+    decoded = remote_decode(endpoint=endpoint(live, "flux1"), tensor=latent, image_format="png", **factors)
+    assert decoded.size == photo.size
+    assert np.array_equal(pixels(decoded), decode_png(via_jobs(live, latent, "flux1", "png", **factors)))
