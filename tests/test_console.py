@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -95,13 +96,16 @@ ROUND_TRIP_DIFFERENCE = """() => {
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def up(tmp_path_factory):
-    """A real ``latentq up``: its own embedded Redis, one taef2 worker, the API on a free port."""
+def deployment(tmp_path_factory):
+    """A real ``latentq up``: its own embedded Redis, one taef2 worker, the API on a free port.
+
+    Yields (API origin, Redis URL)."""
     root = tmp_path_factory.mktemp("console")
     (root / "models.toml").write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
     env.update(LATENTQ_MODELS=str(root / "models.toml"), LATENTQ_STORE=str(root / "results"), OMP_NUM_THREADS="1",
-               XDG_RUNTIME_DIR=str(root / "run"))  # its state file (latentq.config): this test's own, never a real one's
+               XDG_RUNTIME_DIR=str(root / "run"),  # its state file (latentq.config): this test's own, never a real one's
+               LATENTQ_RECORD_TTL="0")  # finished jobs answer from their records in the store, as after a minute
     port = free_port()
     log = root / "up.log"
     with open(log, "wb") as out:
@@ -113,7 +117,8 @@ def up(tmp_path_factory):
         while "latentq is up" not in log.read_text():  # after /healthz answers and the worker registered
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        redis_url = re.search(r"Redis (redis://\S+),", log.read_text()).group(1)
+        yield f"http://127.0.0.1:{port}", redis_url
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -121,6 +126,11 @@ def up(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@pytest.fixture
+def up(deployment) -> str:
+    return deployment[0]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +190,73 @@ def _encode_photo(origin: str, name: str) -> bytes:
     return safetensors_bytes({"latent": torch.frombuffer(bytearray(reply.content), dtype=torch.float32).reshape(shape)})
 
 
+# ------------------------------------------------------------------------------------------ GET /v1/jobs
+@pytest.mark.timeout(60)
+def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_conn, monkeypatch):
+    from latentq import recent
+
+    monkeypatch.setattr(recent, "RECENT_JOBS_LIMIT", 6)
+    submitted = [("a1", 100.0), ("a2", 100.0), ("a3", 100.0), ("b", 101.5), ("c1", 102.0), ("c2", 102.0),
+                 ("c3", 102.0), ("c4", 102.0)]  # two submit_many batches (one submit time each) and one job
+    with redis_conn.pipeline() as pipe:
+        for job_id, at in submitted:
+            recent.index_recent_job(pipe, "alice", job_id, at)
+        pipe.execute()
+    everything = recent.recent_job_ids(redis_conn, "alice", 100)
+    assert [job_id for _, job_id in everything] == ["c4", "c3", "c2", "c1", "b", "a3"]  # the 2 oldest trimmed
+    for size in (1, 2, 4):  # a cursor may fall inside a batch: the page after it goes on from there
+        walked, cursor = [], None
+        while page := recent.recent_job_ids(redis_conn, "alice", size, cursor):
+            walked += page
+            cursor = page[-1]
+        assert walked == everything, size
+    assert recent.recent_job_ids(redis_conn, "bob", 10) == []
+
+
+@pytest.mark.timeout(180)
+def test_job_listing_pages_filters_and_reports_timings_over_http(up):
+    """On the console's deployment: sd15 has no worker there (its jobs wait), taef2 has one."""
+    waiting = safetensors_bytes({"latent": torch.randn(4, 8, 8)})
+    ids = [httpx.post(f"{up}/v1/jobs?model=sd15", content=waiting, timeout=30).json()["id"] for _ in range(4)]
+    overview = httpx.get(f"{up}/v1/overview", timeout=30).json()
+    (sd15,) = [model for model in overview["models"] if model["name"] == "sd15"]
+    assert (sd15["queued"], sd15["workers"]) == (4, 0) and "no live worker" in sd15["waiting_reason"], sd15
+    assert httpx.delete(f"{up}/v1/jobs/{ids[0]}", timeout=30).json()["status"] == "canceled"
+
+    def listing(**params):
+        reply = httpx.get(f"{up}/v1/jobs", params=params, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    first = listing(model="sd15", limit=3)
+    assert [job["id"] for job in first["jobs"]] == ids[:0:-1] and first["next_cursor"]
+    assert all(job["status_url"].endswith(f"/v1/jobs/{job['id']}") for job in first["jobs"])
+    second = listing(model="sd15", limit=3, cursor=first["next_cursor"])
+    assert [job["id"] for job in second["jobs"]] == ids[:1] and second["next_cursor"] is None
+    assert [job["id"] for job in listing(model="sd15", status="canceled")["jobs"]] == ids[:1]
+    assert [job["id"] for job in listing(model="sd15", status="queued")["jobs"]] == ids[:0:-1]
+    unfiltered = [job["id"] for job in listing(limit=100)["jobs"]]
+    assert unfiltered[:4] == ids[::-1], "newest first, whatever the model"
+    for params, field, code in [({"status": "lost"}, "status", 422), ({"cursor": "x"}, "cursor", 422),
+                                ({"limit": 0}, "limit", 422), ({"model": "nope"}, None, 404)]:  # fmt: skip
+        reply = httpx.get(f"{up}/v1/jobs", params=params, timeout=30)
+        assert reply.status_code == code, (params, reply.text)
+        if field:
+            assert reply.json()["error"]["field"] == field, reply.text
+
+    # Finished jobs: Redis drops their records at once here (LATENTQ_RECORD_TTL=0), the store's answer.
+    decoded = safetensors_bytes({"latent": torch.randn(32, 4, 4)})
+    done = [httpx.post(f"{up}/v1/jobs?model=taef2", content=decoded, timeout=30).json()["id"] for _ in range(2)]
+    for job_id in done:
+        job = httpx.get(f"{up}/v1/jobs/{job_id}", params={"wait": 120}, timeout=150).json()
+        assert job["status"] == "finished", job
+        assert set(job["timings"]) == {"waiting", "decode", "encode", "store"}, job
+        assert all(value >= 0 for value in job["timings"].values()) and job["timings"]["decode"] > 0, job
+    finished = listing(model="taef2", status="finished", limit=2)["jobs"]
+    assert [job["id"] for job in finished] == done[::-1]
+    assert all(job["results"][0]["url"] and job["timings"]["store"] >= 0 for job in finished)
+
+
 # ------------------------------------------------------------------------------------------ the console
 @browser_test
 @pytest.mark.timeout(240)
@@ -212,7 +289,7 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
           const cards = [...document.querySelectorAll('#gallery .card')];
           return cards.length >= 3 && cards.every((card) => card.dataset.status === 'finished');
         }""")
-        page.select_option("#filter-status", "canceled")
+        page.select_option("#filter-status", "failed")
         page.wait_for_function("document.querySelectorAll('#gallery .card').length === 0")
         page.select_option("#filter-status", "")
 
@@ -252,93 +329,39 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
 
 @browser_test
 @pytest.mark.timeout(150)
-def test_console_asks_for_a_key_and_shows_that_tenants_jobs_only(procs, env, chromium, tmp_path):
-    env["LATENTQ_API_KEYS"] = "alice:alice-key,bob:bob-key"
-    api = procs.api()  # no worker: the jobs stay queued, which is all the gallery needs here
-    latent = safetensors_bytes({"latent": torch.randn(32, 4, 4)})
-    mine, theirs = (httpx.post(f"{api}/v1/jobs?model=taef2", content=latent, timeout=30,
-                               headers={"authorization": f"Bearer {who}-key"}).json()["id"] for who in ("alice", "bob"))  # fmt: skip
-    browser = Offline(chromium, api)
-    page = browser.page
+def test_console_asks_for_a_key_and_shows_that_tenants_jobs_only(deployment, chromium):
+    from redis import Redis
+
+    from latentq.tenants import TenantDirectory
+
+    up, redis_url = deployment
+    connection = Redis.from_url(redis_url)
+    tenants = TenantDirectory(connection)
+    keys = {name: tenants.create_key(name) for name in ("alice", "bob")}  # API keys on, from the next request
     try:
-        page.goto(api + "/")
-        page.wait_for_selector("#key-dialog[open]")  # the API answered 401: the page asks
-        page.fill("#key-input", "not-a-key")
-        page.click("#key-form button[type=submit]")
-        page.wait_for_function("document.querySelector('#key-error').textContent.includes('refused')")
-        assert page.is_visible("#key-dialog[open]")
-        page.fill("#key-input", "alice-key")
-        page.click("#key-form button[type=submit]")
-        page.wait_for_selector(f'.card[data-job-id="{mine}"][data-status="queued"]')
-        page.wait_for_selector("#queue-rows tr[data-model=taef2] .waiting-reason")  # no live worker serves it
-        assert page.locator("#gallery .card").count() == 1, "bob's job is not alice's to see"
-        assert page.locator(f'.card[data-job-id="{theirs}"]').count() == 0
-        assert page.evaluate("sessionStorage.getItem('latentq.apiKey')") == "alice-key"
-        assert browser.blocked == [] and browser.errors == [], (browser.blocked, browser.errors)
+        waiting = safetensors_bytes({"latent": torch.randn(4, 8, 8)})  # sd15: no worker, so it stays queued
+        mine, theirs = (httpx.post(f"{up}/v1/jobs?model=sd15", content=waiting, timeout=30,
+                                   headers={"authorization": f"Bearer {keys[who]}"}).json()["id"] for who in keys)  # fmt: skip
+        browser = Offline(chromium, up)
+        page = browser.page
+        try:
+            page.goto(up + "/")
+            page.wait_for_selector("#key-dialog[open]")  # the API answered 401: the page asks
+            page.fill("#key-input", "not-a-key")
+            page.click("#key-form button[type=submit]")
+            page.wait_for_function("document.querySelector('#key-error').textContent.includes('refused')")
+            assert page.is_visible("#key-dialog[open]")
+            page.fill("#key-input", keys["alice"])
+            page.click("#key-form button[type=submit]")
+            page.wait_for_selector(f'.card[data-job-id="{mine}"][data-status="queued"]')
+            page.wait_for_selector("#queue-rows tr[data-model=sd15] .waiting-reason")  # no live worker serves it
+            assert page.locator("#gallery .card").count() == 1, "bob's jobs (and those before keys) are not alice's"
+            assert page.locator(f'.card[data-job-id="{theirs}"]').count() == 0
+            assert page.evaluate("sessionStorage.getItem('latentq.apiKey')") == keys["alice"]
+            assert browser.blocked == [] and browser.errors == [], (browser.blocked, browser.errors)
+        finally:
+            browser.close()
     finally:
-        browser.close()
-
-
-# ------------------------------------------------------------------------------------------ GET /v1/jobs
-@pytest.mark.timeout(60)
-def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_conn, monkeypatch):
-    from latentq import recent
-
-    monkeypatch.setattr(recent, "RECENT_JOBS_LIMIT", 6)
-    submitted = [("a1", 100.0), ("a2", 100.0), ("a3", 100.0), ("b", 101.5), ("c1", 102.0), ("c2", 102.0),
-                 ("c3", 102.0), ("c4", 102.0)]  # two submit_many batches (one submit time each) and one job
-    with redis_conn.pipeline() as pipe:
-        for job_id, at in submitted:
-            recent.index_recent_job(pipe, "alice", job_id, at)
-        pipe.execute()
-    everything = recent.recent_job_ids(redis_conn, "alice", 100)
-    assert [job_id for _, job_id in everything] == ["c4", "c3", "c2", "c1", "b", "a3"]  # the 2 oldest trimmed
-    for size in (1, 2, 4):  # a cursor may fall inside a batch: the page after it goes on from there
-        walked, cursor = [], None
-        while page := recent.recent_job_ids(redis_conn, "alice", size, cursor):
-            walked += page
-            cursor = page[-1]
-        assert walked == everything, size
-    assert recent.recent_job_ids(redis_conn, "bob", 10) == []
-
-
-@pytest.mark.timeout(180)
-def test_job_listing_pages_filters_and_reports_timings_over_http(procs, env):
-    env["LATENTQ_RECORD_TTL"] = "0"  # a finished job answers from its stored record at once
-    api = procs.api()
-    latent = safetensors_bytes({"latent": torch.randn(32, 4, 4)})
-    ids = [httpx.post(f"{api}/v1/jobs?model=taef2", content=latent, timeout=30).json()["id"] for _ in range(4)]
-    overview = httpx.get(f"{api}/v1/overview", timeout=30).json()
-    (taef2,) = overview["models"]
-    assert (taef2["name"], taef2["queued"], taef2["workers"]) == ("taef2", 4, 0)
-    assert "no live worker" in taef2["waiting_reason"]
-    assert httpx.delete(f"{api}/v1/jobs/{ids[0]}", timeout=30).json()["status"] == "canceled"
-
-    def listing(**params):
-        reply = httpx.get(f"{api}/v1/jobs", params=params, timeout=30)
-        assert reply.status_code == 200, reply.text
-        return reply.json()
-
-    first = listing(limit=3)
-    assert [job["id"] for job in first["jobs"]] == ids[:0:-1] and first["next_cursor"]
-    assert all(job["status_url"].endswith(f"/v1/jobs/{job['id']}") for job in first["jobs"])
-    second = listing(limit=3, cursor=first["next_cursor"])
-    assert [job["id"] for job in second["jobs"]] == ids[:1] and second["next_cursor"] is None
-    assert [job["id"] for job in listing(status="canceled")["jobs"]] == ids[:1]
-    assert [job["id"] for job in listing(status="queued", model="taef2")["jobs"]] == ids[:0:-1]
-    for params, field, code in [({"status": "lost"}, "status", 422), ({"cursor": "x"}, "cursor", 422),
-                                ({"limit": 0}, "limit", 422), ({"model": "nope"}, None, 404)]:  # fmt: skip
-        reply = httpx.get(f"{api}/v1/jobs", params=params, timeout=30)
-        assert reply.status_code == code, (params, reply.text)
-        if field:
-            assert reply.json()["error"]["field"] == field, reply.text
-
-    procs.worker("taef2")
-    for job_id in ids[1:]:
-        job = httpx.get(f"{api}/v1/jobs/{job_id}", params={"wait": 120}, timeout=150).json()
-        assert job["status"] == "finished", job
-        assert set(job["timings"]) == {"waiting", "decode", "encode", "store"}, job
-        assert all(value >= 0 for value in job["timings"].values()) and job["timings"]["decode"] > 0, job
-    finished = listing(status="finished")["jobs"]
-    assert [job["id"] for job in finished] == ids[:0:-1]
-    assert all(job["results"][0]["url"] and job["timings"] for job in finished)
+        for name in keys:  # no key left anywhere: authentication is off again for the deployment's other tests
+            tenants.revoke(name)
+        connection.close()
