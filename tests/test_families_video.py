@@ -26,6 +26,7 @@ pytestmark = pytest.mark.families
 
 VIDEO = ["wan22", "ltxvideo", "ltx2", "hunyuanvideo15", "cogvideox", "mochi", "easyanimate", "svd", "allegro"]
 AUDIO = ["stableaudio"]
+AUDIO_OF = {"ltx2audio": "ltx2"}  # served by its own model, from the same pipeline run
 
 
 def _toml_value(value: object) -> str:
@@ -47,6 +48,14 @@ def references(tmp_path, models_file):
         case.pipe.vae.save_pretrained(tmp_path / name / "vae")
         fields = "".join(f"{key} = {_toml_value(value)}\n" for key, value in case.spec_fields.items())
         lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\n{fields}')
+    for name, video in AUDIO_OF.items():  # LTX-2's audio VAE and vocoder, saved as the hub repo lays them out
+        case = cases[video][0]
+        case.pipe.audio_vae.save_pretrained(tmp_path / name / "audio_vae")
+        case.pipe.vocoder.save_pretrained(tmp_path / name / "vocoder")
+        latent, output = case.run("latent"), case.run("np")
+        cases[name] = (case, latent.audio, np.asarray(output.audio))
+        channels = case.pipe.audio_vae.config.latent_channels
+        lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\nlatent_channels = {channels}\n')
     models_file.write_text("\n".join(lines))
     return cases
 
@@ -67,7 +76,8 @@ def _flac_samples(data: bytes) -> tuple[np.ndarray, int]:
 
 @pytest.mark.timeout(400)
 def test_video_and_audio_families_match_their_pipelines(procs, references):
-    procs.worker(*VIDEO, *AUDIO, extra=("--no-previews",))
+    # Eleven models to load: a generous bound on a busy machine.
+    procs.wait_for_worker(procs.worker(*VIDEO, *AUDIO, *AUDIO_OF, extra=("--no-previews",), wait=False), timeout=300)
     client = Client()
     jobs = {}
     for name in VIDEO:
@@ -76,6 +86,7 @@ def test_video_and_audio_families_match_their_pipelines(procs, references):
     case, latent, _ = references["stableaudio"]
     for fmt in ("wav", "flac"):
         jobs[f"stableaudio-{fmt}"] = client.submit(latent, model="stableaudio", output_format=fmt, **case.options)
+    jobs["ltx2audio-wav"] = client.submit(references["ltx2audio"][1], model="ltx2audio", output_format="wav")
 
     failures = {}
     for name in VIDEO:
@@ -89,19 +100,22 @@ def test_video_and_audio_families_match_their_pipelines(procs, references):
         elif (result.width, result.height, result.frames) != (got.shape[2], got.shape[1], got.shape[0]):
             failures[name] = f"result record {result} does not describe the frames"
 
-    audio = references["stableaudio"][2][0]  # (channels, samples), raw (the pipeline does not clip)
-    expected = np.round(np.clip(audio, -1, 1) * 32767).astype(int)
-    rate = references["stableaudio"][0].pipe.vae.config.sampling_rate
-    for fmt, reader in (("wav", _wav_samples), ("flac", _flac_samples)):
-        (result,) = jobs[f"stableaudio-{fmt}"].wait(timeout=300)
+    stable_rate = references["stableaudio"][0].pipe.vae.config.sampling_rate
+    ltx2_rate = references["ltx2audio"][0].pipe.vocoder.config.output_sampling_rate
+    for key, name, rate, reader in (("stableaudio-wav", "stableaudio", stable_rate, _wav_samples),
+                                    ("stableaudio-flac", "stableaudio", stable_rate, _flac_samples),
+                                    ("ltx2audio-wav", "ltx2audio", ltx2_rate, _wav_samples)):  # fmt: skip
+        audio = references[name][2][0]  # (channels, samples), raw (the pipelines do not clip)
+        expected = np.round(np.clip(audio, -1, 1) * 32767).astype(int)
+        (result,) = jobs[key].wait(timeout=300)
         samples, got_rate = reader(client.store.get(result.key))
         if samples.shape != expected.shape or got_rate != rate:
-            failures[fmt] = f"{samples.shape} at {got_rate} Hz != pipeline's {expected.shape} at {rate} Hz"
+            failures[key] = f"{samples.shape} at {got_rate} Hz != pipeline's {expected.shape} at {rate} Hz"
         elif (diff := int(np.abs(samples.astype(int) - expected).max())) > 1:
-            failures[fmt] = f"max abs difference {diff} 16-bit steps"
+            failures[key] = f"max abs difference {diff} 16-bit steps"
         elif (result.sample_rate, result.channels) != (rate, audio.shape[0]) or \
                 result.duration_s != pytest.approx(audio.shape[1] / rate):  # fmt: skip
-            failures[fmt] = f"result record {result} does not describe the audio"
+            failures[key] = f"result record {result} does not describe the audio"
     assert not failures, failures
 
 
@@ -121,7 +135,7 @@ def test_families_over_the_hf_protocol(procs, tmp_path, models_file):
         fields = "".join(f"{key} = {_toml_value(value)}\n" for key, value in case.spec_fields.items())
         lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\n{fields}')
     models_file.write_text("\n".join(lines))
-    procs.worker(*names, extra=("--no-previews",))
+    procs.wait_for_worker(procs.worker(*names, extra=("--no-previews",), wait=False), timeout=300)
     api = procs.api()
 
     _, latent, output = cases["wan22"]
@@ -163,3 +177,87 @@ def test_families_over_the_hf_protocol(procs, tmp_path, models_file):
     wrong = httpx.post(f"{api}/v1/models/stableaudio/decode", params=params + [("num_frames", 9)],
                        content=audio.numpy().tobytes(), timeout=60)  # fmt: skip
     assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "num_frames", wrong.text
+
+
+# --- checks and encoders, without processes ------------------------------------------------------------
+def _check(name: str, shape: tuple[int, ...], **options):
+    from latentq.models.registry import load_registry
+    from latentq.spec import DecodeRequest, Limits
+    from latentq.validate import validate_latent
+
+    spec = load_registry().get(name)
+    request = DecodeRequest(model=name, output_format=options.pop("output_format", spec.output_formats[0]), **options)
+    return validate_latent(torch.zeros(shape), spec, request, Limits())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("name", "shape", "options", "field"), [
+    ("ltxvideo", (1, 3 * 16 * 22, 128), {"height": 512, "width": 704}, "num_frames"),
+    ("ltxvideo", (1, 3 * 16 * 22, 128), {"num_frames": 25, "height": 512, "width": 704}, "latent"),
+    ("ltxvideo", (1, 3 * 16 * 22, 128), {"num_frames": 17, "height": 512, "width": 704, "decode_chunk_size": 2},
+     "decode_chunk_size"),
+    ("cogvideox", (1, 13, 16, 60, 90), {"num_frames": 61}, "num_frames"),
+    ("cogvideox", (1, 16, 13, 60, 90), {}, "latent"),
+    ("wan22", (1, 48, 21, 44, 80), {"decode_timestep": 0.05}, "decode_timestep"),
+    ("wan22", (1, 16, 21, 44, 80), {}, "latent"),
+    ("svd", (1, 14, 4, 72, 128), {"num_frames": 14}, "num_frames"),
+    ("stableaudio", (1, 64, 1024, 1), {}, "latent"),
+    ("stableaudio", (1, 64, 1024), {"output_format": "png"}, "output_format"),
+    ("ltx2audio", (1, 8, 126), {}, "latent"),
+])  # fmt: skip
+def test_bad_latents_and_options_name_their_field(name, shape, options, field):
+    from latentq.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as raised:
+        _check(name, shape, **options)
+    assert raised.value.field == field, raised.value
+
+
+@pytest.mark.timeout(60)
+def test_option_ranges_name_their_field():
+    from latentq.errors import InvalidRequest
+    from latentq.spec import DecodeRequest
+
+    for options, field in [({"decode_timestep": 1.5}, "decode_timestep"), ({"num_frames": 0}, "num_frames"),
+                           ({"decode_noise_seed": -1}, "decode_noise_seed"), ({"decode_chunk_size": 2.5}, "decode_chunk_size"),
+                           ({"audio_start_in_s": 2.0, "audio_end_in_s": 1.0}, "audio_end_in_s")]:  # fmt: skip
+        with pytest.raises(InvalidRequest) as raised:
+            DecodeRequest(model="x", **options)
+        assert raised.value.field == field
+
+
+@pytest.mark.timeout(60)
+def test_geometry_follows_the_pipelines():
+    from latentq.validate import output_geometry
+
+    def size(name, shape, **options):
+        from latentq.models.registry import load_registry
+        from latentq.spec import DecodeRequest
+
+        spec = load_registry().get(name)
+        geometry = output_geometry(torch.zeros(shape), spec, DecodeRequest(model=name, output_format="tensor", **options))
+        return geometry.width, geometry.height, geometry.frames
+
+    assert size("wan22", (1, 48, 21, 44, 80)) == (1280, 704, 81)
+    assert size("ltxvideo", (1, 17 * 16 * 22, 128), num_frames=129, height=512, width=704) == (704, 512, 129)
+    assert size("cogvideox", (1, 22, 16, 96, 170), num_frames=81) == (1360, 768, 81)  # 1.5: 21 frames + 1 pad
+    assert size("mochi", (1, 12, 28, 60, 106))[2] == 163
+    assert size("svd", (1, 25, 4, 72, 128)) == (1024, 576, 25)
+    assert size("allegro", (1, 4, 22, 90, 160), num_frames=88, height=720, width=1280) == (1280, 720, 88)
+    assert size("stableaudio", (1, 64, 1024))[0] == 1024 * 2048
+
+
+@pytest.mark.timeout(60)
+def test_audio_encoders_round_trip():
+    from latentq.worker.encode import audio_pcm16, encode_flac, encode_mp4, encode_wav
+
+    audio = torch.linspace(-1.3, 1.3, 2 * 4000).reshape(2, 4000)  # past full scale: clipped, as 16-bit PCM must
+    pcm = audio_pcm16(audio).T
+    assert pcm.min() == -32767 and pcm.max() == 32767
+    assert np.array_equal(_wav_samples(encode_wav(audio, 16000))[0], pcm)
+    samples, rate = _flac_samples(encode_flac(audio, 16000))
+    assert rate == 16000 and np.array_equal(samples, pcm)
+    video = encode_mp4(torch.zeros(12, 32, 32, 3, dtype=torch.uint8), 24, 90, audio[:, :8000], 16000)
+    with av.open(io.BytesIO(video)) as container:
+        kinds = sorted(stream.type for stream in container.streams)
+        assert kinds == ["audio", "video"] and container.streams.audio[0].rate == 16000

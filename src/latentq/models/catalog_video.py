@@ -6,8 +6,9 @@ torch-free (the registry, and so producers and the API, import it): a spec names
 module, which imports diffusers only inside its methods. Image families live in ``catalog.py``.
 
 ``layout`` is descriptive here (the family checks shapes): ``video`` (B, C, f, h, w), ``video_frames_first``
-(B, f, C, h, w), ``video_tokens`` (B, f*h*w, C) with num_frames/height/width, ``audio`` (B, C, l).
-For audio, ``temporal_factor`` is the VAE's hop length (samples per latent step).
+(B, f, C, h, w), ``video_tokens`` (B, f*h*w, C) with num_frames/height/width, ``audio`` (B, C, l)
+or (B, C, l, mel_bins).
+For audio, ``temporal_factor`` is the output samples per latent step (Stable Audio: the VAE's hop length).
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ SPECS: tuple[ModelSpec, ...] = (
           temporal_factor=8, dtype="bfloat16",
           pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
           description="LTX-2 video VAE; (B, 128, f, h, w) latents as LTX2Pipeline returns them (denormalised); "
-                      "decode_timestep, decode_noise_scale, decode_noise_seed; its audio is not served yet"),
+                      "decode_timestep, decode_noise_scale, decode_noise_seed; its audio: model ltx2audio"),
+    ModelSpec(name="ltx2audio", loader="diffusers", family="ltx2audio", diffusers_class="AutoencoderKLLTX2Audio",
+              source="Lightricks/LTX-2", subfolder="audio_vae", latent_channels=8, layout="audio", temporal_factor=960,
+              dtype="bfloat16", has_encoder=False, pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline"),
+              description="LTX-2 audio VAE + its vocoder (the `vocoder` folder beside it); (B, 8, l, mel_bins) "
+                          "latents as LTX2Pipeline returns them, to 24 kHz stereo wav / flac"),
     _spec("hunyuanvideo15", "hunyuanvideo15", "AutoencoderKLHunyuanVideo15",
           "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v", 32, layout="video", spatial_factor=16,
           temporal_factor=4, dtype="bfloat16", pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),

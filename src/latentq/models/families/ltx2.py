@@ -5,7 +5,7 @@ LTX2Pipeline with ``output_type="latent"`` returns the video latents unpacked an
 what this family takes. Its pixel path mixes the decode noise into the *normalised* latents,
 ``(1 - decode_noise_scale) * latents + decode_noise_scale * noise``, then denormalises and calls
 ``vae.decode(latents, decode_timestep)``; here the latents are normalised back first when there is noise
-to mix (``decode_noise_seed`` seeds it, as in ``ltxvideo``). The audio VAE and vocoder are not served yet.
+to mix (``decode_noise_seed`` seeds it, as in ``ltxvideo``). Its audio latents: the ``ltx2audio`` family.
 """
 
 from __future__ import annotations
