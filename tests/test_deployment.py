@@ -17,6 +17,7 @@ import pytest
 import torch
 from helpers import decode_png, wait_until
 from safetensors.torch import save_file
+from webhook_receiver import Receiver
 
 from latentq import Client
 from latentq.deployment import sign_result, signature_problem
@@ -26,6 +27,9 @@ from latentq.records import RecordReader, record_key, write_record
 from latentq.redis_server import free_port
 from latentq.spec import JobInfo, JobStatus
 from latentq.store import LocalStore
+
+pytestmark = pytest.mark.integration  # starts processes
+
 
 KEY = "key-of-tenant-a"
 
@@ -142,12 +146,20 @@ def test_a_deployment_without_an_api_gives_no_url_and_reads_its_directory(procs,
     client.close()
 
 
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
 @pytest.mark.timeout(300)
-def test_latentq_up_is_found_without_flags(models_file, tmp_path):
+def test_latentq_up_is_found_without_flags(models_file, tmp_path, receiver):
     """Under a real `latentq up` (API keys on), other commands and Client() on the machine need no settings."""
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    # No Redis URL, no store: only the models file and the webhook receiver's address (a loopback one).
     machine = bare_env(XDG_RUNTIME_DIR=str(run_dir), XDG_DATA_HOME=str(data_dir), LATENTQ_MODELS=str(models_file),
-                       OMP_NUM_THREADS="1")  # fmt: skip
+                       LATENTQ_WEBHOOK_ALLOW="127.0.0.1", OMP_NUM_THREADS="1")  # fmt: skip
     port = free_port()
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
@@ -166,17 +178,21 @@ def test_latentq_up_is_found_without_flags(models_file, tmp_path):
 
         # Client() from another directory, with no LATENTQ_* settings at all: http URLs and read().
         code = ("import sys, torch; from latentq import Client\n"
-                "client = Client(); job = client.submit(torch.randn(32, 4, 4), model='taef2')\n"
+                "client = Client(); job = client.submit(torch.randn(32, 4, 4), model='taef2', callback_url=sys.argv[1])\n"
                 "(result,) = job.wait(60); data = job.read()\n"
                 "print(job.id, result.url, len(data), data[1:4].decode())")  # fmt: skip
-        done = python(code, env=machine, cwd=tmp_path / "somewhere")
+        done = python(code, f"{receiver.url}/hook", env=machine, cwd=tmp_path / "somewhere")
         assert done.returncode == 0, done.stderr
         job_id, url, size, magic = done.stdout.split()
         assert url.startswith(f"{api}/v1/results/{job_id}/") and magic == "PNG"
         assert sorted(p.suffix for p in (store / job_id).iterdir()) == [".json", ".png"]
+        # The workers started before the API: their webhooks carry its URLs all the same (from Redis).
+        hook = wait_until(lambda: next((d for d in receiver.deliveries if d.data["id"] == job_id), None), 60)
+        assert hook.data["results"][0]["url"].startswith(f"{api}/v1/results/{job_id}/")
         assert httpx.get(url).content[1:4] == b"PNG" and len(httpx.get(url).content) == int(size)  # no key
         # A store setting naming a directory that is not this deployment's: read() goes through the API.
-        through_api = python(code, env={**machine, "LATENTQ_STORE": str(tmp_path / "empty")}, cwd=tmp_path / "else")
+        through_api = python(code, f"{receiver.url}/other", env={**machine, "LATENTQ_STORE": str(tmp_path / "empty")},
+                             cwd=tmp_path / "else")  # fmt: skip
         assert through_api.returncode == 0 and through_api.stdout.split()[3] == "PNG", through_api.stderr
 
         status = subprocess.run([sys.executable, "-m", "latentq", "status"], env=machine, cwd=tmp_path / "somewhere",
