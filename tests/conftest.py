@@ -310,3 +310,32 @@ def store_env(request, env, monkeypatch) -> dict[str, str]:
     pytest.importorskip("boto3")
     endpoint = request.getfixturevalue("moto_endpoint")
     return {"kind": "s3", **use_s3_store(env, monkeypatch, endpoint, MOTO_CREDENTIALS, "results/param")}
+
+
+# ---------------------------------------------------------------- test tiers
+# unit: starts no process (no Redis, no server, no subprocess) and finishes in seconds: `pytest -m unit`.
+# integration: everything else (real Redis, uvicorn, workers, S3 servers, browsers, the CLI).
+PROCESS_FIXTURES = frozenset({"redis_server", "redis_url", "redis_conn", "env", "procs", "moto_endpoint",
+                              "s3rver_endpoint", "store_env"})  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("bench") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None and not PROCESS_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_processes(request, monkeypatch):
+    """A test classified unit that starts a process fails, so the tier stays fast and honest."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a unit test started a process: mark it @pytest.mark.integration")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)

@@ -9,7 +9,7 @@ import pytest
 from conftest import TAEF2_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.integration]
 
 
 def load_chaos():

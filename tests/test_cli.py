@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from latentq.redis_server import free_port
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.integration]
 
 
 def run(env, *args, timeout=120):

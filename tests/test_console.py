@@ -32,6 +32,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from latentq.redis_server import free_port
 
+pytestmark = pytest.mark.integration  # latentq up, the API, a browser
+
 CHROMIUM = shutil.which("chromium")
 try:
     from playwright.sync_api import sync_playwright

@@ -12,6 +12,9 @@ import pytest
 from conftest import REPO
 from tiny_configs import CONFIGS
 
+pytestmark = pytest.mark.integration  # starts processes
+
+
 EXAMPLES = REPO / "examples"
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # starts processes
+
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_sweep.py"
 
 

@@ -28,6 +28,7 @@ def test_exception_tree():
     assert issubclass(errors.InvalidLatent, ValueError)
 
 
+@pytest.mark.integration  # runs the CLI / a fresh interpreter
 def test_producer_does_not_import_the_worker_or_diffusers():
     import subprocess
     import sys

@@ -27,6 +27,7 @@ def backdate(path, seconds: float) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.integration  # runs the CLI / a fresh interpreter
 def test_cleanup_removes_local_objects_older_than_the_ttl(tmp_path):
     store = LocalStore(tmp_path / "results")
     old = [make_key("old-job", "png", i) for i in range(2)]
