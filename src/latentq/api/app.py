@@ -128,7 +128,7 @@ def create_app(
         title="latentq",
         version=__version__,
         description="Queued, batched VAE decoding for latent diffusion models.",
-        docs_url=None,  # /docs and /redoc come from install_console, with their assets served here (no CDN)
+        docs_url=None,  # /docs comes from install_console, with its assets served here (no CDN)
         redoc_url=None,
     )
     app.state.client = client

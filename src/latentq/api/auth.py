@@ -27,7 +27,7 @@ from ..tenants import DEFAULT_TENANT, Tenant, TenantDirectory
 
 __all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "check_owner", "install_tenants", "request_tenant"]
 
-OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 # What a browser loads before it can send a key: the console's files and the docs' assets (public code).
 OPEN_PREFIXES = ("/console/", "/docs-assets/")
 SIGNED_PREFIX = "/v1/results/"

@@ -2,8 +2,8 @@
 
 The console is three static files (``api/static/``: HTML, JS, CSS; no framework, no build step) that
 talk to the JSON API like any script. Everything a page loads comes from this server: the console's
-own files, and Swagger UI / ReDoc from the ``fastapi-offline`` package's copies (no CDN), so both
-work on a machine with no network.
+own files, and Swagger UI from the ``fastapi-offline`` package's copy (no CDN), so both work on a
+machine with no network. (No ReDoc: its page fetches its logo from its vendor's CDN.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from rq import Worker
@@ -28,7 +28,7 @@ from .openapi import errors
 __all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "install_console", "overview"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI, ReDoc, favicon
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's bundle and CSS, a favicon
 CHART_MINUTES = 15  # the throughput chart's span (metrics keeps the per-minute counters a little longer)
 
 
@@ -88,7 +88,7 @@ def overview(client: Client) -> dict[str, Any]:
 
 
 def install_console(app: FastAPI, client: Client) -> None:
-    """Add ``/`` (the console), ``/console/*`` (its files), ``GET /v1/overview``, ``/docs`` and ``/redoc``.
+    """Add ``/`` (the console), ``/console/*`` (its files), ``GET /v1/overview`` and ``/docs``.
 
     The app must be made with ``docs_url=None, redoc_url=None``: FastAPI's own pages load from a CDN.
     """
@@ -116,9 +116,3 @@ def install_console(app: FastAPI, client: Client) -> None:
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
-                              redoc_js_url="/docs-assets/redoc.standalone.js",
-                              redoc_favicon_url="/docs-assets/favicon.png", with_google_fonts=False)  # fmt: skip
