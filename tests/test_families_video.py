@@ -74,7 +74,7 @@ def _flac_samples(data: bytes) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks).T, stream.rate
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_video_and_audio_families_match_their_pipelines(procs, references):
     # Eleven models to load: a generous bound on a busy machine.
     procs.wait_for_worker(procs.worker(*VIDEO, *AUDIO, *AUDIO_OF, extra=("--no-previews",), wait=False), timeout=300)
@@ -118,39 +118,29 @@ def test_video_and_audio_families_match_their_pipelines(procs, references):
             failures[key] = f"result record {result} does not describe the audio"
     assert not failures, failures
 
+    # The same worker, through the API's diffusers protocol.
+    _check_hf_protocol(procs.api(), references)
 
-@pytest.mark.timeout(300)
-def test_families_over_the_hf_protocol(procs, tmp_path, models_file):
-    """POST /v1/models/{model}/decode: diffusers' own remote_decode for a video family (uint8 frames and MP4),
+
+def _check_hf_protocol(api: str, references: dict) -> None:
+    """POST /v1/models/{model}/decode: diffusers' own remote_decode for a video family (uint8 frames and MP4);
     the family options and audio outputs as query parameters."""
     import httpx
     from diffusers.utils.remote_utils import remote_decode
 
-    names = ["wan22", "ltxvideo", "stableaudio"]
-    cases, lines = {}, [models_file.read_text()]
-    for name in names:
-        case = BUILDERS[name]()
-        cases[name] = (case, case.run("latent"), case.run("np"))
-        case.pipe.vae.save_pretrained(tmp_path / name / "vae")
-        fields = "".join(f"{key} = {_toml_value(value)}\n" for key, value in case.spec_fields.items())
-        lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\n{fields}')
-    models_file.write_text("\n".join(lines))
-    procs.wait_for_worker(procs.worker(*names, extra=("--no-previews",), wait=False), timeout=300)
-    api = procs.api()
-
-    _, latent, output = cases["wan22"]
-    frames = remote_decode(f"{api}/v1/models/wan22/decode", latent.frames, output_type="pt", return_type="pt",
+    _, latent, output = references["wan22"]
+    frames = remote_decode(f"{api}/v1/models/wan22/decode", latent, output_type="pt", return_type="pt",
                            partial_postprocess=True)  # fmt: skip
-    expected = (output.frames[0] * 255).round().astype(int)
+    expected = (output[0] * 255).round().astype(int)
     assert tuple(frames.shape) == expected.shape and frames.dtype == torch.uint8
     assert int(np.abs(frames.numpy().astype(int) - expected).max()) <= 1
-    mp4 = remote_decode(f"{api}/v1/models/wan22/decode", latent.frames, output_type="mp4", return_type="mp4")
+    mp4 = remote_decode(f"{api}/v1/models/wan22/decode", latent, output_type="mp4", return_type="mp4")
     with av.open(io.BytesIO(mp4)) as container:
         assert sum(1 for _ in container.decode(video=0)) == expected.shape[0]
 
     # ltxvideo's packed tokens need the pipeline's num_frames / height / width and its decode options.
-    case, latent, output = cases["ltxvideo"]
-    tokens = latent.frames.contiguous()
+    case, latent, output = references["ltxvideo"]
+    tokens = latent.contiguous()
     # do_scaling: the model's own factors, as diffusers' client asks by default (without it, the protocol
     # reads the latent as un-scaled already: scaling_factor 1).
     params = [("shape", d) for d in tokens.shape] + [("dtype", "float32"), ("output_type", "pt"),
@@ -159,19 +149,19 @@ def test_families_over_the_hf_protocol(procs, tmp_path, models_file):
                        timeout=120)  # fmt: skip
     assert reply.status_code == 200, reply.text
     got = np.frombuffer(reply.content, np.uint8).reshape([int(d) for d in json.loads(reply.headers["shape"])])
-    assert int(np.abs(got.astype(int) - (output.frames[0] * 255).round().astype(int)).max()) <= 1
+    assert int(np.abs(got.astype(int) - (output[0] * 255).round().astype(int)).max()) <= 1
     bad = httpx.post(f"{api}/v1/models/ltxvideo/decode", params=params[:-len(case.options)],
                      content=tokens.numpy().tobytes(), timeout=60)  # fmt: skip
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "num_frames", bad.text
 
-    case, latent, output = cases["stableaudio"]
-    audio = latent.audios.contiguous()
+    case, latent, output = references["stableaudio"]
+    audio = latent.contiguous()
     params = [("shape", d) for d in audio.shape] + [("dtype", "float32"), ("output_type", "wav")]
     reply = httpx.post(f"{api}/v1/models/stableaudio/decode", params=params + list(case.options.items()),
                        content=audio.numpy().tobytes(), timeout=120)  # fmt: skip
     assert reply.status_code == 200 and reply.headers["content-type"] == "audio/wav", reply.text
     samples, rate = _wav_samples(reply.content)
-    expected = np.round(np.clip(np.asarray(output.audios)[0], -1, 1) * 32767).astype(int)
+    expected = np.round(np.clip(output[0], -1, 1) * 32767).astype(int)
     assert rate == case.pipe.vae.config.sampling_rate and samples.shape == expected.shape
     assert int(np.abs(samples.astype(int) - expected).max()) <= 1
     wrong = httpx.post(f"{api}/v1/models/stableaudio/decode", params=params + [("num_frames", 9)],
