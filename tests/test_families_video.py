@@ -251,3 +251,32 @@ def test_audio_encoders_round_trip():
     with av.open(io.BytesIO(video)) as container:
         kinds = sorted(stream.type for stream in container.streams)
         assert kinds == ["audio", "video"] and container.streams.audio[0].rate == 16000
+
+
+@pytest.mark.timeout(120)
+def test_ltx2_decode_noise_is_mixed_where_the_pipeline_mixes_it():
+    """LTX2Pipeline adds the decode noise to the normalised latents; ltx2 gets them denormalised and must
+    normalise, mix and denormalise as the pipeline's own helpers do (noise from decode_noise_seed)."""
+    import threading
+    import types
+
+    from diffusers import LTX2Pipeline
+
+    from latentq.models.registry import load_registry
+    from latentq.spec import DecodeRequest
+
+    vae = BUILDERS["ltx2"]().pipe.vae.eval()
+    spec = load_registry().get("ltx2")
+    model = types.SimpleNamespace(module=vae, spec=spec, device=torch.device("cpu"), dtype=torch.float32,
+                                  lock=threading.Lock())  # fmt: skip
+    latents = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    request = DecodeRequest(model="ltx2", output_format="uint8", decode_timestep=0.05, decode_noise_scale=0.3,
+                            decode_noise_seed=5)  # fmt: skip
+    got = spec.family_impl.to_vae(model, latents, request)
+
+    mean, std, scaling = vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+    normalised = LTX2Pipeline._normalize_latents(latents, mean, std, scaling)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    expected = LTX2Pipeline._denormalize_latents(0.7 * normalised + 0.3 * noise, mean, std, scaling)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, latents, atol=1e-2)  # the noise is there
