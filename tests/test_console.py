@@ -29,6 +29,7 @@ import torch
 from conftest import IMAGES_DIR, REPO, TAEF2_DIR
 from PIL import Image
 from safetensors.torch import save as safetensors_bytes
+from tiny_configs import CONFIGS
 
 from latentq.redis_server import free_port
 
@@ -79,6 +80,11 @@ THUMBNAIL_LOADED = """(id) => {
   return Boolean(img && img.complete && img.naturalWidth > 0);
 }"""
 
+VIDEO_FRAME_SHOWN = """(id) => {
+  const video = document.querySelector(`.card[data-job-id="${id}"][data-status="finished"] video`);
+  return Boolean(video && video.readyState >= 2 && video.videoWidth > 0);
+}"""
+
 # Mean absolute difference (0-255) of the round trip's two pictures, drawn at the same size.
 ROUND_TRIP_DIFFERENCE = """() => {
   const [original, decoded] = [".roundtrip-original", ".roundtrip-decoded"].map((s) => document.querySelector(s));
@@ -103,7 +109,9 @@ def deployment(tmp_path_factory):
 
     Yields (API origin, Redis URL)."""
     root = tmp_path_factory.mktemp("console")
-    (root / "models.toml").write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n')
+    # taef2 (real weights), and a video model: diffusers' Wan VAE, shrunken, random weights (tests/tiny_configs.py)
+    (root / "wan.json").write_text(json.dumps(CONFIGS["wan"]))
+    (root / "models.toml").write_text(f'[models.taef2]\nsource = "{TAEF2_DIR}"\n\n[models.wan]\nconfig = "wan.json"\nseed = 0\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTQ_")}
     env.update(LATENTQ_MODELS=str(root / "models.toml"), LATENTQ_STORE=str(root / "results"), OMP_NUM_THREADS="1",
                XDG_RUNTIME_DIR=str(root / "run"),  # its state file (latentq.config): this test's own, never a real one's
@@ -112,8 +120,8 @@ def deployment(tmp_path_factory):
     log = root / "up.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "latentq", "up", "--workers", "1", "--port", str(port),
-                                    "--max-wait-ms", "50"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+                                    "--model", "taef2", "--model", "wan", "--max-wait-ms", "50"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 150
         while "latentq is up" not in log.read_text():  # after /healthz answers and the worker registered
@@ -283,6 +291,15 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
         src = page.get_attribute(f'.card[data-job-id="{ids[0]}"] img', "src")
         assert src.startswith(up + "/v1/results/") and ".png" in src
         page.wait_for_function("document.querySelector('#queue-rows tr[data-model=taef2] svg rect[opacity=\"1\"]') !== null")
+
+        # A video: its card shows the first frame (a poster), and plays under the pointer.
+        clip = safetensors_bytes({"latent": torch.randn(1, 16, 3, 6, 8)})  # 9 frames of 48x64
+        video_id = httpx.post(f"{up}/v1/jobs?model=wan&output_format=mp4", content=clip, timeout=30).json()["id"]
+        page.wait_for_function(VIDEO_FRAME_SHOWN, arg=video_id)
+        page.hover(f'.card[data-job-id="{video_id}"] video')
+        page.wait_for_function("(id) => !document.querySelector(`.card[data-job-id=\"${id}\"] video`).paused", arg=video_id)
+        page.mouse.move(0, 0)
+        page.evaluate("window.scrollTo(0, 0)")
         browser.screenshot("dashboard", tmp_path)
 
         # The filter: finished jobs only (the encode jobs above are finished too).
@@ -320,6 +337,10 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
         page.goto(up + "/docs")
         page.locator(".swagger-ui .opblock-summary-path", has_text="/v1/overview").wait_for()
         assert page.locator(".swagger-ui .opblock").count() >= 10
+        page.locator(".opblock-get .opblock-summary", has_text="/v1/overview").click()  # and "Try it out" works
+        page.locator(".opblock-get.is-open .try-out__btn").click()
+        page.locator(".opblock-get.is-open .execute").click()
+        page.locator(".opblock-get.is-open .live-responses-table .response-col_status", has_text="200").wait_for()
 
         assert browser.blocked == [], browser.blocked  # nothing even tried to leave
         assert [url for url in browser.requested if not browser.ours(url)] == []
