@@ -3,7 +3,11 @@
 Off unless ``LATENTQ_FAULTS`` holds a JSON object, for example
 ``{"decode_delay_s": 1.0, "oom_batch_above": 2}``:
 
-- ``decode_delay_s``: sleep before each full decode (makes previews observable);
+- ``decode_delay_s``: sleep before each full decode call, i.e. once per batch whatever its size (makes
+  previews observable). It is also the simulated GPU of ``bench/scaleout.py``: a benchmark tool, not a
+  feature. There the model is a diffusers ``AutoencoderTiny`` shrunk until its decode costs about a
+  millisecond of CPU per batch, so a batch takes this sleep (no CPU, as a GPU kernel leaves the host
+  free) and everything around it is latentq's real path: pops, leases, starts, encode, store, commits;
 - ``oom_batch_above``: a decode of more than N latents raises an out-of-memory error;
 - ``oom_untiled_pixels_above``: an untiled decode of more than N output pixels per sample raises it too;
 - ``store_failures``: the first N store writes of this process raise a transient error.
