@@ -28,9 +28,11 @@ import pytest
 import torch
 from conftest import IMAGES_DIR, REPO, TAEF2_DIR
 from PIL import Image
+from redis import Redis
 from safetensors.torch import save as safetensors_bytes
 from tiny_configs import CONFIGS
 
+from latentq.keys import recent_jobs_key
 from latentq.redis_server import free_port
 
 pytestmark = pytest.mark.integration  # latentq up, the API, a browser
@@ -224,8 +226,9 @@ def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_
 
 
 @pytest.mark.timeout(180)
-def test_job_listing_pages_filters_and_reports_timings_over_http(up):
+def test_job_listing_pages_filters_and_reports_timings_over_http(deployment):
     """On the console's deployment: sd15 has no worker there (its jobs wait), taef2 has one."""
+    up, redis_url = deployment
     waiting = safetensors_bytes({"latent": torch.randn(4, 8, 8)})
     ids = [httpx.post(f"{up}/v1/jobs?model=sd15", content=waiting, timeout=30).json()["id"] for _ in range(4)]
     overview = httpx.get(f"{up}/v1/overview", timeout=30).json()
@@ -245,8 +248,12 @@ def test_job_listing_pages_filters_and_reports_timings_over_http(up):
     assert [job["id"] for job in second["jobs"]] == ids[:1] and second["next_cursor"] is None
     assert [job["id"] for job in listing(model="sd15", status="canceled")["jobs"]] == ids[:1]
     assert [job["id"] for job in listing(model="sd15", status="queued")["jobs"]] == ids[:0:-1]
+    connection = Redis.from_url(redis_url)
+    connection.zadd(recent_jobs_key("default"), {"gone-long-ago": 1.0})  # its record expired: it is forgotten
     unfiltered = [job["id"] for job in listing(limit=100)["jobs"]]
-    assert unfiltered[:4] == ids[::-1], "newest first, whatever the model"
+    assert unfiltered[:4] == ids[::-1] and "gone-long-ago" not in unfiltered, "newest first, whatever the model"
+    assert connection.zscore(recent_jobs_key("default"), "gone-long-ago") is None
+    connection.close()
     for params, field, code in [({"status": "lost"}, "status", 422), ({"cursor": "x"}, "cursor", 422),
                                 ({"limit": 0}, "limit", 422), ({"model": "nope"}, None, 404)]:  # fmt: skip
         reply = httpx.get(f"{up}/v1/jobs", params=params, timeout=30)
@@ -353,8 +360,6 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
 @browser_test
 @pytest.mark.timeout(150)
 def test_console_asks_for_a_key_and_shows_that_tenants_jobs_only(deployment, chromium):
-    from redis import Redis
-
     from latentq.tenants import TenantDirectory
 
     up, redis_url = deployment

@@ -1,8 +1,9 @@
 """Each tenant's recent jobs: a sorted set (job id -> submit time) that ``GET /v1/jobs`` pages through.
 
-The submit paths add a job in the same pipeline (or script) as its enqueue, so a listed job always
-exists and an enqueued one is always listed. The set is trimmed to ``RECENT_JOBS_LIMIT`` on every
-add; a listed job older than the result TTL reads as gone and is skipped by the listing.
+The submit paths add a job in the same pipeline (or script) as its enqueue, so an enqueued job is
+always listed. The set is trimmed to ``RECENT_JOBS_LIMIT`` on every add; a listed job that has since
+gone (older than its record's TTL, cleaned up) is skipped by the listing and forgotten, so each stale
+entry costs one read, once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from redis.client import Pipeline
 
 from . import keys
 
-__all__ = ["DEFAULT_TENANT", "RECENT_JOBS_LIMIT", "Cursor", "index_recent_job", "recent_job_ids"]
+__all__ = ["DEFAULT_TENANT", "RECENT_JOBS_LIMIT", "Cursor", "forget_recent_jobs", "index_recent_job", "recent_job_ids"]
 
 DEFAULT_TENANT = "default"
 RECENT_JOBS_LIMIT = 10_000
@@ -46,3 +47,9 @@ def recent_job_ids(connection: Redis, tenant: str, count: int, after: Cursor | N
         rows = connection.zrevrangebyscore(key, f"({score}", "-inf", start=0, num=count - len(found), withscores=True)
         found += [(row_score, member.decode()) for member, row_score in rows]
     return found
+
+
+def forget_recent_jobs(connection: Redis, tenant: str, job_ids: list[str]) -> None:
+    """Drop jobs that no longer exist from the tenant's recent jobs."""
+    if job_ids:
+        connection.zrem(keys.recent_jobs_key(tenant), *job_ids)

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest, JobNotFound
 from ..producer.client import Client
-from ..recent import DEFAULT_TENANT, Cursor, recent_job_ids
+from ..recent import DEFAULT_TENANT, Cursor, forget_recent_jobs, recent_job_ids
 from ..spec import JobInfo, JobStatus
 from .openapi import errors
 
@@ -63,21 +63,25 @@ def list_jobs(client: Client, tenant: str, *, limit: int, cursor: Cursor | None 
             return None  # older than its record's TTL: the index outlives it
 
     found: list[JobInfo] = []
-    scanned, after = 0, cursor
+    gone: list[str] = []
+    scanned, after, exhausted = 0, cursor, False
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        while len(found) < limit and scanned < SCAN_LIMIT:
+        while len(found) < limit and scanned < SCAN_LIMIT and not exhausted:
             want = min(limit - len(found) if status is None and model is None else 50, SCAN_LIMIT - scanned)
             entries = recent_job_ids(client.connection, tenant, want, after)
             for entry, info in zip(entries, pool.map(read, entries)):
                 scanned, after = scanned + 1, entry
-                if info is None or (model and info.model != model) or (status and info.status is not status):
+                if info is None:
+                    gone.append(entry[1])
+                    continue
+                if (model and info.model != model) or (status and info.status is not status):
                     continue
                 found.append(info)
                 if len(found) == limit:
                     break
-            if len(entries) < want and len(found) < limit:
-                return found, None  # the index is exhausted
-    return found, after
+            exhausted = len(entries) < want and len(found) < limit
+    forget_recent_jobs(client.connection, tenant, gone)  # each stale entry is read once, not on every page
+    return found, None if exhausted else after
 
 
 def install_job_listing(app: FastAPI, client: Client, url_for_result: Callable[[Request, str], str | None]) -> None:
