@@ -120,6 +120,23 @@ def test_video_and_audio_families_match_their_pipelines(procs, references):
 
     # The same worker, through the API's diffusers protocol.
     _check_hf_protocol(procs.api(), references)
+    _check_wan22_encode(client, references["wan22"][0])
+
+
+def _check_wan22_encode(client: Client, case) -> None:
+    """wan22's encode job gives the image latents WanImageToVideoPipeline.prepare_latents conditions on (TI2V)."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=case.pipe.vae, scheduler=case.pipe.scheduler,
+                                   transformer=case.pipe.transformer, expand_timesteps=True)  # fmt: skip
+    image = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the pipeline's preprocess leaves [-1, 1]: 2 x - 1 of the [0, 1] image
+        _, expected, _ = pipe.prepare_latents(2.0 * image - 1.0, 1, 48, 32, 64, 5, torch.float32, torch.device("cpu"),
+                                              torch.Generator().manual_seed(0))  # fmt: skip
+    (result,) = client.submit_encode(image, "wan22").wait(timeout=120)
+    got = st_load(client.store.get(result.key))["latent"]
+    assert got.shape == expected.shape == (1, 48, 1, 2, 4)
+    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
 
 
 def _check_hf_protocol(api: str, references: dict) -> None:

@@ -21,15 +21,17 @@ __all__ = ["SPECS"]
 
 
 def _spec(name: str, family: str, cls: str, source: str, channels: int, **fields: Any) -> ModelSpec:
+    fields.setdefault("has_encoder", False)  # only where the family wires the class's encoder
     return ModelSpec(name=name, loader="diffusers", family=family, diffusers_class=cls, source=source,
-                     subfolder="vae", latent_channels=channels, has_encoder=False, **fields)  # fmt: skip
+                     subfolder="vae", latent_channels=channels, **fields)  # fmt: skip
 
 
 SPECS: tuple[ModelSpec, ...] = (
     _spec("wan22", "wan22", "AutoencoderKLWan", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", 48, layout="video",
           spatial_factor=16, temporal_factor=4, dtype="float32", tile_above_pixels=704 * 1280,
-          pipelines=("WanPipeline", "WanImageToVideoPipeline"),
-          description="Wan 2.2 TI2V-5B VAE (48 channels, patchified, 16x); (B, 48, f, h, w) latents"),
+          pipelines=("WanPipeline", "WanImageToVideoPipeline"), has_encoder=True,
+          description="Wan 2.2 TI2V-5B VAE (48 channels, patchified, 16x); (B, 48, f, h, w) latents; encodes an "
+                      "image as WanImageToVideoPipeline conditions on it, (B, 48, 1, h, w)"),
     _spec("ltxvideo", "ltxvideo", "AutoencoderKLLTXVideo", "Lightricks/LTX-Video", 128, layout="video_tokens",
           spatial_factor=32, temporal_factor=8, dtype="bfloat16",
           pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
