@@ -9,15 +9,11 @@ VAE-space latents it is handed go to latentq's queue (one job per sample,
 ``tensor`` output so the pipeline's postprocess sees the float decode) and
 the decoded batch comes back with the shape, dtype and device of a local decode.
 
-How a VAE-space latent is sent, per the model's normalization (no factor is
-ever applied twice, and the worker's decode path is the one every job takes):
-
-    scale_shift       sent with scaling_factor=1, shift_factor=0 (exact)
-    latents_mean_std  the config's statistics undone here, applied again by the worker (Wan)
-    batch_norm        the statistics are weights, not config: this module shows the pipeline an
-                      identity batch norm, and the worker applies the real one (FLUX.2)
-
-Packed layouts (FLUX.1, FLUX.2) are packed again here with the image's height and width.
+The latents go out as ``vae_input`` jobs: the worker skips its family's unpacking and
+normalising (the pipeline did both) and decodes as the family does, so no factor is applied
+twice and any image or video family works unchanged. One exception: FLUX.2 denormalises with
+its VAE's batch-norm statistics, which are weights, not config; this module shows the
+pipeline an identity batch norm and sends the tokens packed again, for the worker's real one.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from .producer import Client, HttpClient
 __all__ = ["DEFAULT_TIMEOUT_S", "RemoteVAE", "describe_model", "open_client", "vae_space_request", "wait_and_read"]
 
 DEFAULT_TIMEOUT_S = 300.0
-_PLAIN = (int, float, bool, str, tuple, type(None))
+_PLAIN = (int, float, bool, str, tuple, list, type(None))
 
 
 def open_client(client: Client | HttpClient | str | None, *, api_key: str | None = None) -> Client | HttpClient:
@@ -105,35 +101,21 @@ def _shadow(description: dict[str, Any], config: Any, subfolder: str | None) -> 
         return cls.from_config(values)
 
 
-def _statistics(config: Any, name: str, like: torch.Tensor) -> torch.Tensor:
-    values = getattr(config, name, None)
-    if values is None:
-        raise InvalidRequest(f"the VAE config has no {name}, which this model's normalization needs", field="config")
-    return torch.tensor(values, dtype=like.dtype).view((1, -1) + (1,) * (like.ndim - 2))
-
-
-def vae_space_request(z: torch.Tensor, description: dict[str, Any],
-                      config: Any) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
-    """What ``vae.decode`` was handed -> the model's pipeline layout and the job options that decode it to the same pixels."""
-    layout, normalization = description.get("layout"), description.get("normalization")
+def vae_space_request(z: torch.Tensor, description: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """What ``vae.decode`` was handed -> the latent to submit and the job options that decode it to the same pixels."""
     x = z.detach().to("cpu", torch.float32).contiguous()
-    options: dict[str, Any] = {}
-    if normalization == "scale_shift":
-        options.update(scaling_factor=1.0, shift_factor=0.0)
-    elif normalization == "latents_mean_std":  # the worker computes x * std + mean
-        x = (x - _statistics(config, "latents_mean", x)) / _statistics(config, "latents_std", x)
-    elif normalization != "batch_norm":  # batch_norm: the identity statistics shown to the pipeline left x as is
-        raise UnsupportedFormat(f"RemoteVAE cannot send latents of normalization {normalization!r}", field="model")
+    if description.get("normalization") != "batch_norm":
+        return x, {"vae_input": True}  # the worker skips the family's unpacking and normalising
+    # FLUX.2: the pipeline applied the identity batch norm shown to it; send its tokens for the worker's real one.
+    if x.ndim != 4 or description.get("layout") not in ("packed", "flux2"):
+        raise UnsupportedFormat(f"RemoteVAE cannot send {tuple(z.shape)} latents of layout "
+                                f"{description.get('layout')!r}", field="model")  # fmt: skip
+    batch, channels, h, w = x.shape
     factor = int(description.get("spatial_factor") or 8)
-    if layout in ("image", "video"):
-        return x, options
-    if layout in ("packed", "flux2") and x.ndim == 4:
-        batch, channels, h, w = x.shape
-        options.update(height=h * factor, width=w * factor)
-        # 2x2 patches, channels-major within a patch (FluxPipeline._pack_latents, Flux2's patchify), row-major tokens
-        patches = x.view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        return patches.reshape(batch, (h // 2) * (w // 2), channels * 4), options
-    raise UnsupportedFormat(f"RemoteVAE cannot send {tuple(z.shape)} latents of layout {layout!r}", field="model")
+    # 2x2 patches, channels-major within a patch (Flux2Pipeline's patchify), row-major tokens (its _pack_latents)
+    patches = x.view(batch, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    tokens = patches.reshape(batch, (h // 2) * (w // 2), channels * 4)
+    return tokens, {"height": h * factor, "width": w * factor}
 
 
 class RemoteVAE(ModelMixin):
@@ -144,8 +126,7 @@ class RemoteVAE(ModelMixin):
     ``config``: the VAE's config (a dict, a ``config.json``, a directory or hub repo with
     ``subfolder``); by default the deployment's model's own. ``timeout``: seconds one decode may take.
 
-    Differences from a local VAE: the decode is clamped to [-1, 1] (the pipelines' postprocess
-    clamps anyway); ``force_upcast`` is False (the worker picks its own precision); tiling is the
+    Differences from a local VAE: ``force_upcast`` is False (the worker picks its own precision); tiling is the
     deployment's choice unless ``enable_tiling()`` / ``disable_tiling()`` force it; no ``encode``.
     """
 
@@ -219,20 +200,33 @@ class RemoteVAE(ModelMixin):
         return self.decode(sample, **kwargs)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None,
+    def decode(self, z: torch.Tensor, *args: Any, return_dict: bool = True, generator: Any = None,
                **kwargs: Any) -> DecoderOutput | tuple[torch.Tensor]:  # fmt: skip
         """VAE-space latents (what the pipeline hands its VAE) -> the decode in [-1, 1], as a local VAE returns it."""
-        del generator, kwargs  # the latent distribution's sampling happens in encode, not here
+        del generator  # the latent distribution's sampling happens in encode, not here
+        temb = kwargs.pop("temb", None)
+        if args and isinstance(args[0], bool):
+            return_dict = args[0]  # decode(z, False), AutoencoderKL's positional order
+        elif args:
+            temb = args[0]  # decode(z, timestep): LTX's order
+        if temb is not None:
+            raise UnsupportedFormat("RemoteVAE cannot run a timestep-conditioned decode (vae.decode(z, temb)); "
+                                    "queue the pipeline's latents with decode_timestep instead (RemoteDecodeQueue)",
+                                    field="temb")  # fmt: skip
         sample = self.decode_remote(z)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def decode_remote(self, z: torch.Tensor) -> torch.Tensor:
-        latents, options = vae_space_request(z, self.description, self.config)
+        latents, options = vae_space_request(z, self.description)
         if self.tile is not None:
             options["tile"] = self.tile
-        jobs = self.client.submit_many(latents, self.model, output_format="tensor", **options)
+        # Samples keep their batch dimension of 1: a (C, f, h, w) video sample would read as a batch of images.
+        jobs = self.client.submit_many(list(latents.split(1)), self.model, output_format="tensor", **options)
         images = [st_load(data)["image"] for data in wait_and_read(jobs, self.timeout)]
-        return (torch.stack(images) * 2 - 1).to(device=z.device, dtype=z.dtype)
+        sample = torch.stack(images)  # vae.decode's raw output, in [0, 1] terms (unclamped)
+        if self.description.get("output_range", "-1,1") == "-1,1":
+            sample = sample * 2 - 1
+        return sample.to(device=z.device, dtype=z.dtype)
 
 
 def wait_and_read(jobs: list[Any], timeout: float) -> list[bytes]:

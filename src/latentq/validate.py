@@ -15,7 +15,21 @@ __all__ = ["output_geometry", "validate_image", "validate_latent"]
 
 def output_geometry(latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
     """The decoded size of one sample (``latent`` has its batch dimension); checks it as its family does."""
+    if request.vae_input:
+        return _vae_input_geometry(latent, spec)
     return spec.family_impl.check(latent, spec, request)
+
+
+def _vae_input_geometry(latent: torch.Tensor, spec: ModelSpec) -> OutputGeometry:
+    """A latent as the pipeline hands it to ``vae.decode``, (1, C, h, w) or (1, C, f, h, w): its decoded size."""
+    if spec.output_kind not in ("image", "video"):
+        raise UnsupportedFormat(f"vae_input is offered for image and video models; {spec.name} decodes "
+                                f"{spec.output_kind}", field="vae_input")  # fmt: skip
+    if latent.shape[1] != spec.latent_channels:
+        raise InvalidLatent(f"latent has {latent.shape[1]} channels; the VAE of {spec.name} takes "
+                            f"{spec.latent_channels}", field="latent")  # fmt: skip
+    frames = 1 if latent.ndim == 4 else (latent.shape[2] - 1) * spec.temporal_factor + 1
+    return OutputGeometry(latent.shape[-1] * spec.spatial_factor, latent.shape[-2] * spec.spatial_factor, frames)
 
 
 def _expected(spec: ModelSpec) -> str:
@@ -37,13 +51,19 @@ def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, lim
         )
     if request.preview and not spec.preview:
         raise InvalidRequest(f"model {spec.name} has no preview decoder", field="preview")
+    if request.vae_input and request.output_format != "tensor":
+        raise UnsupportedFormat("a vae_input job answers what vae.decode returns: output_format 'tensor'",
+                                field="output_format")  # fmt: skip
+    if request.preview and request.vae_input:
+        raise InvalidRequest("preview takes the pipeline's latents, not vae_input ones", field="preview")
     tensor = check_tensor(latent, limits)
-    ndims = spec.family_impl.latent_ndims(spec)
+    ndims = (4, 5) if request.vae_input else spec.family_impl.latent_ndims(spec)
     if tensor.ndim not in ndims and tensor.ndim + 1 in ndims:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim not in ndims:
         raise InvalidLatent(
-            f"latent has {tensor.ndim} dimensions {tuple(tensor.shape)}; model {spec.name} expects {_expected(spec)}",
+            f"latent has {tensor.ndim} dimensions {tuple(tensor.shape)}; model {spec.name} expects "
+            + (f"(B, {spec.latent_channels}, [f,] h, w) with vae_input" if request.vae_input else _expected(spec)),
             field="latent",
         )
     if tensor.shape[0] != 1:

@@ -91,7 +91,13 @@ class LoadedModel:
         for images and videos). ``request`` carries the options; without it, the arguments make one."""
         if request is None:
             request = self._request(scaling_factor, shift_factor, height, width)
-        z = self.family.to_vae(self, latents.to(self.device, torch.float32), request)
+        z = latents.to(self.device, torch.float32)
+        if request.vae_input:
+            # RemoteVAE: the latent is what the pipeline hands vae.decode, and the pipeline finishes the decode
+            # itself (picks frames, resizes, clamps): vae.decode's raw output, in [0, 1] terms but unclamped.
+            out = self.vae_decode(z, tile=tile)
+            return (out / 2 + 0.5 if self.spec.output_range == "-1,1" else out).cpu()
+        z = self.family.to_vae(self, z, request)
         return self.family.decode(self, z, request, tile=tile)
 
     @torch.inference_mode()
