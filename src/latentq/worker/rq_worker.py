@@ -99,7 +99,7 @@ class DecodeWorker(SimpleWorker):
         heartbeat_interval: float = 5.0,
         previews: dict[str, LoadedModel] | None = None,
         store_attempts: int = 4,
-        url_for: Callable[[str], str] | None = None,
+        url_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._last_beat = 0.0
         queues = [ReliableQueue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
@@ -124,7 +124,9 @@ class DecodeWorker(SimpleWorker):
         self.max_wait = max(0.0, max_wait_ms) / 1000
         self.limits = limits or Limits()
         self.store_attempts = max(1, store_attempts)
-        self.url_for = url_for or store.url
+        # Result URLs in webhooks: the deployment's (latentq worker passes them); a bare local store has
+        # none (its own would be a file:// path, meaningless to the receiver).
+        self.url_for = url_for or (store.url if not store.served_by_api else (lambda key: None))
         self.heartbeat_interval = heartbeat_interval
         # Executions expire this long after the last heartbeat: the bound on noticing a dead worker.
         self.execution_ttl = int(max(10, 3 * heartbeat_interval))
