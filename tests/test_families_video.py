@@ -211,6 +211,8 @@ def _check(name: str, shape: tuple[int, ...], **options):
     ("stableaudio", (1, 64, 1024, 1), {}, "latent"),
     ("stableaudio", (1, 64, 1024), {"output_format": "png"}, "output_format"),
     ("ltx2audio", (1, 8, 126), {}, "latent"),
+    ("sd15", (1, 4, 8, 8), {"num_frames": 9}, "num_frames"),  # the generic family reads none of them
+    ("wan", (1, 16, 3, 8, 8), {"decode_chunk_size": 2}, "decode_chunk_size"),
 ])  # fmt: skip
 def test_bad_latents_and_options_name_their_field(name, shape, options, field):
     from latentq.errors import InvalidRequest

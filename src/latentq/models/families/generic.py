@@ -44,6 +44,9 @@ class GenericFamily(Family):
         return spec.has_encoder and spec.layout in ("image", "packed")
 
     def check(self, latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
+        from .videobase import check_options
+
+        check_options(spec, request, ())  # the video and audio families' options mean nothing here: refuse them
         if spec.layout in PACKED and latent.ndim == 3:
             return _check_packed(latent, spec, request)
         if latent.shape[1] != spec.latent_channels:
