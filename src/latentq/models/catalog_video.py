@@ -48,7 +48,7 @@ SPECS: tuple[ModelSpec, ...] = (
               description="LTX-2 audio VAE + its vocoder (the `vocoder` folder beside it); (B, 8, l, mel_bins) "
                           "latents as LTX2Pipeline returns them, to 24 kHz stereo wav / flac"),
     _spec("hunyuanvideo15", "hunyuanvideo15", "AutoencoderKLHunyuanVideo15",
-          "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v", 32, layout="video", spatial_factor=16,
+          "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v", 32, layout="video", spatial_factor=16,
           temporal_factor=4, dtype="bfloat16", pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
           description="HunyuanVideo 1.5 VAE (16x); (B, 32, f, h, w) latents"),
     _spec("cogvideox", "cogvideox", "AutoencoderKLCogVideoX", "THUDM/CogVideoX-5b", 16, layout="video_frames_first",
