@@ -252,7 +252,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, log_level=args.log_level.lower(),
-        store=os.environ.get("LATENTQ_STORE") or default_up_store(), state_file=True,
+        store=args.store, default_store=default_up_store(), state_file=True,
     )  # fmt: skip
     stack = Stack(options)
     with _stop_signals():
@@ -539,14 +539,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _deployment_line(client) -> str:
     """Which deployment this is and how it was found (a flag or variable, a running `latentq up`, the default)."""
-    from .config import read_up_state
+    from .config import DEFAULT_REDIS_URL, read_up_state
 
-    if os.environ.get("LATENTQ_REDIS_URL"):
-        found = "--redis-url or $LATENTQ_REDIS_URL"
-    elif (state := read_up_state()) and state.get("redis_url") == client.settings.redis_url:
+    if (state := read_up_state()) and state.get("redis_url") == client.settings.redis_url:
         found = f"latentq up, pid {state['pid']}"
-    else:
+    elif client.settings.redis_url == DEFAULT_REDIS_URL:
         found = "the default"
+    else:
+        found = "--redis-url or $LATENTQ_REDIS_URL"
     store = client.deployment.published_store()
     return (f"deployment: Redis {client.settings.redis_url} ({found}), API {client.deployment.public_url() or 'none'}, "
             f"results {store[0] if store else 'not published yet'}")

@@ -55,7 +55,8 @@ class StackOptions:
     torch_threads: int | None = None  # each worker's torch threads; None: torch's default (one per core)
     redis_url: str | None = None
     log_level: str = "warning"
-    store: str | None = None  # None: $LATENTQ_STORE, else the default; made absolute either way
+    store: str | None = None  # None: $LATENTQ_STORE, else default_store; made absolute either way
+    default_store: str = "latentq-results"
     state_file: bool = False  # write up_state_path() while up (`latentq up`; not the demo)
 
 
@@ -119,13 +120,13 @@ class Stack:
         if opts.port == 0:
             opts.port = free_port()
         # One absolute store for every process, whatever its working directory.
-        store = opts.store or os.environ.get("LATENTQ_STORE") or "latentq-results"
+        os.environ["LATENTQ_REDIS_URL"] = self.redis_url  # the workers and the API inherit these
+        configured = Settings.from_env(redis_url=self.redis_url)
+        store = opts.store or configured.store or opts.default_store
         if "://" not in store:
             store = os.path.abspath(os.path.expanduser(store))
         opts.store = os.environ["LATENTQ_STORE"] = store
-        os.environ["LATENTQ_REDIS_URL"] = self.redis_url
-        settings = Settings.from_env(redis_url=self.redis_url,
-                                     public_url=os.environ.get("LATENTQ_PUBLIC_URL") or self.api_url)  # fmt: skip
+        settings = Settings.from_env(redis_url=self.redis_url, public_url=configured.public_url or self.api_url)
         # Published before the workers start: their first webhooks already carry the API's URLs.
         connection = redis_from_url(self.redis_url)
         try:
