@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .errors import InvalidRequest
 from .netguard import WebhookPolicy
 from .spec import Limits
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "default_up_store", "read_up_state", "up_state_path",
-           "webhook_allow_from_env", "webhook_policy", "webhook_secret_from_env"]
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "api_key_from_env", "default_up_store", "faults_from_env",
+           "limits_from_env", "log_json_from_env", "models_file_from_env", "read_up_state", "s3_options_from_env",
+           "store_from_env", "up_state_path", "webhook_allow_from_env", "webhook_policy", "webhook_secret_from_env"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # The RQ job function, by dotted path: producers never import the worker.
@@ -58,7 +60,7 @@ class Settings:
             "store": env.get("LATENTQ_STORE") or None,
             "models_file": env.get("LATENTQ_MODELS") or None,
             "public_url": env.get("LATENTQ_PUBLIC_URL") or None,
-            "limits": Limits.from_env(),
+            "limits": limits_from_env(),
             "api_keys": tuple(k.strip() for k in env.get("LATENTQ_API_KEYS", "").split(",") if k.strip()),
             "webhook_allow": webhook_allow_from_env(),
             "webhook_secret": webhook_secret_from_env(),
@@ -82,6 +84,89 @@ class Settings:
     def redis_record_ttl(self) -> int:
         """RQ's result_ttl for a job: how long Redis keeps it once finished (0: deleted at once)."""
         return max(0, min(self.record_ttl, self.result_ttl))
+
+
+# --- every other reader of the environment: this module is the only one that reads it -----------------
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a number, got {raw!r}", field=name) from exc
+    if not 0 < value < float("inf"):
+        raise InvalidRequest(f"{name} must be a positive number, got {raw!r}", field=name)
+    return value
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", field=name) from exc
+
+
+def limits_from_env() -> Limits:
+    """``LATENTQ_MAX_*`` and ``LATENTQ_BODY_TIMEOUT``: the size limits (defaults: ``Limits()``)."""
+    base = Limits()
+    return Limits(
+        max_body_bytes=_env_int("LATENTQ_MAX_BODY_BYTES", base.max_body_bytes),
+        max_latent_elements=_env_int("LATENTQ_MAX_LATENT_ELEMENTS", base.max_latent_elements),
+        max_output_pixels=_env_int("LATENTQ_MAX_OUTPUT_PIXELS", base.max_output_pixels),
+        max_encode_pixels=_env_int("LATENTQ_MAX_ENCODE_PIXELS", base.max_encode_pixels),
+        max_frames=_env_int("LATENTQ_MAX_FRAMES", base.max_frames),
+        max_batch_submit=_env_int("LATENTQ_MAX_BATCH_SUBMIT", base.max_batch_submit),
+        body_timeout_s=_env_float("LATENTQ_BODY_TIMEOUT", base.body_timeout_s),
+    )
+
+
+def models_file_from_env() -> str | None:
+    """``LATENTQ_MODELS``: the models file (TOML)."""
+    return os.environ.get("LATENTQ_MODELS") or None
+
+
+def store_from_env() -> tuple[str | None, str | None]:
+    """``LATENTQ_STORE`` and ``LATENTQ_PUBLIC_URL``: this process's own store setting and public URL."""
+    return os.environ.get("LATENTQ_STORE") or None, os.environ.get("LATENTQ_PUBLIC_URL") or None
+
+
+def s3_options_from_env() -> dict[str, object]:
+    """An S3 store's endpoint, region, public base URL and presign expiry (``LATENTQ_S3_*``, ``AWS_*``).
+    Credentials are boto3's to find (its own environment variables, files, instance roles)."""
+    env = os.environ
+    options: dict[str, object] = {
+        "endpoint_url": env.get("LATENTQ_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
+        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        "public_base_url": env.get("LATENTQ_S3_PUBLIC_URL") or None,
+    }
+    if value := env.get("LATENTQ_S3_PRESIGN_EXPIRY"):
+        try:
+            options["presign_expiry"] = int(value)
+        except ValueError:
+            from .errors import ConfigError
+
+            raise ConfigError(f"LATENTQ_S3_PRESIGN_EXPIRY is not an integer: {value!r}") from None
+    return options
+
+
+def api_key_from_env() -> str | None:
+    """``LATENTQ_API_KEY``: the key the HTTP clients and ``latentq submit --api`` send."""
+    return os.environ.get("LATENTQ_API_KEY") or None
+
+
+def faults_from_env() -> dict[str, object]:
+    """``LATENTQ_FAULTS``: fault injection for tests and benchmarks (a JSON object; empty: none)."""
+    raw = os.environ.get("LATENTQ_FAULTS")
+    return dict(json.loads(raw)) if raw else {}
+
+
+def log_json_from_env() -> bool:
+    """``LATENTQ_LOG_JSON``: JSON log lines."""
+    return bool(os.environ.get("LATENTQ_LOG_JSON"))
 
 
 def webhook_allow_from_env() -> tuple[str, ...]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,29 +76,6 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be a number, got {raw!r}", field=name) from exc
-    if not 0 < value < float("inf"):
-        raise InvalidRequest(f"{name} must be a positive number, got {raw!r}", field=name)
-    return value
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"{name} must be an integer, got {raw!r}", field=name) from exc
-
-
 @dataclass(frozen=True)
 class Limits:
     """Size limits enforced by the API, the producer and again by the worker."""
@@ -113,18 +89,6 @@ class Limits:
     max_frames: int = 1024
     max_batch_submit: int = 1024
     body_timeout_s: float = 30.0  # a request body not received within this is refused (408)
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        return cls(
-            max_body_bytes=_env_int("LATENTQ_MAX_BODY_BYTES", cls.max_body_bytes),
-            max_latent_elements=_env_int("LATENTQ_MAX_LATENT_ELEMENTS", cls.max_latent_elements),
-            max_output_pixels=_env_int("LATENTQ_MAX_OUTPUT_PIXELS", cls.max_output_pixels),
-            max_encode_pixels=_env_int("LATENTQ_MAX_ENCODE_PIXELS", cls.max_encode_pixels),
-            max_frames=_env_int("LATENTQ_MAX_FRAMES", cls.max_frames),
-            max_batch_submit=_env_int("LATENTQ_MAX_BATCH_SUBMIT", cls.max_batch_submit),
-            body_timeout_s=_env_float("LATENTQ_BODY_TIMEOUT", cls.body_timeout_s),
-        )
 
 
 @dataclass(frozen=True)

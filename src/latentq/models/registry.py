@@ -18,7 +18,6 @@ Built-in specs: the families latentq started with here; the newer image families
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +159,9 @@ def _spec_from_table(name: str, table: Any, base_spec: ModelSpec | None, *, base
 def load_registry(models_file: str | Path | None = None) -> Registry:
     """Built-in models, overridden by ``models_file`` or ``$LATENTQ_MODELS``."""
     registry = Registry()
-    path = models_file or os.environ.get("LATENTQ_MODELS")
+    from ..config import models_file_from_env  # config imports spec, which must not import the registry
+
+    path = models_file or models_file_from_env()
     if path:
         registry.apply_file(path)
     return registry

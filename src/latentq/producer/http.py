@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import torch
 
+from ..config import api_key_from_env
 from ..errors import (
     InvalidLatent,
     InvalidRequest,
@@ -50,7 +50,7 @@ _ERRORS: dict[str, type[InvalidRequest]] = {
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
     """``api_key`` or ``$LATENTQ_API_KEY`` as a bearer token, when the API asks for one."""
-    key = api_key or os.environ.get("LATENTQ_API_KEY")
+    key = api_key or api_key_from_env()
     return {"authorization": f"Bearer {key}"} if key else {}
 
 

@@ -9,7 +9,6 @@ session (sessions are not thread-safe), serves every thread.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,18 +94,9 @@ class S3Store:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
             raise ConfigError(f"invalid S3 store URL {url!r}: expected s3://bucket/prefix")
-        env = os.environ
-        options: dict[str, Any] = {
-            "endpoint_url": env.get("LATENTQ_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL") or None,
-            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-            "public_base_url": env.get("LATENTQ_S3_PUBLIC_URL") or None,
-        }
-        if env.get("LATENTQ_S3_PRESIGN_EXPIRY"):
-            value = env["LATENTQ_S3_PRESIGN_EXPIRY"]
-            try:
-                options["presign_expiry"] = int(value)
-            except ValueError:
-                raise ConfigError(f"LATENTQ_S3_PRESIGN_EXPIRY is not an integer: {value!r}") from None
+        from ..config import s3_options_from_env
+
+        options: dict[str, Any] = s3_options_from_env()
         options.update(overrides)
         return cls(parts.netloc, parts.path, **options)
 

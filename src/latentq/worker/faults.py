@@ -15,8 +15,6 @@ Off unless ``LATENTQ_FAULTS`` holds a JSON object, for example
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,8 +38,9 @@ class Faults:
 
     @classmethod
     def from_env(cls) -> Faults:
-        raw = os.environ.get(FAULTS_ENV)
-        return cls(**json.loads(raw)) if raw else cls()
+        from ..config import faults_from_env
+
+        return cls(**faults_from_env())
 
     def before_decode(self, batch: int, pixels_per_sample: int, tiled: bool) -> None:
         if self.decode_delay_s:
