@@ -62,6 +62,7 @@ class Network:
         self.hosts = list(hosts)
         self.delay_ms = delay_ms
         self._namespaces: list[str] = []
+        self._links: list[str] = []
         self._bridge_made = False
         self._closed = False
 
@@ -95,6 +96,7 @@ class Network:
         _ip("netns", "add", ns)
         self._namespaces.append(ns)
         _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        self._links.append(outside)
         _ip("link", "set", inside, "netns", ns)
         _ip("link", "set", outside, "master", self.bridge)
         _ip("link", "set", outside, "up")
@@ -108,13 +110,15 @@ class Network:
                 raise NetnsUnavailable(f"tc netem delay: {done.stderr.strip() or done.returncode}")
 
     def close(self) -> None:
-        """Delete the namespaces (their veth ends go with them) and the bridge. Idempotent."""
+        """Delete the veth pairs, the namespaces and the bridge. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        for link in self._links:  # deleting one end deletes the pair, even while a process holds the namespace
+            _ip("link", "del", link, check=False)
         for ns in self._namespaces:
             _ip("netns", "del", ns, check=False)
-        self._namespaces = []
+        self._links, self._namespaces = [], []
         if self._bridge_made:
             _ip("link", "del", self.bridge, check=False)
 

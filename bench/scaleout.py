@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ class Cluster:
         self.api_proc: subprocess.Popen | None = None
         self.api_url: str | None = None
         self.workers: list[tuple[str, subprocess.Popen]] = []
+        self.producers: list[subprocess.Popen] = []
 
     def prefix(self, host: str) -> list[str]:
         """How a program is run on ``host``: in its namespace, at the chosen priority."""
@@ -184,6 +186,7 @@ class Cluster:
             return ""
 
     def close(self) -> None:
+        stop_processes(self.producers, timeout=5)
         stop_processes([proc for _, proc in self.workers], timeout=20)
         stop_processes([p for p in (self.api_proc,) if p], timeout=10)
         if self.embedded is not None:
@@ -319,7 +322,8 @@ def run_k(cluster: Cluster, k: int) -> dict[str, Any]:
     spec = {"redis_url": cluster.redis_url, "api_url": cluster.api_url, "model": SIM_MODEL, "format": a.format,
             "chunk": a.max_batch, "target": target, "duration": a.warmup + a.window + 0.5}  # fmt: skip
     stats0 = worker_stats(cluster)
-    producers, t0s = [], []
+    producers, t0s = cluster.producers, []
+    producers.clear()
     for index in range(a.producers):  # each keeps the queue at least target deep: together they do
         spec["out"] = str(cluster.work / f"produced-{k}-{index}.json")
         producers.append(subprocess.Popen(cluster.prefix("prod") + [sys.executable, __file__, "--produce", json.dumps(spec)],
@@ -455,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         produce(json.loads(args.produce))
         return 0
     exit_on_sigterm()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C cleans up even where SIGINT came ignored
     command = "python bench/scaleout.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     network, net = "loopback (127.0.0.1)", None
     if args.netns:
@@ -485,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         except NetnsUnavailable as exc:
             log(f"--netns: could not build the network ({exc})")
             return 2
+        except KeyboardInterrupt:
+            log("interrupted: processes stopped, namespaces removed")
+            return 130
         finally:
             cluster.close()
             if net is not None:
