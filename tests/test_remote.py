@@ -265,6 +265,9 @@ def test_flux1_unpacked_latents_as_the_hf_endpoint_takes_them(live):
     both = remote_decode(endpoint=url, tensor=torch.cat([small, small]), output_type="pt", partial_postprocess=True,
                          return_type="pt", **factors)  # fmt: skip
     assert both.shape == (2, H, W, 3) and np.array_equal(both[1].numpy(), pixels(png))
+    client = Client()  # submit_many splits the batch into (16, h, w) samples: still unpacked latents
+    for job in client.submit_many(torch.cat([small, small]), "flux1", output_format="png", **factors):
+        assert np.array_equal(decode_png(client.store.get(job.wait(120)[0].key)), pixels(png))
     processor = VaeImageProcessor(vae_scale_factor=8)
     picture = remote_decode(endpoint=url, tensor=small, output_type="pt", processor=processor, **factors)
     assert isinstance(picture, Image.Image) and max_diff(pixels(picture), pixels(png)) <= 1

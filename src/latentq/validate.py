@@ -37,6 +37,13 @@ def _expected(spec: ModelSpec) -> str:
     return " or ".join(shapes)
 
 
+def _unbatched(tensor: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> bool:
+    """A latent whose dimensions fit two accepted shapes: FLUX.1's (16, h, w) sample (one of a batch that
+    ``submit_many`` split) is also 3-D like packed tokens; with no image size given, C leading means unpacked."""
+    return (not request.vae_input and spec.layout == "packed" and request.height is None
+            and tensor.shape[0] == spec.latent_channels and tensor.shape[-1] != spec.packed_channels)  # fmt: skip
+
+
 def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, limits: Limits) -> torch.Tensor:
     """Return the latent with its batch dimension of 1, or raise an InvalidRequest naming the problem.
 
@@ -58,7 +65,7 @@ def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, lim
         raise InvalidRequest("preview takes the pipeline's latents, not vae_input ones", field="preview")
     tensor = check_tensor(latent, limits)
     ndims = (4, 5) if request.vae_input else spec.family_impl.latent_ndims(spec)
-    if tensor.ndim not in ndims and tensor.ndim + 1 in ndims:
+    if tensor.ndim + 1 in ndims and (tensor.ndim not in ndims or _unbatched(tensor, spec, request)):
         tensor = tensor.unsqueeze(0)
     if tensor.ndim not in ndims:
         raise InvalidLatent(
