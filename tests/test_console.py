@@ -164,7 +164,7 @@ class Offline:
         self.context = browser.new_context(viewport=VIEWPORT)
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
-        self.page.set_default_timeout(60_000)
+        self.page.set_default_timeout(120_000)  # a bound for a loaded machine, never a wait in itself
         self.page.on("request", lambda request: self.requested.append(request.url))
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
 
@@ -336,6 +336,7 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
                                            "rows => rows.map(r => [r.dataset.stage, Number(r.querySelector('[data-ms]').dataset.ms)])")  # fmt: skip
         assert [stage for stage, _ in stages] == ["waiting", "decode", "encode", "store"], stages
         assert all(ms >= 0 for _, ms in stages) and dict(stages)["decode"] > 0, stages
+        assert page.locator("#end-to-end").count() == 1  # submitted to stored: the stages and the hand-offs
         link = page.get_attribute("#result-links a", "href")
         assert httpx.get(link, timeout=30).headers["content-type"] == "image/png"
         browser.screenshot("job", tmp_path)

@@ -207,7 +207,16 @@ async function refreshGallery() {
   const jobs = [...page.jobs, ...older];
   if (!state.older.length) state.olderCursor = page.next_cursor;
   $("#more").hidden = !state.olderCursor;
-  $("#gallery").replaceChildren(...(jobs.length ? jobs.map(card) : [el("p", { class: "muted", text: "no jobs yet: drop a latent above" })]));
+  placeChildren($("#gallery"), jobs.length ? jobs.map(card) : [el("p", { class: "muted", text: "no jobs yet: drop a latent above" })]);
+}
+
+// Puts ``nodes`` in ``parent`` in order, touching only what moved: a node taken out of the page and put
+// back would reload its image, and a playing video would stop.
+function placeChildren(parent, nodes) {
+  nodes.forEach((node, index) => {
+    if (parent.children[index] !== node) parent.insertBefore(node, parent.children[index] || null);
+  });
+  while (parent.children.length > nodes.length) parent.lastElementChild.remove();
 }
 
 async function loadOlder() {
@@ -239,7 +248,15 @@ function timingSection(job) {
   return el("div", {}, bar, el("table", { id: "timings" },
     el("thead", {}, el("tr", {}, el("th", { text: "stage" }), el("th", { class: "num", text: "time" }), el("th", { class: "num", text: "share" }))),
     el("tbody", {}, rows),
-    el("tfoot", {}, el("tr", {}, el("th", { text: "total" }), el("th", { class: "num", text: fmtMs(total) }), el("th", {})))));
+    el("tfoot", {}, el("tr", {}, el("th", { text: "these stages" }), el("th", { class: "num", text: fmtMs(total) }), el("th", {})),
+      endToEnd(job))));
+}
+
+function endToEnd(job) {
+  // Submitted to stored: the stages plus the hand-offs between them (batching, the encode pool, the commit).
+  if (!job.enqueued_at || !job.ended_at) return null;
+  const ms = new Date(job.ended_at) - new Date(job.enqueued_at);
+  return el("tr", { id: "end-to-end" }, el("th", { text: "submitted to stored" }), el("th", { class: "num", text: fmtMs(ms) }), el("th", {}));
 }
 
 function renderJob(job) {
