@@ -1,6 +1,7 @@
 """diffusers pipelines with latentq's RemoteVAE (and the asynchronous queue) equal their own in-process output.
 
-Real pipelines (StableDiffusionPipeline, FluxPipeline, WanPipeline) built from tiny random components
+Real pipelines (StableDiffusionPipeline, FluxPipeline, WanPipeline, Flux2Pipeline; QwenImagePipeline and
+SanaPipeline from tests/pipelines_image.py) built from tiny random components
 (prompt embeddings instead of text encoders), saved with ``save_pretrained``; a real worker process
 serves the very VAE weights the pipeline saved (a models file pointing at ``<pipeline>/vae``). Each
 comparison runs the same call (same generator) once with the pipeline's own VAE and once through latentq:
@@ -17,10 +18,13 @@ import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderKLFlux2,
     AutoencoderKLWan,
     DDIMScheduler,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
     FluxPipeline,
     FluxTransformer2DModel,
     StableDiffusionPipeline,
@@ -86,7 +90,22 @@ def build_wan(path):
     return pipe
 
 
-BUILDERS = {"sd15": build_sd15, "flux1": build_flux1, "wan": build_wan}
+def build_flux2(path):
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                          num_attention_heads=2, joint_attention_dim=32, timestep_guidance_channels=32,
+                                          axes_dims_rope=(4, 4, 4, 4))  # fmt: skip
+    vae = AutoencoderKLFlux2.from_config(CONFIGS["flux2"])
+    # Its batch-norm statistics are weights the worker holds, RemoteVAE does not: make them matter.
+    vae.bn.running_mean.copy_(torch.randn_like(vae.bn.running_mean) * 0.5)
+    vae.bn.running_var.copy_(torch.rand_like(vae.bn.running_var) + 0.5)
+    pipe = Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)  # fmt: skip
+    pipe.vae.save_pretrained(path / "vae")
+    return pipe
+
+
+BUILDERS = {"sd15": build_sd15, "flux1": build_flux1, "wan": build_wan, "flux2": build_flux2}
 SAVED_WHOLE = ("sd15", "flux1")  # loaded again with from_pretrained, as a user's script does
 
 
@@ -123,6 +142,8 @@ def call_kwargs(name: str) -> dict:
     if name == "flux1":
         return dict(common, prompt_embeds=torch.randn(1, 7, 32, generator=g),
                     pooled_prompt_embeds=torch.randn(1, 32, generator=g), height=H, width=W)  # fmt: skip
+    if name == "flux2":
+        return dict(common, prompt_embeds=torch.randn(1, 7, 32, generator=g), height=H, width=W)
     return dict(common, prompt_embeds=torch.randn(1, 7, 32, generator=g),
                 negative_prompt_embeds=torch.randn(1, 7, 32, generator=g), height=32, width=32, num_frames=5)  # fmt: skip
 
@@ -140,7 +161,8 @@ def tiny(tmp_path, models_file) -> TinyPipelines:
     pipelines = TinyPipelines(tmp_path)
     lines = [models_file.read_text()]
     for name in BUILDERS:
-        lines.append(f'[models.{name}]\nsource = "{tmp_path / name / "vae"}"\npreview = ""\n')
+        # The pipeline's directory, as a hub repo: the built-in models name its "vae" subfolder.
+        lines.append(f'[models.{name}]\nsource = "{tmp_path / name}"\npreview = ""\n')
     models_file.write_text("\n".join(lines))
     return pipelines
 
@@ -152,7 +174,7 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
 
 @torch.no_grad()
 def test_pipelines_with_remote_vae_equal_their_own_decode(tiny, procs, env):
-    procs.worker("sd15", "flux1", "wan", extra=("--no-previews",))
+    procs.worker(*BUILDERS, extra=("--no-previews",))
     with Client() as client:
         for name in BUILDERS:
             remote = RemoteVAE(client, model=name)
@@ -191,7 +213,7 @@ def test_remote_vae_over_http_and_its_tensor_contract(tiny, procs, env):
 
 @torch.no_grad()
 def test_queue_collects_what_the_pipelines_would_have_decoded(tiny, procs, env):
-    procs.worker("sd15", "flux1", "wan", extra=("--no-previews",))
+    procs.worker(*BUILDERS, extra=("--no-previews",))
     api = procs.api()
     with Client() as client:
         for name in BUILDERS:
@@ -278,3 +300,44 @@ def test_families_added_later_work_unchanged(procs, models_file, tmp_path):
             remote = type(pipe)(**{**pipe.components, "vae": RemoteVAE(client, model=name)})
             got = (np.asarray(generate(remote, kwargs, "np")) * 255).round().astype(np.int16)
             assert_close(got, want)
+
+
+def test_remote_vae_looks_like_the_vae_it_stands_in_for(redis_url):
+    """Config, device and dtype (which follow pipe.to), and what it refuses; nothing is decoded here."""
+    vae = RemoteVAE(redis_url, model="sd15", config=CONFIGS["sd15"])  # given config: no hub look-up
+    assert isinstance(vae.client, Client) and vae.config.scaling_factor == 0.18215
+    assert vae.config.force_upcast is False and list(vae.config.block_out_channels) == [8, 8, 16, 16]
+    assert (vae.device, vae.dtype) == (torch.device("cpu"), torch.float32)
+    assert vae.to(torch.bfloat16).dtype == torch.bfloat16 and not list(vae.parameters())
+    hunyuan = RemoteVAE(vae.client, model="hunyuanvideo", config=CONFIGS["hunyuanvideo"])
+    assert hunyuan.temporal_compression_ratio == 4  # the real class's attributes the pipelines read
+    for call, field in ((lambda: vae.decode(torch.zeros(1, 4, 2, 2), torch.tensor([0.05])), "temb"),
+                        (lambda: vae.encode(torch.zeros(1, 3, 16, 16)), "encode")):  # fmt: skip
+        with pytest.raises(latentq.InvalidRequest) as caught:
+            call()
+        assert caught.value.field == field
+    with pytest.raises(latentq.InvalidRequest) as caught:
+        RemoteVAE(vae.client)
+    assert caught.value.field == "model"
+
+
+@torch.no_grad()
+def test_queue_forwards_what_the_family_reads_from_the_call(procs, models_file, tmp_path):
+    """LTX-Video: video tokens whose size only the call's num_frames, height and width tell, and a
+    timestep-conditioned decode with the call's decode_timestep and decode_noise_scale: generate() takes them all."""
+    from pipelines_video import ltxvideo
+
+    from latentq.models.registry import BUILTIN_MODELS
+
+    case = ltxvideo()
+    case.pipe.vae.save_pretrained(tmp_path / "ltx" / (BUILTIN_MODELS["ltxvideo"].subfolder or ""))
+    fields = "".join(f"{key} = {value}\n" for key, value in case.spec_fields.items())
+    models_file.write_text(models_file.read_text() + f'\n[models.ltxvideo]\nsource = "{tmp_path / "ltx"}"\n{fields}')
+    procs.worker("ltxvideo", extra=("--no-previews",))
+    want = (np.asarray(case.run("np").frames) * 255).round().astype(np.int16)
+    with Client() as client:
+        # The decode noise: latentq draws it from decode_noise_seed, the pipeline from its generator (seed 0).
+        queue = RemoteDecodeQueue(client, model="ltxvideo", output_format="frames", decode_noise_seed=0)
+        (job,) = queue.generate(case.pipe, **case.call, generator=torch.Generator().manual_seed(0))
+        frames = [np.asarray(Image.open(io.BytesIO(client.store.get(r.key)))) for r in queue.results()[0]]
+    assert_close(np.stack(frames)[None].astype(np.int16), want)

@@ -84,7 +84,7 @@ def test_remote_decode_diffusers_on_its_own_stack_and_on_a_redis(procs, env, tin
     assert "all remote_decode / remote_encode calls answered by latentq" in output
 
 
-@pytest.mark.timeout(500)
+@pytest.mark.timeout(600)
 def test_drop_in_remote_vae_on_its_own_stack_and_over_http(procs, env, tiny_models, tmp_path):
     output = run_example("drop_in_remote_vae.py", "--size", "32", "--out", str(tmp_path / "own"))
     assert "vae=RemoteVAE(model='sd15'" in output and "32x32 image" in output

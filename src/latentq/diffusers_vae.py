@@ -168,13 +168,10 @@ class RemoteVAE(ModelMixin):
         return self._anchor.dtype
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            plain = self.__dict__.get("_plain") or {}
-            if name in plain:  # the real class's plain attributes, e.g. temporal_compression_ratio
-                return plain[name]
-            raise
+        plain = self.__dict__.get("_plain") or {}
+        if name in plain:  # the real class's plain attributes, e.g. temporal_compression_ratio
+            return plain[name]
+        return super().__getattr__(name)
 
     def __repr__(self) -> str:
         return f"RemoteVAE(model={self.model!r}, class={self.description.get('class')!r})"

@@ -14,6 +14,7 @@ from the pipeline's defaults as the pipeline computes them.
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from .spec import IMAGE_FORMATS, ResultObject
 
 __all__ = ["RemoteDecodeQueue", "layout_options", "pipeline_latents", "submit_pipeline_latents"]
 
-PACKED_LAYOUTS = ("packed", "flux2")  # token layouts: the image size is not in the latent's shape
+TOKEN_LAYOUTS = ("packed", "flux2", "video_tokens")  # the image size is not in the latent's shape
 
 
 def pipeline_latents(output: Any) -> torch.Tensor:
@@ -43,18 +44,18 @@ def pipeline_latents(output: Any) -> torch.Tensor:
 
 def layout_options(pipe: Any, description: dict[str, Any], height: int | None = None,
                    width: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """The job options the model's layout needs: a packed latent's image height and width, from the call
-    or, as the pipelines compute them, ``default_sample_size * vae_scale_factor``."""
-    if description.get("layout") not in PACKED_LAYOUTS:
-        return {}
-    default = None
-    if pipe is not None and getattr(pipe, "default_sample_size", None) and getattr(pipe, "vae_scale_factor", None):
-        default = int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
-    height, width = height or default, width or default
-    if not height or not width:
-        raise InvalidRequest(f"model {description['name']} takes packed latents: give the call's height and width",
-                             field="height")  # fmt: skip
-    return {"height": int(height), "width": int(width)}
+    """The call's image height and width (the families that read them: packed tokens, SANA's binning, ...);
+    for token layouts, whose shape does not tell the size, the pipeline's default when the call gave none
+    (``default_sample_size * vae_scale_factor``, as the pipelines compute it)."""
+    if description.get("layout") in TOKEN_LAYOUTS and not (height and width):
+        default = None
+        if pipe is not None and getattr(pipe, "default_sample_size", None) and getattr(pipe, "vae_scale_factor", None):
+            default = int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
+        height, width = height or default, width or default
+        if not height or not width:
+            raise InvalidRequest(f"model {description['name']} takes {description.get('layout')} latents: give the "
+                                 "call's height and width", field="height")  # fmt: skip
+    return {name: int(value) for name, value in (("height", height), ("width", width)) if value}
 
 
 def _target(pipe: Any, client: Any, model: str | None, api_key: str | None) -> tuple[Client | HttpClient, str]:
@@ -77,10 +78,14 @@ def submit_pipeline_latents(pipe: Any, latents: Any, client: Client | HttpClient
     Returns the jobs (``Job`` or ``HttpJob``), to ``wait()`` on later.
     """
     client_, model_ = _target(pipe, client, model, api_key)
+    return _submit(pipe, latents, client_, describe_model(client_, model_), height, width, output_format, options)
+
+
+def _submit(pipe: Any, latents: Any, client: Client | HttpClient, description: dict[str, Any], height: int | None,
+            width: int | None, output_format: str, options: dict[str, Any]) -> list[Any]:  # fmt: skip
     tensor = pipeline_latents(latents).detach().to("cpu")
-    description = describe_model(client_, model_)
     extra = layout_options(pipe, description, height, width)
-    return client_.submit_many(tensor, model_, output_format=output_format, **extra, **options)
+    return client.submit_many(tensor, description["name"], output_format=output_format, **extra, **options)
 
 
 class RemoteDecodeQueue:
@@ -95,24 +100,42 @@ class RemoteDecodeQueue:
         self.timeout = float(timeout)
         self.options = options
         self.jobs: list[Any] = []
+        self._descriptions: dict[tuple[int, str], dict[str, Any]] = {}  # GET /v1/models once per client and model
 
     def submit(self, pipe: Any, latents: Any, *, height: int | None = None, width: int | None = None,
                **options: Any) -> list[Any]:  # fmt: skip
         """Queue one call's latents (``options`` add to the queue's); returns that call's jobs."""
-        jobs = submit_pipeline_latents(pipe, latents, self.client, model=self.model, height=height, width=width,
-                                       output_format=self.output_format, **{**self.options, **options})  # fmt: skip
+        client, description = self._described(pipe)
+        jobs = _submit(pipe, latents, client, description, height, width, self.output_format,
+                       {**self.options, **options})  # fmt: skip
         self.jobs.extend(jobs)
         return jobs
 
+    def _described(self, pipe: Any) -> tuple[Client | HttpClient, dict[str, Any]]:
+        """The client (the queue's, else the pipeline's RemoteVAE's, else one from the environment, kept) and
+        the model's description."""
+        if self.client is None and not isinstance(getattr(pipe, "vae", None), RemoteVAE):
+            self.client = open_client(None)
+        client, model = _target(pipe, self.client, self.model, None)
+        key = (id(client), model)
+        if key not in self._descriptions:
+            self._descriptions[key] = describe_model(client, model)
+        return client, self._descriptions[key]
+
     def generate(self, pipe: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        """Run ``pipe(*args, **kwargs)`` with ``output_type="latent"`` and queue its latents with the call's size."""
+        """Run ``pipe(*args, **kwargs)`` with ``output_type="latent"`` and queue its latents with the call's size
+        and the call's values of the options the model's family reads (``num_frames``, ``decode_timestep``, ...)."""
         kwargs["output_type"] = "latent"
         output = pipe(*args, **kwargs)
-        return self.submit(pipe, output, height=kwargs.get("height"), width=kwargs.get("width"))
+        reads = self._described(pipe)[1].get("options") or ()
+        options = {name: kwargs[name] for name in reads if kwargs.get(name) is not None}
+        return self.submit(pipe, output, height=kwargs.get("height"), width=kwargs.get("width"), **options)
 
     def results(self, timeout: float | None = None) -> list[list[ResultObject]]:
-        """Every job's result records (URL, size, ...), waiting for those not done; JobFailed / JobTimeout."""
-        return [job.wait(self.timeout if timeout is None else timeout) for job in self.jobs]
+        """Every job's result records (URL, size, ...), waiting for those not done (``timeout`` s for them all);
+        JobFailed / JobTimeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        return [job.wait(max(deadline - time.monotonic(), 0.0)) for job in self.jobs]
 
     def urls(self, timeout: float | None = None) -> list[str]:
         """The first result URL of every job."""

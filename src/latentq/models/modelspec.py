@@ -131,6 +131,7 @@ class ModelSpec:
             "has_encoder": family.has_encoder(self),
             "output_formats": self.output_formats,
             "sample_rate": family.sample_rate,
+            "options": list(getattr(family, "options", ())),  # the request options (num_frames, ...) it reads
             "pipelines": list(self.pipelines),
             "description": self.description,
         }
