@@ -40,12 +40,12 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
                                         "else the deployment's, published in Redis, else ./latentq-results)")
 
 
-def _apply_env(args: argparse.Namespace) -> None:
-    # Flags win over the environment; children (workers) inherit them.
-    for flag, env in (("redis_url", "LATENTQ_REDIS_URL"), ("store", "LATENTQ_STORE"), ("models_file", "LATENTQ_MODELS")):
-        value = getattr(args, flag, None)
-        if value:
-            os.environ[env] = str(value)
+def _apply_flags(args: argparse.Namespace) -> None:
+    # Flags win over the environment, here and in the processes this one starts (config.set_overrides).
+    from .config import set_overrides
+
+    set_overrides(redis_url=getattr(args, "redis_url", None), store=getattr(args, "store", None),
+                  models_file=getattr(args, "models_file", None))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -571,8 +571,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, json_lines=bool(args.log_json or os.environ.get("LATENTQ_LOG_JSON")))
-    _apply_env(args)
+    from .config import log_json_from_env
+
+    configure_logging(args.log_level, json_lines=bool(args.log_json or log_json_from_env()))
+    _apply_flags(args)
     from .errors import LatentqError
 
     try:

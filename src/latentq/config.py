@@ -1,4 +1,9 @@
-"""Settings read from the environment (flags on the command line override them)."""
+"""Settings read from the environment (flags on the command line override them).
+
+This module is the only one that reads the environment. Command-line flags do not write it either:
+``set_overrides`` records them here, every reader below sees them, and ``child_environment`` hands
+them to the processes latentq starts (workers under ``latentq up``).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,38 @@ from .netguard import WebhookPolicy
 from .spec import Limits
 
 __all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "api_key_from_env", "default_up_store", "faults_from_env",
-           "limits_from_env", "log_json_from_env", "models_file_from_env", "read_up_state", "s3_options_from_env",
+           "child_environment", "limits_from_env", "log_json_from_env", "models_file_from_env", "read_up_state",
+           "redis_url_from_env", "s3_options_from_env", "set_overrides",
            "store_from_env", "up_state_path", "webhook_allow_from_env", "webhook_policy", "webhook_secret_from_env"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# This process's command-line flags, by the variable they stand for (see set_overrides).
+_OVERRIDES: dict[str, str] = {}
+OVERRIDABLE = ("LATENTQ_REDIS_URL", "LATENTQ_STORE", "LATENTQ_MODELS", "LATENTQ_PUBLIC_URL")
+
+
+def _get(name: str, default: str | None = None) -> str | None:
+    return _OVERRIDES.get(name) or os.environ.get(name, default)
+
+
+def set_overrides(**values: object) -> None:
+    """Flags that win over the environment for this process and the processes it starts:
+    ``redis_url``, ``store``, ``models_file``, ``public_url`` (None: leave as is)."""
+    names = {"redis_url": "LATENTQ_REDIS_URL", "store": "LATENTQ_STORE", "models_file": "LATENTQ_MODELS",
+             "public_url": "LATENTQ_PUBLIC_URL"}  # fmt: skip
+    for field_name, value in values.items():
+        if value:
+            _OVERRIDES[names[field_name]] = str(value)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a process latentq starts: this one's, with its flags applied."""
+    return {**os.environ, **_OVERRIDES}
+
+
+def redis_url_from_env() -> str | None:
+    """``--redis-url`` or ``LATENTQ_REDIS_URL``, when one is given (else None: see ``Settings.from_env``)."""
+    return _get("LATENTQ_REDIS_URL") or None
 # The RQ job function, by dotted path: producers never import the worker.
 TASK_FUNCTION = "latentq.worker.tasks.decode_job"
 
@@ -51,7 +84,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        env = os.environ
+        env = {**os.environ, **_OVERRIDES}
         values: dict[str, object] = {
             # Explicit settings win; else a running `latentq up` on this machine (its state file).
             "redis_url": env.get("LATENTQ_REDIS_URL")
@@ -126,12 +159,12 @@ def limits_from_env() -> Limits:
 
 def models_file_from_env() -> str | None:
     """``LATENTQ_MODELS``: the models file (TOML)."""
-    return os.environ.get("LATENTQ_MODELS") or None
+    return _get("LATENTQ_MODELS") or None
 
 
 def store_from_env() -> tuple[str | None, str | None]:
     """``LATENTQ_STORE`` and ``LATENTQ_PUBLIC_URL``: this process's own store setting and public URL."""
-    return os.environ.get("LATENTQ_STORE") or None, os.environ.get("LATENTQ_PUBLIC_URL") or None
+    return _get("LATENTQ_STORE") or None, _get("LATENTQ_PUBLIC_URL") or None
 
 
 def s3_options_from_env() -> dict[str, object]:

@@ -32,7 +32,7 @@ from redis import Redis
 from rq import Queue, Worker
 
 from . import keys
-from .config import Settings, up_state_path
+from .config import Settings, child_environment, redis_url_from_env, set_overrides, up_state_path
 from .connection import REDIS_DOWN, redis_from_url
 from .deployment import Deployment
 from .redis_server import EmbeddedRedis, free_port
@@ -95,7 +95,7 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.redis: EmbeddedRedis | None = None
-        self.redis_url = options.redis_url or os.environ.get("LATENTQ_REDIS_URL") or None
+        self.redis_url = options.redis_url or redis_url_from_env()
         self.workers: list[subprocess.Popen] = []
         self.restarts = 0  # workers started again after they exited
         self.server: uvicorn.Server | None = None
@@ -120,12 +120,13 @@ class Stack:
         if opts.port == 0:
             opts.port = free_port()
         # One absolute store for every process, whatever its working directory.
-        os.environ["LATENTQ_REDIS_URL"] = self.redis_url  # the workers and the API inherit these
+        set_overrides(redis_url=self.redis_url)  # the workers and this process's API and Client use these
         configured = Settings.from_env(redis_url=self.redis_url)
         store = opts.store or configured.store or opts.default_store
         if "://" not in store:
             store = os.path.abspath(os.path.expanduser(store))
-        opts.store = os.environ["LATENTQ_STORE"] = store
+        opts.store = store
+        set_overrides(store=store)
         settings = Settings.from_env(redis_url=self.redis_url, public_url=configured.public_url or self.api_url)
         # Published before the workers start: their first webhooks already carry the API's URLs.
         connection = redis_from_url(self.redis_url)
@@ -135,7 +136,7 @@ class Stack:
             deployment.publish_store(deployment.open_store())
         finally:
             connection.close()
-        self._env = dict(os.environ)
+        self._env = child_environment()
         args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
                 "--max-wait-ms", str(opts.max_wait_ms), "--heartbeat-interval", str(opts.heartbeat_interval)]  # fmt: skip
         if opts.max_batch is not None:
