@@ -121,6 +121,8 @@ def test_video_and_audio_families_match_their_pipelines(procs, references):
     # The same worker, through the API's diffusers protocol.
     _check_hf_protocol(procs.api(), references)
     _check_wan22_encode(client, references["wan22"][0])
+    _check_video_encoders(client, references)
+    _check_hf_encode(procs.api(), client, references["hunyuanvideo15"][0])
 
 
 def _check_wan22_encode(client: Client, case) -> None:
@@ -137,6 +139,78 @@ def _check_wan22_encode(client: Client, case) -> None:
     got = st_load(client.store.get(result.key))["latent"]
     assert got.shape == expected.shape == (1, 48, 1, 2, 4)
     assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+
+
+def _image(height: int = 32, width: int = 64) -> torch.Tensor:
+    """An RGB image in [0, 1] that a PNG holds exactly (uint8 / 255)."""
+    return torch.randint(0, 256, (1, 3, height, width), generator=torch.Generator().manual_seed(4)) / 255.0
+
+
+def _expected_encodes(references: dict, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What each family's image-to-video pipeline conditions on; the posterior's mode where it samples."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline, LTXImageToVideoPipeline
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor
+    from PIL import Image
+
+    video = (2.0 * image - 1.0).unsqueeze(2)  # VideoProcessor.preprocess: [-1, 1], one frame
+    vaes = {name: references[name][0].pipe.vae for name in references}
+    expected = {}
+    with torch.no_grad():
+        vae = vaes["ltxvideo"]  # LTXImageToVideoPipeline.prepare_latents, mode for its sample
+        z = LTXImageToVideoPipeline._normalize_latents(vae.encode(video).latent_dist.mode(), vae.latents_mean,
+                                                       vae.latents_std)  # fmt: skip
+        expected["ltxvideo"] = LTXImageToVideoPipeline._pack_latents(z, 1, 1)
+        vae = vaes["hunyuanvideo15"]  # the pipeline's own helper, from the PNG's pixels (argmax: deterministic)
+        pil = Image.fromarray((image[0] * 255).round().byte().permute(1, 2, 0).numpy())
+        processor = HunyuanVideo15ImageProcessor(vae_scale_factor=vae.spatial_compression_ratio)
+        expected["hunyuanvideo15"] = HunyuanVideo15ImageToVideoPipeline._get_image_latents(
+            vae, processor, pil, image.shape[2], image.shape[3], torch.device("cpu"))
+        vae = vaes["cogvideox"]  # CogVideoXImageToVideoPipeline.prepare_latents, mode for its sample
+        expected["cogvideox"] = vae.encode(video).latent_dist.mode().permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
+        vae = vaes["mochi"]  # no I2V pipeline: the inverse of MochiPipeline's decode step, on the mode
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        expected["mochi"] = (vae.encode(video).latent_dist.mode() - mean) * vae.config.scaling_factor / std
+        vae = vaes["easyanimate"]  # EasyAnimateInpaintPipeline.prepare_mask_latents
+        expected["easyanimate"] = vae.encode(video)[0].mode() * vae.config.scaling_factor
+        pipe = references["svd"][0].pipe  # StableVideoDiffusionPipeline._encode_vae_image, one frame of F
+        expected["svd"] = pipe._encode_vae_image(2.0 * image - 1.0, "cpu", 1, False).unsqueeze(1)
+    return expected
+
+
+def _check_video_encoders(client: Client, references: dict) -> None:
+    image = _image()
+    expected = _expected_encodes(references, image)
+    jobs = {name: client.submit_encode(image, name) for name in expected}
+    failures = {}
+    for name, job in jobs.items():
+        (result,) = job.wait(timeout=120)
+        got = st_load(client.store.get(result.key))["latent"]
+        if got.shape != expected[name].shape:
+            failures[name] = f"shape {tuple(got.shape)} != {tuple(expected[name].shape)}"
+        elif not torch.allclose(got, expected[name], atol=1e-4):
+            failures[name] = f"max abs difference {float((got - expected[name]).abs().max())}"
+    assert not failures, failures
+    # allegro's tiled encoder takes clips of at least its sample_frames: no image encoder
+    assert not client.registry.get("allegro").offers_encoder
+
+
+def _check_hf_encode(api: str, client: Client, case) -> None:
+    """POST /v1/models/{model}/encode with a PNG, for a video family: the encode job's latent, as bytes."""
+    import httpx
+    from PIL import Image
+
+    image = _image()
+    png = io.BytesIO()
+    Image.fromarray((image[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(png, format="PNG")
+    reply = httpx.post(f"{api}/v1/models/hunyuanvideo15/encode", content=png.getvalue(),
+                       headers={"content-type": "image/png"}, timeout=120)  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    shape = [int(d) for d in json.loads(reply.headers["shape"])]
+    got = torch.from_numpy(np.frombuffer(reply.content, np.float32).reshape(shape).copy())
+    (result,) = client.submit_encode(image, "hunyuanvideo15").wait(timeout=120)
+    assert torch.equal(got, st_load(client.store.get(result.key))["latent"])
+    assert tuple(got.shape) == (1, 4, 1, 8, 16)
 
 
 def _check_hf_protocol(api: str, references: dict) -> None:

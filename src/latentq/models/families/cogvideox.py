@@ -4,6 +4,11 @@ CogVideoXPipeline after denoising: ``latents[:, additional_frames:]`` (CogVideoX
 frames to a multiple of the transformer's ``patch_size_t``; ``num_frames``, the video's frames, tells
 how many), then ``decode_latents``: ``permute(0, 2, 1, 3, 4)``, ``1 / scaling_factor * latents``,
 ``vae.decode``; ``postprocess_video``.
+
+Encode: an image as CogVideoXImageToVideoPipeline's ``prepare_latents`` conditions on it: a one-frame
+video, frames-first, ``* scaling_factor`` (``/`` where the config has ``invert_scale_latents``):
+(B, 1, 16, h, w), before the pipeline's zero padding frames. The pipeline samples the posterior; here it
+is the MODE, the distribution's centre: deterministic.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...errors import InvalidRequest
-from .videobase import VideoFamily, scaling_of
+from .videobase import VideoFamily, encode_mode, scaling_of
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -46,6 +51,13 @@ class CogVideoXFamily(VideoFamily):
         latents = latents[:, self.padding(model.spec, latents.shape[1], request) :]
         latents = latents.permute(0, 2, 1, 3, 4)
         return 1 / scaling_of(model, request) * latents
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        latents = encode_mode(model, images).permute(0, 2, 1, 3, 4)
+        scaling = model.module.config.scaling_factor
+        if model.module.config.invert_scale_latents:  # CogVideoX 1.5's checkpoints, as the pipeline has it
+            return (latents / scaling).cpu()
+        return (latents * scaling).cpu()
 
 
 FAMILY = CogVideoXFamily()

@@ -2,6 +2,9 @@
 
 HunyuanVideo15Pipeline after denoising: ``latents / vae.config.scaling_factor``, ``vae.decode``,
 ``postprocess_video``.
+
+Encode: an image as HunyuanVideo15ImageToVideoPipeline's ``_get_image_latents`` conditions on it: a
+one-frame video, the posterior's mode (``sample_mode="argmax"``), ``* scaling_factor``: (B, 32, 1, h, w).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .videobase import VideoFamily, scaling_of
+from .videobase import VideoFamily, encode_mode, scaling_of
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -25,6 +28,9 @@ class HunyuanVideo15Family(VideoFamily):
     def to_vae(self, model: LoadedModel, latents: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
         scaling = scaling_of(model, request)
         return latents / scaling
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        return (encode_mode(model, images) * model.module.config.scaling_factor).cpu()
 
 
 FAMILY = HunyuanVideo15Family()

@@ -10,6 +10,11 @@ with a timestep-conditioned decoder (0.9.1 on), noise mixed in,
 The noise is the next draw of the pipeline's generator; here it is ``torch.randn`` from a CPU generator
 seeded with ``decode_noise_seed``: what the pipeline draws when it is handed the latents (``latents=``)
 and a fresh generator of that seed.
+
+Encode: an image as LTXImageToVideoPipeline's ``prepare_latents`` conditions on it (a one-frame video,
+``_normalize_latents`` with its default scaling of 1, packed): (B, h*w, 128) tokens, one latent frame
+(decode them with num_frames 1). The pipeline samples the posterior (``retrieve_latents`` with its
+generator); here it is the MODE, the distribution's centre: deterministic.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 
 from ...errors import InvalidLatent, InvalidRequest
 from ...layouts import OutputGeometry
-from .videobase import VideoFamily, check_options, pipeline_noise, scaling_of, to_video01, vae_call
+from .videobase import VideoFamily, check_options, encode_mode, pipeline_noise, scaling_of, to_video01, vae_call
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -92,6 +97,14 @@ class LTXVideoFamily(VideoFamily):
             return to_video01(vae_call(model, z, tile=tile))
         timestep = torch.full((z.shape[0],), self._timestep(request), dtype=torch.float32)
         return to_video01(vae_call(model, z, tile=tile, temb=timestep))
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        latents = encode_mode(model, images)
+        module = model.module
+        mean = module.latents_mean.view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
+        std = module.latents_std.view(1, -1, 1, 1, 1).to(latents.device, latents.dtype)
+        latents = (latents - mean) / std  # _normalize_latents(scaling_factor=1.0), as the I2V pipeline calls it
+        return latents.flatten(2).transpose(1, 2).cpu()  # _pack_latents with patch sizes 1: (B, f*h*w, C)
 
 
 FAMILY = LTXVideoFamily()

@@ -3,6 +3,10 @@
 MochiPipeline after denoising: with ``latents_mean`` / ``latents_std`` in the VAE config,
 ``latents * std / scaling_factor + mean`` per channel, else ``latents / scaling_factor``; ``vae.decode``;
 ``postprocess_video``.
+
+Encode (no image-to-video pipeline in diffusers): an image as a one-frame video, the posterior's MODE
+(deterministic, the distribution's centre), normalised as the inverse of the decode step:
+``(z - mean) * scaling_factor / std`` (``z * scaling_factor`` without statistics): (B, 12, 1, h, w).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .videobase import VideoFamily, scaling_of
+from .videobase import VideoFamily, encode_mode, scaling_of
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -32,6 +36,17 @@ class MochiFamily(VideoFamily):
             std = torch.tensor(std).view(1, channels, 1, 1, 1).to(latents.device, latents.dtype)
             return latents * std / scaling_of(model, request) + mean
         return latents / scaling_of(model, request)
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        latents = encode_mode(model, images)
+        config = model.module.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            channels = latents.shape[1]
+            mean = torch.tensor(mean).view(1, channels, 1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, channels, 1, 1, 1).to(latents.device, latents.dtype)
+            return ((latents - mean) * config.scaling_factor / std).cpu()
+        return (latents * config.scaling_factor).cpu()
 
 
 FAMILY = MochiFamily()

@@ -4,6 +4,11 @@ StableVideoDiffusionPipeline.decode_latents: flatten batch and frames, ``1 / sca
 decode ``decode_chunk_size`` frames at a time (the temporal decoder mixes the frames of one call, so the
 chunking changes the pixels; the pipeline's default is all frames at once), ``num_frames`` per call,
 back to (B, 3, F, H, W); ``postprocess_video``.
+
+Encode: the image latents StableVideoDiffusionPipeline's ``_encode_vae_image`` conditions on: its 2-D
+encoder's mode, NOT scaled (the pipeline conditions on them unscaled), without the pipeline's
+``noise_aug_strength`` noise (random; add it to the image first to match a run): frames-first
+(B, 1, 4, h, w), the one frame the pipeline repeats ``num_frames`` times.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .videobase import VideoFamily, scaling_of, to_video01, vae_call
+from .videobase import VideoFamily, encode_mode, scaling_of, to_video01, vae_call
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -42,6 +47,9 @@ class SVDFamily(VideoFamily):
                       for i in range(0, num_frames, chunk)]  # fmt: skip
             videos.append(torch.cat(frames))
         return to_video01(torch.stack(videos).permute(0, 2, 1, 3, 4))
+
+    def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+        return encode_mode(model, images, as_video=False).unsqueeze(1).cpu()
 
 
 FAMILY = SVDFamily()

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
-__all__ = ["FAMILY_OPTIONS", "VideoFamily", "check_options", "pipeline_noise", "scaling_of", "to_video01", "vae_call"]
+__all__ = ["FAMILY_OPTIONS", "VideoFamily", "check_options", "encode_mode", "pipeline_noise", "scaling_of", "to_video01",
+           "vae_call"]
 
 # DecodeRequest fields that only some families read; a model refuses those its family does not take.
 FAMILY_OPTIONS = ("num_frames", "decode_timestep", "decode_noise_scale", "decode_noise_seed", "decode_chunk_size",
@@ -46,6 +47,20 @@ def vae_call(model: LoadedModel, z: torch.Tensor, *, tile: bool, **kwargs: Any) 
             module.use_slicing = tile and z.shape[0] > 1
         out = module.decode(z, **kwargs, return_dict=False)[0]
     return out.float()
+
+
+def encode_mode(model: LoadedModel, images: torch.Tensor, *, as_video: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> the posterior's mode, float32 on the model's device: the image normalised to
+    [-1, 1] as VideoProcessor.preprocess leaves it, a one-frame video (B, 3, 1, H, W) unless ``as_video`` is
+    False (SVD's 2-D encoder). Untiled: the pipelines encode one image whole."""
+    module = model.module
+    x = (2.0 * images - 1.0).to(model.device, model.dtype)
+    if as_video:
+        x = x.unsqueeze(2)
+    with model.lock, torch.inference_mode():
+        if hasattr(module, "use_tiling"):
+            module.use_tiling = False
+        return module.encode(x, return_dict=False)[0].mode().float()
 
 
 def pipeline_noise(shape: tuple[int, ...], seed: int | None) -> torch.Tensor:
@@ -95,6 +110,10 @@ class VideoFamily(Family):
         frames = latent.shape[1] if self.frames_first else latent.shape[2]
         return OutputGeometry(latent.shape[-1] * spec.spatial_factor, latent.shape[-2] * spec.spatial_factor,
                               self.decoded_frames(spec, frames, request))  # fmt: skip
+
+    def has_encoder(self, spec: ModelSpec) -> bool:
+        # a family that overrides ``encode`` offers it where the spec says the class has one
+        return spec.has_encoder and type(self).encode is not Family.encode
 
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> torch.Tensor:
         return to_video01(vae_call(model, z, tile=tile))
