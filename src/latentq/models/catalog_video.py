@@ -36,7 +36,8 @@ SPECS: tuple[ModelSpec, ...] = (
           spatial_factor=32, temporal_factor=8, dtype="bfloat16",
           has_encoder=True, pipelines=("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
           description="LTX-Video VAE; packed (B, f*h*w, 128) tokens with num_frames, height and width; "
-                      "decode_timestep, decode_noise_scale, decode_noise_seed"),
+                      "decode_timestep, decode_noise_scale, decode_noise_seed; encodes an image as LTXImageToVideoPipeline "
+                      "conditions on it (mode), (B, h*w, 128)"),
     _spec("ltx2", "ltx2", "AutoencoderKLLTX2Video", "Lightricks/LTX-2", 128, layout="video", spatial_factor=32,
           temporal_factor=8, dtype="bfloat16",
           pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
@@ -50,27 +51,32 @@ SPECS: tuple[ModelSpec, ...] = (
     _spec("hunyuanvideo15", "hunyuanvideo15", "AutoencoderKLHunyuanVideo15",
           "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v", 32, layout="video", spatial_factor=16,
           temporal_factor=4, dtype="bfloat16", has_encoder=True, pipelines=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
-          description="HunyuanVideo 1.5 VAE (16x); (B, 32, f, h, w) latents"),
+          description="HunyuanVideo 1.5 VAE (16x); (B, 32, f, h, w) latents; encodes an image as its I2V pipeline "
+                      "conditions on it, (B, 32, 1, h, w)"),
     _spec("cogvideox", "cogvideox", "AutoencoderKLCogVideoX", "THUDM/CogVideoX-5b", 16, layout="video_frames_first",
           scaling_factor=0.7, temporal_factor=4, dtype="bfloat16",
           has_encoder=True, pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline"),
           description="CogVideoX VAE; frames-first (B, f, 16, h, w) latents; num_frames drops CogVideoX 1.5's "
-                      "padding frames"),
+                      "padding frames; encodes an image as CogVideoXImageToVideoPipeline conditions on it (mode), "
+                      "(B, 1, 16, h, w)"),
     _spec("mochi", "mochi", "AutoencoderKLMochi", "genmo/mochi-1-preview", 12, layout="video", temporal_factor=6,
           dtype="bfloat16", has_encoder=True, pipelines=("MochiPipeline",),
-          description="Mochi 1 VAE (6x temporal); (B, 12, f, h, w) latents, latents_mean/std from its config"),
+          description="Mochi 1 VAE (6x temporal); (B, 12, f, h, w) latents, latents_mean/std from its config; encodes an image "
+                      "(mode, normalised), (B, 12, 1, h, w)"),
     _spec("svd", "svd", "AutoencoderKLTemporalDecoder", "stabilityai/stable-video-diffusion-img2vid-xt", 4,
           layout="video_frames_first", scaling_factor=0.18215, temporal_factor=1, dtype="float16",
           has_encoder=True, pipelines=("StableVideoDiffusionPipeline",),
           description="Stable Video Diffusion temporal decoder; frames-first (B, f, 4, h, w) latents; "
-                      "decode_chunk_size"),
+                      "decode_chunk_size; encodes an image as the pipeline conditions on it (unscaled), "
+                      "(B, 1, 4, h, w)"),
     _spec("allegro", "allegro", "AutoencoderKLAllegro", "rhymes-ai/Allegro", 4, layout="video", scaling_factor=0.13,
           temporal_factor=4, dtype="float32", pipelines=("AllegroPipeline",),
           description="Allegro VAE (always tiled); (B, 4, f, h, w) latents; num_frames, height, width crop"),
     _spec("easyanimate", "easyanimate", "AutoencoderKLMagvit", "alibaba-pai/EasyAnimateV5.1-7b-zh-diffusers", 16,
           layout="video", scaling_factor=0.7125, temporal_factor=4, dtype="bfloat16",
           has_encoder=True, pipelines=("EasyAnimatePipeline", "EasyAnimateControlPipeline", "EasyAnimateInpaintPipeline"),
-          description="EasyAnimate MagViT VAE; (B, 16, f, h, w) latents"),
+          description="EasyAnimate MagViT VAE; (B, 16, f, h, w) latents; encodes an image as its inpaint / control "
+                      "pipelines do, (B, 16, 1, h, w)"),
     _spec("stableaudio", "stableaudio", "AutoencoderOobleck", "stabilityai/stable-audio-open-1.0", 64,
           layout="audio", temporal_factor=2048, dtype="float16", pipelines=("StableAudioPipeline",),
           description="Stable Audio Open VAE; (B, 64, l) latents to 44.1 kHz stereo wav / flac; "
