@@ -307,8 +307,12 @@ def decode_latent(client: Client, latent: torch.Tensor, model: str, *, timeout: 
 # --- encode -------------------------------------------------------------------------------
 def _rescale(latent: torch.Tensor, spec: ModelSpec, scaling_factor: float | None,
              shift_factor: float | None) -> torch.Tensor:  # fmt: skip
-    """Our encode jobs return the model's scaled latent; the protocol scales only by what was passed."""
-    if spec.normalization != "scale_shift":
+    """Our encode jobs return the model's scaled latent; the protocol scales only by what was passed.
+
+    A family with an encoder of its own (``spec.family``) returns what its pipeline conditions on
+    (some scaled, some not, some normalised by statistics): that is answered as it is.
+    """
+    if spec.normalization != "scale_shift" or spec.family is not None:
         return latent
     scale = 1.0 if scaling_factor is None else float(scaling_factor)
     shift = 0.0 if shift_factor is None else float(shift_factor)
