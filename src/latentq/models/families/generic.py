@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
-__all__ = ["FAMILY", "GenericFamily"]
+__all__ = ["FAMILY", "GenericFamily", "encode_scaled"]
 
 PACKED = ("packed", "flux2")
 
@@ -92,6 +92,16 @@ class GenericFamily(Family):
         if spec.normalization != "scale_shift":
             return z.cpu()
         return ((z - spec.shift_factor) * spec.scaling_factor).cpu()
+
+
+@torch.inference_mode()
+def encode_scaled(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """A deterministic encoder's output (``encode(...)[0]``, no distribution) times the scaling factor:
+    the VAEs whose ``encode`` returns the latent itself (DC-AE, VQ)."""
+    x = images.to(model.device, model.dtype) * 2 - 1
+    with model.lock:
+        z = model.module.encode(x, return_dict=False)[0].float()
+    return (z * model.spec.scaling_factor).cpu()
 
 
 def unscale(model: LoadedModel, latents: torch.Tensor, scaling_factor: float | None = None,

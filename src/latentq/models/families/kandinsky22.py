@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .generic import GenericFamily
+from .generic import GenericFamily, encode_scaled
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -32,12 +32,8 @@ class KandinskyFamily(GenericFamily):
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> torch.Tensor:
         return model.decode_vae(z, tile=tile, force_not_quantize=True)
 
-    @torch.inference_mode()
     def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(model.device, model.dtype) * 2 - 1
-        with model.lock:
-            z = model.module.encode(x, return_dict=False)[0].float()
-        return (z * model.spec.scaling_factor).cpu()
+        return encode_scaled(model, images)
 
 
 FAMILY = KandinskyFamily()

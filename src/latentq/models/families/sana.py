@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ...errors import InvalidRequest
 from ...layouts import OutputGeometry
-from .generic import GenericFamily
+from .generic import GenericFamily, encode_scaled
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -63,12 +63,8 @@ class SanaFamily(GenericFamily):
             image = resize_and_crop(image, request.width, request.height)  # on the raw [-1, 1] output
         return model.to_unit(image)
 
-    @torch.inference_mode()
     def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(model.device, model.dtype) * 2 - 1
-        with model.lock:
-            z = model.module.encode(x, return_dict=False)[0].float()
-        return (z * model.spec.scaling_factor).cpu()
+        return encode_scaled(model, images)
 
 
 FAMILY = SanaFamily()
