@@ -15,7 +15,8 @@ from latentq.demo import load_image, psnr
 from latentq.models.loader import LoadedModel, load_model, to_uint8
 from latentq.models.registry import load_registry
 
-__all__ = ["decode_png", "photo_latent", "psnr", "reference_pixels", "taef2", "wait_until"]
+__all__ = ["decode_png", "fetch_while_fresh", "photo_latent", "psnr", "reference_pixels", "taef2",
+           "wait_until", "wait_until_expired"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,6 +50,46 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+# ---------------------------------------------------------------- presigned URLs with a 1 s expiry
+# SigV4 URLs carry their signing second (X-Amz-Date) and lifetime (X-Amz-Expires): the tests read
+# both from the URL and wait on them, instead of sleeping a margin that a busy machine can overrun.
+
+
+def presigned_window(url: str) -> tuple[float, int]:
+    """(the epoch second the URL was signed in, its lifetime in seconds), read from its query."""
+    import calendar
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    signed = calendar.timegm(time.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+    return float(signed), int(query["X-Amz-Expires"][0])
+
+
+def fetch_while_fresh(make_url, attempts: int = 30):
+    """Sign a URL and fetch it at once, until one fetch lands inside its (short) lifetime.
+
+    Returns (url, response). A fetch that comes too late must be refused as *expired* (anything else,
+    e.g. a signature mismatch, fails at once): so a slow machine costs attempts, never a wrong verdict.
+    """
+    import httpx
+
+    for _ in range(attempts):
+        time.sleep(1.02 - time.time() % 1)  # sign just after a second starts: the most of the window
+        url = make_url()
+        response = httpx.get(url, timeout=10)
+        if response.status_code == 200:
+            return url, response
+        assert response.status_code == 403 and b"expired" in response.content, response.text
+    raise TimeoutError(f"no fetch landed within the URL's lifetime in {attempts} attempts")
+
+
+def wait_until_expired(url: str) -> None:
+    """Sleep until the server's clock (whole seconds, as ours here) is past the URL's expiry."""
+    signed, lifetime = presigned_window(url)
+    while (remaining := signed + lifetime + 1.05 - time.time()) > 0:
+        time.sleep(remaining)
 
 
 assert psnr

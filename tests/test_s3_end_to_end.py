@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 import torch
 from conftest import S3RVER_CREDENTIALS, use_s3_store
+from helpers import fetch_while_fresh, presigned_window, wait_until_expired
 
 from latentq.store.base import make_key
 from latentq.wire import latent_to_bytes
@@ -84,14 +83,8 @@ def test_an_expired_presigned_url_is_refused(s3_env, procs, monkeypatch):
     api = procs.api()
     status_url = f"{api}/v1/jobs/{decoded(api)['id']}"
 
-    for _ in range(3):  # X-Amz-Date has whole seconds: ask just after one starts, then fetch at once
-        time.sleep(1.02 - time.time() % 1)
-        url = httpx.get(status_url).json()["results"][0]["url"]
-        fresh = httpx.get(url, timeout=5)
-        if fresh.status_code == 200:
-            break
-    assert fresh.status_code == 200, fresh.text
-    assert "X-Amz-Expires=1&" in url or url.endswith("X-Amz-Expires=1")
-    time.sleep(2.2)
-    late = httpx.get(url, timeout=5)
+    url, _ = fetch_while_fresh(lambda: httpx.get(status_url, timeout=30).json()["results"][0]["url"])
+    assert presigned_window(url)[1] == 1
+    wait_until_expired(url)
+    late = httpx.get(url, timeout=10)
     assert late.status_code == 403 and b"expired" in late.content

@@ -9,7 +9,6 @@ signature ("Signature version 4 calculation is unimplemented" in its authenticat
 from __future__ import annotations
 
 import concurrent.futures
-import time
 import uuid
 
 import httpx
@@ -19,6 +18,7 @@ boto3 = pytest.importorskip("boto3")
 
 # The servers' fixtures (moto_endpoint, s3rver_endpoint) live in conftest.py, shared with the end-to-end tests.
 from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
+from helpers import fetch_while_fresh, wait_until_expired  # noqa: E402
 
 from latentq.errors import ConfigError, StoreError  # noqa: E402
 from latentq.redis_server import free_port  # noqa: E402
@@ -220,12 +220,10 @@ def test_expired_presigned_url_is_refused(s3rver_endpoint):
     store.ensure_bucket()
     key = make_key("job-8", "png")
     store.put(key, PNG, "image/png")
-    time.sleep(1.02 - time.time() % 1)  # X-Amz-Date has whole seconds: sign just after one starts
-    url = store.url(key)
-    first = httpx.get(url, timeout=5)
-    assert first.status_code == 200 and first.content == PNG
-    time.sleep(2.2)
-    late = httpx.get(url, timeout=5)
+    url, first = fetch_while_fresh(lambda: store.url(key))
+    assert first.content == PNG
+    wait_until_expired(url)
+    late = httpx.get(url, timeout=10)
     assert late.status_code == 403
     assert b"expired" in late.content
 
