@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="each worker's torch threads (default: cores / workers, at least 1)")
     up.add_argument("--host", default="127.0.0.1", help="API address to listen on (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000; 0: a free one)")
-    up.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    up.add_argument("--device", default="cpu",
+                    help="cpu, cuda, cuda:N, or cuda:all (--workers worker processes on each visible GPU)")
     up.add_argument("--max-batch", type=int, help="workers' --max-batch (default: the device's)")
     up.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="workers' --max-wait-ms: how long a burst's batch may wait to fill (default 5)")
@@ -75,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="a decode worker: loads its models once, batches jobs per model")
     worker.add_argument("--model", action="append", dest="models", help="model to serve (repeat; default taef2)")
-    worker.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    worker.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:N, or cuda:all: one worker process per visible GPU, each with all the models")
+    worker.add_argument("--model-memory-budget", metavar="SIZE",
+                        help="memory the models may hold on the device, e.g. 20GiB or 800MiB: the least recently "
+                             "used are evicted to load another, and reloaded on demand (default: no budget, "
+                             "every model loaded once and kept)")  # fmt: skip
     worker.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="override the models' dtype")
     worker.add_argument("--max-batch", type=int,
                         help="most jobs in one decode call (default 8 on a GPU, 32 on a CPU)")  # fmt: skip
@@ -143,6 +149,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_devices(device: str) -> list[str]:
+    """``--device``'s value -> the devices to run one worker process on each: ``cuda:all`` is every visible GPU."""
+    if device != "cuda:all":
+        return [device]
+    import torch
+
+    from .errors import ConfigError
+
+    count = torch.cuda.device_count()
+    if count < 1:
+        raise ConfigError("--device cuda:all: no CUDA device is visible (torch.cuda.device_count() is 0); "
+                          "use --device cpu, or check CUDA_VISIBLE_DEVICES and the driver")  # fmt: skip
+    return [f"cuda:{index}" for index in range(count)]
+
+
+def _with_device(argv: list[str], device: str, name: str | None) -> list[str]:
+    """``argv`` of this command with ``--device`` (and ``--name``, when given) set for one device's worker."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--device", "--name"):
+            skip = True
+        elif not arg.startswith(("--device=", "--name=")):
+            out.append(arg)
+    out += ["--device", device]
+    if name:
+        out += ["--name", f"{name}-{device.replace(':', '')}"]
+    return out
+
+
+def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
+    """``--device cuda:all``: one worker process per GPU; stop signals are passed on, the worst exit code returned."""
+    import subprocess
+
+    log = logging.getLogger("latentq")
+    argv = args.argv if args.argv is not None else sys.argv[1:]
+    children = [subprocess.Popen([sys.executable, "-m", "latentq", *_with_device(argv, device, args.name)])
+                for device in devices]  # fmt: skip
+    log.info("started %d workers, one per GPU (%s)", len(children), ", ".join(devices))
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return max(codes, key=abs)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .config import Settings
     from .connection import redis_from_url
@@ -150,7 +211,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .models.loader import load_model
     from .models.registry import load_registry
     from .worker import DecodeWorker
+    from .worker.model_cache import ModelCache, parse_memory
 
+    devices = expand_devices(args.device)
+    if len(devices) > 1:
+        return _worker_per_device(args, devices)
+    device = devices[0]
+    budget = parse_memory(args.model_memory_budget) if args.model_memory_budget else None
     settings = Settings.from_env()
     registry = load_registry(settings.models_file)
     log = logging.getLogger("latentq")
@@ -158,14 +225,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    models, previews = {}, {}
-    for name in args.models or ["taef2"]:
-        spec = registry.get(name)
-        log.info("loading %s on %s from %s", name, args.device, spec.source or "config")
-        models[name] = load_model(spec, args.device, args.dtype)
+    if device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))  # this process's GPU: its allocations and streams go there
+    names = args.models or ["taef2"]
+    specs = {name: registry.get(name) for name in names}
+
+    def load(spec):
+        log.info("loading %s on %s from %s", spec.name, device, spec.source or "config")
+        return load_model(spec, device, args.dtype)
+
+    models = ModelCache(specs, load, budget_bytes=budget, device=device)
+    models.preload()  # every model loads once at start (a bad one fails here); over a budget the last ones stay
+    previews = {}
+    for name, spec in specs.items():
         if spec.preview and not args.no_previews:
             try:
-                previews[name] = load_model(registry.get(spec.preview), args.device, args.dtype)
+                previews[name] = load_model(registry.get(spec.preview), device, args.dtype)
             except Exception as exc:  # previews are optional: serve full decodes without them
                 log.warning("no preview decoder for %s: %s", name, exc)
     from .outbox import Drainer
@@ -246,6 +323,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .config import default_up_store
     from .stack import Stack, StackOptions
 
+    expand_devices(args.device)  # cuda:all without a GPU fails here, before anything starts
     # Several CPU workers each running torch's one-thread-per-core would oversubscribe the cores.
     torch_threads = args.torch_threads or max(1, (os.cpu_count() or 1) // args.workers)
     options = StackOptions(
@@ -571,6 +649,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `worker --device cuda:all` starts this command again, once per GPU
     from .config import log_json_from_env
 
     configure_logging(args.log_level, json_lines=bool(args.log_json or log_json_from_env()))

@@ -28,7 +28,10 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
     "encode_seconds": (_SECONDS, "Time to encode one job's output (PNG, JPEG, MP4...)"),
     "store_seconds": (_SECONDS, "Time to write one job's output objects to the store"),
     "job_latency_seconds": (_SECONDS, "End to end: enqueued to result stored"),
+    "model_load_seconds": (_SECONDS, "Time to load the model onto a worker's device (at start, or after an eviction)"),
 }
+# Model switches under a worker's --model-memory-budget: loads and least-recently-used evictions, per model.
+MODEL_EVENTS = {"load": "model_loads_total", "evict": "model_evictions_total"}
 STATUSES = ("finished", "failed", "canceled", "expired")
 WEBHOOK_OUTCOMES = ("delivered", "failed")
 MINUTE_KEY_TTL = 16 * 60  # per-minute throughput counters: the console charts the last 15 minutes
@@ -74,6 +77,12 @@ class MetricsBatch:
         self.observe(model, "store_seconds", store_seconds)
         if latency_seconds is not None and latency_seconds >= 0:
             self.observe(model, "job_latency_seconds", latency_seconds)
+
+    def model_event(self, model: str, kind: str, seconds: float = 0.0) -> None:
+        """A load (taking ``seconds``) or an eviction of ``model`` by a worker's model cache."""
+        self._counts[keys.metrics_key(model), MODEL_EVENTS[kind]] += 1
+        if kind == "load":
+            self.observe(model, "model_load_seconds", seconds)
 
     def write(self, pipe: Redis | Pipeline) -> None:
         for (key, field), count in self._counts.items():
@@ -144,6 +153,13 @@ def render(connection: Redis, models: Iterable[str], queue_depth: dict[str, int]
         for outcome in WEBHOOK_OUTCOMES:  # counted by the webhook outbox (latentq.outbox)
             value = hashes[model].get(f"webhooks_total:{outcome}", "0")
             out.append(f'latentq_webhooks_total{{model="{_escape(model)}",outcome="{outcome}"}} {value}')
+    family("model_loads_total", "counter", "Loads of the model by workers (start, and reloads after evictions)")
+    for model in models:
+        out.append(f'latentq_model_loads_total{{model="{_escape(model)}"}} {hashes[model].get("model_loads_total", "0")}')
+    family("model_evictions_total", "counter", "Evictions of the model by workers over their --model-memory-budget")
+    for model in models:
+        value = hashes[model].get("model_evictions_total", "0")
+        out.append(f'latentq_model_evictions_total{{model="{_escape(model)}"}} {value}')
     for name, (bounds, help_text) in HISTOGRAMS.items():
         family(name, "histogram", help_text)
         for model in models:

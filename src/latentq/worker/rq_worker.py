@@ -47,6 +47,7 @@ from . import upkeep
 from .completion import Committer, Completed
 from .faults import Faults
 from .intake import Batch, Intake
+from .model_cache import ModelCache
 from .pipeline import (
     DecodedImage,
     decode_group,
@@ -86,7 +87,7 @@ class DecodeWorker(SimpleWorker):
 
     def __init__(
         self,
-        models: dict[str, LoadedModel],
+        models: dict[str, LoadedModel] | ModelCache,
         connection: Redis,
         store: ObjectStore,
         *,
@@ -102,6 +103,8 @@ class DecodeWorker(SimpleWorker):
         url_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._last_beat = 0.0
+        # A dict is every model loaded and kept; a ModelCache (latentq worker) may hold only some at a time.
+        models = models if isinstance(models, ModelCache) else ModelCache.of(models)
         queues = [ReliableQueue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
                   for m in models]  # fmt: skip
         queues += [ReliableQueue(keys.queue_name(m), connection=connection, serializer=JSONSerializer) for m in models]
@@ -109,7 +112,7 @@ class DecodeWorker(SimpleWorker):
         # log_job_description off: RQ logs each popped job before its record is read (see intake).
         super().__init__(queues, connection=connection, serializer=JSONSerializer, name=name, worker_ttl=30,
                          queue_class=ReliableQueue, log_job_description=False)  # fmt: skip
-        on_gpu = any(str(model.device).startswith("cuda") for model in models.values())
+        on_gpu = models.device.startswith("cuda") or any(str(m.device).startswith("cuda") for m in models.values())
         defaults = BATCH_DEFAULTS["cuda" if on_gpu else "cpu"]
         max_batch = defaults["max_batch"] if max_batch is None else max_batch
         if max_batch < 1:
@@ -155,7 +158,7 @@ class DecodeWorker(SimpleWorker):
         self._intake = Intake(self)
         # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
         self._decode_metrics = metrics.MetricsBatch()
-        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0}
+        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0}
         self._decode_lock = threading.Lock()
 
     # --- RQ hooks -------------------------------------------------------------
@@ -181,6 +184,11 @@ class DecodeWorker(SimpleWorker):
     def write_decode_metrics(self, pipe: Any) -> None:
         """Add the decode counters gathered since the last write to ``pipe``."""
         with self._decode_lock:
+            for event in self.models.drain_events():  # model loads and evictions (the model cache)
+                self._decode_metrics.model_event(event.model, event.kind, event.seconds)
+                self._decode_stats["model_loads" if event.kind == "load" else "model_evictions"] += 1
+            if self.models.device.startswith("cuda"):
+                pipe.hset(self.stats_key, "gpu_peak_allocated", _peak_allocated(self.models.device))
             self._decode_metrics.write(pipe)
             for field, count in self._decode_stats.items():
                 if count:
@@ -236,7 +244,7 @@ class DecodeWorker(SimpleWorker):
                 if request.deadline is not None and time.time() > request.deadline:
                     self._expire(*context, request)
                     continue
-                tensor = load_latent(blob, self.models[model_name].spec, request, self.limits)
+                tensor = load_latent(blob, self.models.spec(model_name), request, self.limits)
                 by_model.setdefault(model_name, []).append((job, request, tensor))
             except Exception as exc:  # a bad job fails alone
                 self._fail(*context, _reason(exc), permanent=True)
@@ -463,6 +471,12 @@ class InlineExecutor(Executor):
 def log_fields(job: RQJob) -> dict[str, Any]:
     """Fields the JSON log formatter adds to a line about this job."""
     return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
+
+
+def _peak_allocated(device: str) -> int:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))
 
 
 def _free_memory() -> None:
