@@ -56,6 +56,13 @@ VAE_CONFIGS: dict[str, dict[str, Any]] = {
     "sdxl": {**_KL, "latent_channels": 4, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
     "flux1": {**_KL, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
               "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True},
+    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers' vae/config.json (AutoencoderKLWan; its defaults are the same VAE).
+    "wan": {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+            "temperal_downsample": [False, True, True], "dropout": 0.0,
+            "latents_mean": [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+                             0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+            "latents_std": [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+                            1.5579, 1.6382, 1.1253, 2.8251, 1.916]},
 }  # fmt: skip
 
 def toml_value(value: Any) -> str:
