@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="workers' --max-wait-ms: how long a burst's batch may wait to fill (default 5)")
     up.add_argument("--heartbeat-interval", type=float, default=5.0,
                     help="workers' heartbeat (s); a dead or frozen worker's jobs are re-run after 3 of them")
+    _add_gpu_options(up)
     _add_redis(up)
     _add_store(up)
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between heartbeats; a dead worker's jobs are re-queued after 3x this (default 5)")
     worker.add_argument("--no-previews", action="store_true", help="do not load the models' preview decoders")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    _add_gpu_options(worker)
     _add_redis(worker)
     _add_store(worker)
 
@@ -204,6 +206,26 @@ def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
     return max(codes, key=abs)
 
 
+def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="the decoders' 2-D convolutions in channels_last memory format (auto, the default: "
+                             "on CUDA devices; never for 3-D video VAEs)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each model's decoder, compiled at start for the models file's "
+                             "warmup_shapes; at most 8 latent shapes (or as many as declared) run compiled, "
+                             "others eager (slower start; faster decodes on GPUs)")  # fmt: skip
+
+
+def _gpu_options(args: argparse.Namespace) -> dict:
+    """``--channels-last``/``--compile`` as load_model's keywords."""
+    return {"channels_last": {"auto": None, "on": True, "off": False}[args.channels_last], "compile": args.compile}
+
+
+def _gpu_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """``up``'s ``--channels-last``/``--compile``, as its workers' flags."""
+    return ("--channels-last", args.channels_last) + (("--compile",) if args.compile else ())
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .config import Settings
     from .connection import redis_from_url
@@ -234,7 +256,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     def load(spec):
         log.info("loading %s on %s from %s", spec.name, device, spec.source or "config")
-        return load_model(spec, device, args.dtype)
+        return load_model(spec, device, args.dtype, **_gpu_options(args))
 
     models = ModelCache(specs, load, budget_bytes=budget, device=device)
     models.preload()  # every model loads once at start (a bad one fails here); over a budget the last ones stay
@@ -242,7 +264,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for name, spec in specs.items():
         if spec.preview and not args.no_previews:
             try:
-                previews[name] = load_model(registry.get(spec.preview), device, args.dtype)
+                previews[name] = load_model(registry.get(spec.preview), device, args.dtype,
+                                            channels_last=_gpu_options(args)["channels_last"])  # fmt: skip
             except Exception as exc:  # previews are optional: serve full decodes without them
                 log.warning("no preview decoder for %s: %s", name, exc)
     from .outbox import Drainer
@@ -329,7 +352,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = StackOptions(
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, log_level=args.log_level.lower(),
+        heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, worker_flags=_gpu_flags(args), log_level=args.log_level.lower(),
         store=args.store, default_store=default_up_store(), state_file=True,
     )  # fmt: skip
     stack = Stack(options)

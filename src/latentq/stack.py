@@ -58,6 +58,7 @@ class StackOptions:
     store: str | None = None  # None: $LATENTQ_STORE, else default_store; made absolute either way
     default_store: str = "latentq-results"
     state_file: bool = False  # write up_state_path() while up (`latentq up`; not the demo)
+    worker_flags: tuple[str, ...] = ()  # more `latentq worker` flags (--compile, --channels-last)
 
 
 def wait_for_workers(connection: Redis, model: str, count: int, timeout: float,
@@ -145,6 +146,7 @@ class Stack:
             args += ["--torch-threads", str(opts.torch_threads)]
         for model in opts.models:
             args += ["--model", model]
+        args += list(opts.worker_flags)
         self._worker_args = args
         for _ in range(opts.workers):
             self.workers.append(self._spawn_worker())

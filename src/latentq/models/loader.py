@@ -6,7 +6,9 @@ diffusers and the model code, which producers and the API never need.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..spec import DecodeRequest
+from .device_path import DevicePath
 from .families import get_family
 from .families.generic import unscale
 from .modelspec import ModelSpec
@@ -23,6 +26,8 @@ __all__ = ["LoadedModel", "load_model", "to_uint8"]
 
 TAEF2_FILENAME = "taef2.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPILE_LIMIT = 8  # --compile: distinct decoder input shapes compiled at most (more when warmup_shapes declare more)
+log = logging.getLogger(__name__)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -35,13 +40,17 @@ class LoadedModel:
     """A model held warm on one device. ``decode`` takes pipeline latents and returns its family's output
     (RGB in [0, 1] for images and videos); the family (``spec.family``) does the unpacking and normalising."""
 
-    def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, spec: ModelSpec, module: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 *, channels_last: bool = False, compiled: Any = None) -> None:  # fmt: skip
         self.spec = spec
         self.module = module
         self.device = device
         self.dtype = dtype
         self.family = get_family(spec.family)
         self.lock = threading.Lock()  # one forward pass at a time per model
+        self.path = DevicePath(device)  # pinned copies and a stream per stage on CUDA; plain tensors elsewhere
+        self.channels_last = channels_last  # module in channels_last; 4-D inputs follow it
+        self.compiled = compiled  # the CompiledDecoder under --compile (its shapes and eager_calls), else None
 
     def _request(self, scaling_factor: float | None = None, shift_factor: float | None = None,
                  height: int | None = None, width: int | None = None) -> DecodeRequest:  # fmt: skip
@@ -58,15 +67,18 @@ class LoadedModel:
     # --- decode -----------------------------------------------------------------------
     @torch.inference_mode()
     def decode_vae(self, z: torch.Tensor, *, tile: bool = False, **kwargs: Any) -> torch.Tensor:
-        """VAE-space latents -> ``vae.decode`` (``kwargs`` passed on) -> float32 in [0, 1] on the CPU,
-        (B, 3, H, W) or (B, 3, F, H, W)."""
+        """VAE-space latents -> ``vae.decode`` (``kwargs`` passed on) -> float32 in [0, 1] on the model's
+        device, (B, 3, H, W) or (B, 3, F, H, W)."""
         return self.to_unit(self.vae_decode(z, tile=tile, **kwargs))
 
     @torch.inference_mode()
     def vae_decode(self, z: torch.Tensor, *, tile: bool = False, **kwargs: Any) -> torch.Tensor:
-        """The raw ``vae.decode(z, **kwargs)`` output, float32 on the model's device (under the model's lock)."""
+        """The raw ``vae.decode(z, **kwargs)`` output, float32 on the model's device (under the model's lock,
+        on the device path's compute stream)."""
         z = z.to(self.device, self.dtype)
-        with self.lock:
+        if self.channels_last and z.ndim == 4:
+            z = z.contiguous(memory_format=torch.channels_last)
+        with self.lock, self.path.computing():
             if self.spec.loader == "taef2":
                 out = self.module.decode(z)
             else:
@@ -78,35 +90,56 @@ class LoadedModel:
         return out.float()
 
     def to_unit(self, out: torch.Tensor) -> torch.Tensor:
-        """The decoder's raw output (``spec.output_range``) -> [0, 1] on the CPU, as VaeImageProcessor denormalizes."""
-        if self.spec.output_range == "-1,1":
-            out = out / 2 + 0.5
-        return out.clamp(0, 1).cpu()
+        """The decoder's raw output (``spec.output_range``) -> [0, 1] where it is (the model's device), as
+        VaeImageProcessor denormalizes."""
+        with self.path.computing():
+            if self.spec.output_range == "-1,1":
+                out = out / 2 + 0.5
+            return out.clamp(0, 1)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, scaling_factor: float | None = None, shift_factor: float | None = None,
                *, height: int | None = None, width: int | None = None, tile: bool = False,
-               request: DecodeRequest | None = None) -> Any:  # fmt: skip
-        """Pipeline latents (a batch of one shape) -> the family's output (RGB float32 in [0, 1] on the CPU
-        for images and videos). ``request`` carries the options; without it, the arguments make one."""
+               request: DecodeRequest | None = None, on_device: bool = False) -> Any:  # fmt: skip
+        """Pipeline latents (a batch of one shape) -> the family's output (RGB float32 in [0, 1] for images
+        and videos), on the CPU, or with ``on_device`` where the family left it (the worker's path: uint8
+        there, then only what is needed copied back). ``request`` carries the options; without it, the
+        arguments make one."""
         if request is None:
             request = self._request(scaling_factor, shift_factor, height, width)
-        z = latents.to(self.device, torch.float32)
-        if request.vae_input:
-            # RemoteVAE: the latent is what the pipeline hands vae.decode, and the pipeline finishes the decode
-            # itself (picks frames, resizes, clamps): vae.decode's raw output, in [0, 1] terms but unclamped.
-            out = self.vae_decode(z, tile=tile)
-            return (out / 2 + 0.5 if self.spec.output_range == "-1,1" else out).cpu()
-        z = self.family.to_vae(self, z, request)
-        return self.family.decode(self, z, request, tile=tile)
+        with self.path.computing():  # the host copies below must follow the compute stream's work
+            z = self.path.to_device(latents, torch.float32)
+            if request.vae_input:
+                # RemoteVAE: the latent is what the pipeline hands vae.decode, and the pipeline finishes the
+                # decode itself (picks frames, resizes, clamps): vae.decode's raw output, in [0, 1] terms but unclamped.
+                out = self.vae_decode(z, tile=tile)
+                out = out / 2 + 0.5 if self.spec.output_range == "-1,1" else out
+            else:
+                out = self.family.decode(self, self.family.to_vae(self, z, request), request, tile=tile)
+            if on_device or not isinstance(out, torch.Tensor):
+                return out
+            return out.cpu()
+
+    @torch.inference_mode()
+    def warmup(self, shapes: tuple[tuple[int, ...], ...] | None = None) -> None:
+        """Decode zeros of each VAE-space latent shape (``spec.warmup_shapes``): compiles them (--compile)
+        and lets cuDNN pick its kernels before the first job."""
+        for shape in self.spec.warmup_shapes if shapes is None else shapes:
+            started = time.perf_counter()
+            with self.path.computing():
+                self.vae_decode(torch.zeros(shape, device=self.device), tile=False)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            log.info("%s: warmed up for %s in %.1f s", self.spec.name, list(shape), time.perf_counter() - started)
 
     @torch.inference_mode()
     def preview(self, full: LoadedModel, latents: torch.Tensor, *, height: int | None = None,
                 width: int | None = None, request: DecodeRequest | None = None) -> torch.Tensor:  # fmt: skip
         """Decode ``full``'s pipeline latents with this (tiny) model: full's unpacking, our own scaling."""
         request = request or self._request(height=height, width=width)
-        z = full.family.unpack(full, latents.to(full.device, torch.float32), request)
-        return self.decode_vae(unscale(self, z.to(self.device)), tile=False)
+        with self.path.computing():
+            z = full.family.unpack(full, self.path.to_device(latents, torch.float32).to(full.device), request)
+            return self.decode_vae(unscale(self, z.to(self.device)), tile=False)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,9 +184,14 @@ def _load_diffusers(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
         raise ModelLoadError(f"cannot load {spec.name} from {spec.source!r}: {exc}") from exc
 
 
-def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None, *,
+               channels_last: bool | None = None, compile: bool = False) -> LoadedModel:  # fmt: skip
     """Load ``spec`` on ``device``. Without ``dtype``: the spec's dtype on GPUs, float32 on the CPU
-    (half precision is slow there and the fidelity tests compare in fp32)."""
+    (half precision is slow there and the fidelity tests compare in fp32).
+
+    ``channels_last``: the module's 2-D convolutions in channels_last (None: on CUDA, where cuDNN's NHWC
+    kernels are faster; never for a model with 3-D convolutions). ``compile``: ``torch.compile`` the
+    decoder, warmed up now for the spec's ``warmup_shapes``. On CUDA, cuDNN autotunes its kernels."""
     device = torch.device(device)
     torch_dtype = _DTYPES[dtype or (spec.dtype if device.type != "cpu" else "float32")]
     if spec.loader == "taef2":
@@ -170,4 +208,20 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
     else:
         module = _load_diffusers(spec, torch_dtype)
     module = module.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
-    return LoadedModel(spec, module, device, torch_dtype)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # latent shapes repeat: autotuning pays for itself
+    flat = all(p.ndim != 5 for p in module.parameters())  # channels_last is for 2-D convolutions only
+    use_channels_last = flat and (device.type == "cuda" if channels_last is None else channels_last)
+    if use_channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    compiled = None
+    if compile:
+        from .compiled import compile_decoder
+
+        compiled = compile_decoder(module, max(COMPILE_LIMIT, len(spec.warmup_shapes)))
+    model = LoadedModel(spec, module, device, torch_dtype, channels_last=use_channels_last, compiled=compiled)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the weights' copies (default stream) are done before any compute stream
+    if compile:
+        model.warmup()
+    return model

@@ -24,6 +24,19 @@ LOADERS = ("taef2", "diffusers")
 NORMALIZATIONS = ("scale_shift", "latents_mean_std", "batch_norm")
 
 
+def _shapes(name: str, shapes: Any) -> tuple[tuple[int, ...], ...]:
+    """``warmup_shapes`` (TOML lists) -> a tuple of 4-D or 5-D shapes of positive ints."""
+    try:
+        out = tuple(tuple(int(n) for n in shape) for shape in shapes)
+    except (TypeError, ValueError):
+        out = ()
+        shapes = None
+    if shapes is None or any(len(shape) not in (4, 5) or min(shape) < 1 for shape in out):
+        raise ConfigError(f"model {name}: warmup_shapes must be a list of 4- or 5-number latent shapes, "
+                          "e.g. [[1, 4, 64, 64], [8, 4, 64, 64]]")
+    return out
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -49,6 +62,9 @@ class ModelSpec:
     description: str = ""
     family: str | None = None  # a module of latentq.models.families; None: the generic, spec-driven one
     pipelines: tuple[str, ...] = ()  # the diffusers pipelines whose latents this model decodes (docs, table)
+    # VAE-space latent shapes ((B, C, h, w) or (B, C, f, h, w), as vae.decode receives them) a worker decodes
+    # once at start: --compile compiles them (static shapes), cuDNN tunes for them
+    warmup_shapes: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.loader not in LOADERS:
@@ -69,6 +85,7 @@ class ModelSpec:
             raise ConfigError(f"model {self.name}: needs a weights `source` or a `config`")
         if isinstance(self.pipelines, list):  # from TOML
             object.__setattr__(self, "pipelines", tuple(self.pipelines))
+        object.__setattr__(self, "warmup_shapes", _shapes(self.name, self.warmup_shapes))
 
     @property
     def family_impl(self):  # -> Family (imported on first use: family modules may be heavier)

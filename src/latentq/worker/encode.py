@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ from safetensors.torch import save as st_save
 from ..spec import DecodeRequest
 
 __all__ = ["EXTENSIONS", "EncodedObject", "audio_pcm16", "encode_audio_output", "encode_flac", "encode_mp4",
-           "encode_output", "encode_wav"]
+           "encode_output", "encode_wav", "gpu_jpeg_available", "jpeg_encoder"]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tensor": "safetensors", "uint8": "safetensors",
               "mp4": "mp4", "frames": "png", "wav": "wav", "flac": "flac"}  # fmt: skip
@@ -35,9 +37,37 @@ class EncodedObject:
     duration_s: float | None = None
 
 
+@functools.cache
+def _nvjpeg() -> Callable[..., Any] | None:
+    """torchvision's ``encode_jpeg`` when torchvision imports and was built with CUDA (nvJPEG), else None.
+    Imported on first use only, and guarded: a torchvision built for another torch can fail to import."""
+    try:
+        import torchvision.io
+        from torchvision.io import encode_jpeg
+
+        if not torch.cuda.is_available() or not hasattr(torchvision.io, "encode_jpeg"):
+            return None
+        return encode_jpeg
+    except Exception:
+        return None
+
+
+def gpu_jpeg_available() -> bool:
+    return _nvjpeg() is not None
+
+
+def jpeg_encoder(pixels: torch.Tensor) -> str:
+    """Which encoder makes a JPEG of ``pixels`` (H, W, 3) uint8: "nvjpeg" for pixels on a CUDA device when
+    torchvision can encode there (no copy back, no CPU time), else "pillow"."""
+    return "nvjpeg" if pixels.device.type == "cuda" and gpu_jpeg_available() else "pillow"
+
+
 def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
+    encode_jpeg = _nvjpeg() if fmt == "jpeg" and jpeg_encoder(pixels) == "nvjpeg" else None
+    if encode_jpeg is not None:
+        return encode_jpeg(pixels.permute(2, 0, 1).contiguous(), quality=quality).cpu().numpy().tobytes()
     buffer = io.BytesIO()
-    picture = Image.fromarray(pixels.numpy())
+    picture = Image.fromarray(pixels.cpu().numpy())
     if fmt == "png":
         picture.save(buffer, format="PNG", compress_level=1)  # speed over a few % of size
     elif fmt == "jpeg":
@@ -134,15 +164,20 @@ def encode_audio_output(audio: torch.Tensor, sample_rate: int, request: DecodeRe
     return [EncodedObject(data, request.content_type, EXTENSIONS[fmt], **meta)]
 
 
-def encode_output(image: torch.Tensor, pixels: torch.Tensor, request: DecodeRequest) -> list[EncodedObject]:
-    """``image``: (3, [F,] H, W) float in [0, 1]; ``pixels``: ([F,] H, W, 3) uint8 of the same decode."""
+def encode_output(image: torch.Tensor | None, pixels: torch.Tensor, request: DecodeRequest) -> list[EncodedObject]:
+    """``image``: (3, [F,] H, W) float in [0, 1] (needed for tensor outputs only); ``pixels``: ([F,] H, W, 3)
+    uint8 of the same decode, on the CPU (or a CUDA device, for nvJPEG)."""
     fmt = request.output_format
+    if pixels.device.type != "cpu" and not (fmt == "jpeg" and jpeg_encoder(pixels) == "nvjpeg"):
+        pixels = pixels.cpu()
     height, width = pixels.shape[-3], pixels.shape[-2]
     frames = pixels.shape[0] if pixels.ndim == 4 else 1
     content_type = request.content_type
     ext = EXTENSIONS[fmt]
     if fmt == "tensor":
-        return [EncodedObject(st_save({"image": image.contiguous()}), content_type, ext, width, height, frames)]
+        if image is None:
+            raise ValueError("a tensor output needs the float pixels")
+        return [EncodedObject(st_save({"image": image.cpu().contiguous()}), content_type, ext, width, height, frames)]
     if fmt == "uint8":
         return [EncodedObject(st_save({"image": pixels.contiguous()}), content_type, ext, width, height, frames)]
     if fmt == "mp4":

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 
 from ..errors import InvalidLatent
-from ..models.loader import LoadedModel, to_uint8
+from ..models.device_path import Pending, Timer
+from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
 from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
 from ..validate import output_geometry, validate_image, validate_latent
 from ..wire import latent_from_bytes
-from .encode import encode_audio_output, encode_output
+from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
 
 __all__ = [
@@ -95,18 +96,72 @@ def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor, *,
              "height": latent.shape[-2], "bytes": len(data), "shape": list(latent.shape), "dtype": "float32"}]  # fmt: skip
 
 
-@dataclass
 class DecodedImage:
-    image: torch.Tensor  # (3, [F,] H, W) float in [0, 1]
-    pixels: torch.Tensor  # ([F,] H, W, 3) uint8
-    batch_size: int
-    decode_ms: float
-    tiled: bool = False
+    """One job's decoded pixels: ``pixels`` ([F,] H, W, 3) uint8 and, when its output format needs it,
+    ``image`` (3, [F,] H, W) float in [0, 1]. Either may be a ``Pending`` copy from the device (read on
+    the encode thread, which waits for it then) and ``decode_ms`` a ``Timer`` read when the work is done."""
+
+    def __init__(self, image: torch.Tensor | Pending | None, pixels: torch.Tensor | Pending, batch_size: int,
+                 decode_ms: float | Timer, tiled: bool = False) -> None:  # fmt: skip
+        self._image = image
+        self._pixels = pixels
+        self.batch_size = batch_size
+        self._decode_ms = decode_ms
+        self.tiled = tiled
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        return self._pixels.wait() if isinstance(self._pixels, Pending) else self._pixels
+
+    @property
+    def image(self) -> torch.Tensor:
+        if self._image is None:
+            raise ValueError("this decode kept no float pixels (its output format needs only uint8)")
+        return self._image.wait() if isinstance(self._image, Pending) else self._image
+
+    @property
+    def decode_ms(self) -> float:
+        return self._decode_ms.ms() if isinstance(self._decode_ms, Timer) else self._decode_ms
 
 
-def _split(images: torch.Tensor, batch_size: int, elapsed_ms: float, tiled: bool) -> list[DecodedImage]:
-    pixels = to_uint8(images)
-    return [DecodedImage(images[i], pixels[i], batch_size, elapsed_ms, tiled) for i in range(images.shape[0])]
+def needs_float(request: DecodeRequest) -> bool:
+    """Whether a request's output is made from the float pixels (a tensor output), not only the uint8 ones."""
+    return request.output_format == "tensor"
+
+
+def _split(model: LoadedModel, images: torch.Tensor, requests: list[DecodeRequest], timer: float | Timer,
+           tiled: bool) -> list[DecodedImage]:  # fmt: skip
+    """A batch's [0, 1] images (wherever the family left them) -> each job's pixels, made uint8 where the
+    images are; only the uint8 pixels (and the float ones, when a request needs them) are copied back."""
+    path = model.path
+    pixels = path.to_uint8(images)
+    if pixels.device.type == "cuda" and all(r.output_format == "jpeg" for r in requests) and gpu_jpeg_available():
+        batch_pixels = path.on_device(pixels)  # nvJPEG encodes them where they are
+    else:
+        batch_pixels = path.to_host(pixels)
+    floats = path.to_host(images) if any(needs_float(r) for r in requests) else None
+    if isinstance(timer, Timer):
+        timer.stop()
+    out = []
+    for i in range(images.shape[0]):
+        image = _Index(floats, i) if floats is not None else None
+        out.append(DecodedImage(image, _Index(batch_pixels, i), len(requests), timer, tiled))
+    return out
+
+
+class _Index(Pending):
+    """Sample ``index`` of a batch's pending copy."""
+
+    def __init__(self, batch: Pending, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    @property
+    def done(self) -> bool:
+        return self._batch.done
+
+    def wait(self) -> torch.Tensor:
+        return self._batch.wait()[self._index]
 
 
 @dataclass
@@ -142,20 +197,26 @@ def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: lis
     if faults is not None:
         size = output_geometry(tensors[0], model.spec, first)
         faults.before_decode(len(tensors), size.width * size.height, tile)
-    # The family unpacks and denormalises as its pipeline does (request: factors, height/width, frames).
-    images = model.decode(torch.cat(tensors, 0), request=first, tile=tile)
     if model.spec.output_kind == "audio":
-        return _split_audio(model, images, (time.perf_counter() - started) * 1000, tile)
-    return _split(images, len(tensors), (time.perf_counter() - started) * 1000, tile)
+        audio = model.decode(torch.cat(tensors, 0), request=first, tile=tile)
+        return _split_audio(model, audio, (time.perf_counter() - started) * 1000, tile)
+    timer = model.path.timer().start()
+    # The family unpacks and denormalises as its pipeline does (request: factors, height/width, frames);
+    # the images stay on the device for the uint8 conversion.
+    images = model.decode(torch.cat(tensors, 0), request=first, tile=tile, on_device=True)
+    return _split(model, images, requests, timer, tile)
 
 
 def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[DecodeRequest],
                    tensors: list[torch.Tensor]) -> list[DecodedImage]:  # fmt: skip
     """The tiny autoencoder's decode of the same latents (full model's unpacking, preview's scaling)."""
     first = requests[0]
-    started = time.perf_counter()
+    timer = preview.path.timer().start()
     images = preview.preview(full, torch.cat(tensors, 0), request=first)
-    return _split(images, len(tensors), (time.perf_counter() - started) * 1000, False)
+    # A preview is always a still image (store_output): uint8 only.
+    stills = [DecodeRequest(model=r.model, output_format=r.output_format if r.output_format in IMAGE_FORMATS else "jpeg")
+              for r in requests]  # fmt: skip
+    return _split(preview, images, stills, timer, False)
 
 
 def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage | DecodedAudio,
@@ -169,15 +230,14 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
     if preview:  # previews are always a still image (the first frame of a video)
         fmt = request.output_format if request.output_format in IMAGE_FORMATS else "jpeg"
         request = DecodeRequest(model=request.model, output_format=fmt, quality=85)
-        image = decoded.image[:, 0] if decoded.image.ndim == 4 else decoded.image
         pixels = decoded.pixels[0] if decoded.pixels.ndim == 4 else decoded.pixels
-        decoded = DecodedImage(image, pixels, decoded.batch_size, decoded.decode_ms)
+        decoded = DecodedImage(None, pixels, decoded.batch_size, decoded.decode_ms)
     records = []
     started = time.perf_counter()
     if isinstance(decoded, DecodedAudio):
         outputs = encode_audio_output(decoded.audio, decoded.sample_rate, request)
     else:
-        outputs = encode_output(decoded.image, decoded.pixels, request)
+        outputs = encode_output(decoded.image if needs_float(request) else None, decoded.pixels, request)
     encoded_at = time.perf_counter()
     for index, encoded in enumerate(outputs):
         key = make_key(job_id, encoded.ext, f"p{index}" if preview else index, token)
