@@ -229,14 +229,22 @@ def test_channels_last_decodes_what_the_default_layout_does():
     assert (to_uint8(nhwc.decode(latent)).int() - to_uint8(eager.decode(latent)).int()).abs().max() <= 1
 
 
-def test_channels_last_is_never_applied_to_3d_convolutions():
-    spec = load_registry(None).get("wan")
-    from tiny_configs import CONFIGS
+def test_channels_last_is_never_applied_to_3d_convolutions(monkeypatch):
+    class WithConv3d(loader.TAEF2):  # a model with a 3-D convolution, as the video VAEs have
+        def __init__(self) -> None:
+            super().__init__()
+            self.temporal = torch.nn.Conv3d(3, 3, 1)
 
-    if "wan" not in CONFIGS:
-        pytest.skip("no tiny Wan config")
-    model = load_model(dataclasses.replace(spec, source=None, config=CONFIGS["wan"]), "cpu", channels_last=True)
+    monkeypatch.setattr(loader, "TAEF2", WithConv3d)
+    model = tiny_taef2(channels_last=True)
     assert not model.channels_last
+    assert model.module.decoder.layers[0].weight.is_contiguous()  # left in the default layout
+
+
+def test_warmup_shapes_from_a_models_file(tmp_path):
+    models = tmp_path / "models.toml"
+    models.write_text('[models.taef2]\nwarmup_shapes = [[1, 32, 8, 8], [4, 32, 8, 8]]\n')
+    assert load_registry(models).get("taef2").warmup_shapes == ((1, 32, 8, 8), (4, 32, 8, 8))
 
 
 def test_warmup_shapes_in_a_spec():
