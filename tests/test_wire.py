@@ -105,3 +105,41 @@ def test_generated_headers_raise_only_invalid_latent_or_too_large():
         assert tensor.numel() > 0
 
     check()
+
+
+# ---------------------------------------------------------------- video + audio bodies (LTX-2's one MP4 with sound)
+
+
+def test_video_and_audio_latents_round_trip():
+    from latentq.wire import latents_from_bytes
+
+    video, audio = torch.randn(1, 4, 2, 3, 5), torch.randn(1, 2, 7, 4).to(torch.bfloat16)
+    got_video, got_audio = latents_from_bytes(latent_to_bytes(video, audio), Limits())
+    assert torch.equal(got_video, video) and torch.equal(got_audio, audio)
+    assert latents_from_bytes(latent_to_bytes(video), Limits())[1] is None  # one tensor: as before
+    with pytest.raises(InvalidLatent, match="exactly one tensor here"):  # where only one is taken
+        latent_from_bytes(latent_to_bytes(video, audio), Limits())
+
+
+def test_video_and_audio_bodies_checked_like_one_tensor_bodies():
+    from safetensors.torch import save
+
+    from latentq.wire import latents_from_bytes
+
+    limits = Limits(max_latent_elements=100)
+    with pytest.raises(LatentTooLarge) as too_large:
+        latents_from_bytes(save({"latents": torch.zeros(4), "audio_latents": torch.zeros(101)}), limits)
+    assert too_large.value.field == "audio_latents"
+    with pytest.raises(InvalidLatent, match="NaN") as nan:
+        latents_from_bytes(save({"latent": torch.zeros(4), "audio_latents": torch.tensor([float("nan")])}), limits)
+    assert nan.value.field == "audio_latents"
+    with pytest.raises(InvalidLatent, match="dtype int32"):
+        latents_from_bytes(save({"latent": torch.zeros(4), "audio_latents": torch.zeros(3, dtype=torch.int32)}),
+                           limits)  # fmt: skip
+    with pytest.raises(InvalidLatent, match="'latent' \\(or 'latents'\\) and 'audio_latents'"):
+        latents_from_bytes(save({"latent": torch.zeros(4), "latents": torch.zeros(3)}), limits)
+    # Overlapping data: both entries claim the same bytes (the body is one tensor long).
+    header = json.dumps({"latent": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                         "audio_latents": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()  # fmt: skip
+    with pytest.raises(InvalidLatent, match="gaps or overlap"):
+        latents_from_bytes(_body(header), limits)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
@@ -10,7 +12,10 @@ from .models.modelspec import ModelSpec
 from .spec import DecodeRequest, Limits
 from .wire import check_tensor
 
-__all__ = ["output_geometry", "validate_image", "validate_latent"]
+if TYPE_CHECKING:
+    from .models.registry import Registry
+
+__all__ = ["audio_spec_of", "output_geometry", "validate_audio_latents", "validate_image", "validate_latent"]
 
 
 def output_geometry(latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
@@ -88,6 +93,43 @@ def validate_latent(latent: object, spec: ModelSpec, request: DecodeRequest, lim
     if size.frames > limits.max_frames:
         raise LatentTooLarge(f"output would have {size.frames} frames, over the limit of {limits.max_frames}",
                              field="latent")  # fmt: skip
+    return tensor
+
+
+def audio_spec_of(spec: ModelSpec, registry: Registry | None = None) -> ModelSpec:
+    """The model that decodes ``spec``'s audio latents (``ModelSpec.audio_model``), or InvalidRequest."""
+    if not spec.audio_model:
+        raise InvalidRequest(f"model {spec.name} takes no audio_latents (it decodes {spec.output_kind} alone)",
+                             field="audio_latents")  # fmt: skip
+    if registry is None:
+        from .models.registry import load_registry  # the registry imports the families, which import this
+
+        registry = load_registry()
+    return registry.get(spec.audio_model)
+
+
+def validate_audio_latents(audio: object, spec: ModelSpec, request: DecodeRequest, limits: Limits,
+                           registry: Registry | None = None) -> torch.Tensor:  # fmt: skip
+    """The audio latents a video job carries (LTX-2: one MP4 with sound), with their batch dimension of 1,
+    checked as ``spec.audio_model`` checks its own latents; errors name ``audio_latents``."""
+    audio_spec = audio_spec_of(spec, registry)
+    if request.output_format != "mp4":
+        raise UnsupportedFormat(f"a job with audio_latents makes one MP4 with its sound: output_format 'mp4', "
+                                f"not {request.output_format!r}", field="output_format")  # fmt: skip
+    if request.vae_input or request.preview:
+        raise InvalidRequest("audio_latents go with the pipeline's latents, without vae_input or preview",
+                             field="audio_latents")  # fmt: skip
+    tensor = check_tensor(audio, limits, field="audio_latents")
+    ndims = audio_spec.family_impl.latent_ndims(audio_spec)
+    if tensor.ndim + 1 in ndims:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim in ndims and tensor.shape[0] != 1:
+        raise InvalidLatent(f"audio_latents batch dimension is {tensor.shape[0]}; submit one sample per job",
+                            field="audio_latents")  # fmt: skip
+    try:
+        audio_spec.family_impl.check(tensor, audio_spec, DecodeRequest(model=audio_spec.name, output_format="wav"))
+    except InvalidLatent as exc:
+        raise InvalidLatent(f"audio_latents: {exc} (model {audio_spec.name})", field="audio_latents") from None
     return tensor
 
 

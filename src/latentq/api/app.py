@@ -44,7 +44,7 @@ from .batches import install_batch_routes
 from .console import install_console
 from .jobs import install_job_listing
 from .openapi import errors
-from .params import BatchId, IdempotencyKey, JobId, ResultKey, decode_params, read_latent
+from .params import BatchId, IdempotencyKey, JobId, ResultKey, decode_params, read_latents
 from .remote import install_remote_routes
 from .waiter import LongPolls
 
@@ -207,15 +207,16 @@ def create_app(
         body["status_url"] = str(request.url_for("get_job", job_id=job_id))
         return body
 
-    @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body)",
+    @app.post("/v1/jobs", status_code=202, summary="Submit one latent (a one-tensor safetensors body; or latent + audio_latents)",
               responses=errors(404, 408, 413, 429), openapi_extra=SAFETENSORS_BODY)  # fmt: skip
     async def submit_job(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)],
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        latent = await read_latent(request, decode_request, client.registry, settings.limits)
+        # one tensor, or a video latent with its audio_latents (LTX-2: one MP4 with sound)
+        latent, audio = await read_latents(request, decode_request, client.registry, settings.limits)
         job = await run_in_threadpool(client.submit_request, latent, decode_request, tenant=request_tenant(request),
-                                      idempotency_key=idempotency_key)  # fmt: skip
+                                      idempotency_key=idempotency_key, audio_latents=audio)  # fmt: skip
         status_url = str(request.url_for("get_job", job_id=job.id))
         return JSONResponse(
             {"id": job.id, "model": decode_request.model, "status": "queued", "status_url": status_url},

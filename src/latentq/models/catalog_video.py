@@ -40,9 +40,10 @@ SPECS: tuple[ModelSpec, ...] = (
                       "conditions on it (mode), (B, h*w, 128)"),
     _spec("ltx2", "ltx2", "AutoencoderKLLTX2Video", "Lightricks/LTX-2", 128, layout="video", spatial_factor=32,
           temporal_factor=8, dtype="bfloat16",
-          pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"),
+          pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline", "LTX2ConditionPipeline"), audio_model="ltx2audio",
           description="LTX-2 video VAE; (B, 128, f, h, w) latents as LTX2Pipeline returns them (denormalised); "
-                      "decode_timestep, decode_noise_scale, decode_noise_seed; its audio: model ltx2audio"),
+                      "decode_timestep, decode_noise_scale, decode_noise_seed; with audio_latents beside them, one "
+                      "MP4 with the sound track (decoded by ltx2audio); its audio alone: model ltx2audio"),
     ModelSpec(name="ltx2audio", loader="diffusers", family="ltx2audio", diffusers_class="AutoencoderKLLTX2Audio",
               source="Lightricks/LTX-2", subfolder="audio_vae", latent_channels=8, layout="audio", temporal_factor=960,
               dtype="bfloat16", has_encoder=False, pipelines=("LTX2Pipeline", "LTX2ImageToVideoPipeline"),
@@ -71,7 +72,9 @@ SPECS: tuple[ModelSpec, ...] = (
                       "(B, 1, 4, h, w)"),
     _spec("allegro", "allegro", "AutoencoderKLAllegro", "rhymes-ai/Allegro", 4, layout="video", scaling_factor=0.13,
           temporal_factor=4, dtype="float32", pipelines=("AllegroPipeline",),
-          description="Allegro VAE (always tiled); (B, 4, f, h, w) latents; num_frames, height, width crop"),
+          description="Allegro VAE (always tiled); (B, 4, f, h, w) latents; num_frames, height, width crop; no "
+                      "encoder offered: its encoder works only in 24-frame tiles (one image encodes to nothing) "
+                      "and AllegroPipeline (text to video) never encodes"),
     _spec("easyanimate", "easyanimate", "AutoencoderKLMagvit", "alibaba-pai/EasyAnimateV5.1-7b-zh-diffusers", 16,
           layout="video", scaling_factor=0.7125, temporal_factor=4, dtype="bfloat16",
           has_encoder=True, pipelines=("EasyAnimatePipeline", "EasyAnimateControlPipeline", "EasyAnimateInpaintPipeline"),

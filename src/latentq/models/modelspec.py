@@ -65,6 +65,8 @@ class ModelSpec:
     # VAE-space latent shapes ((B, C, h, w) or (B, C, f, h, w), as vae.decode receives them) a worker decodes
     # once at start: --compile compiles them (static shapes), cuDNN tunes for them
     warmup_shapes: tuple[tuple[int, ...], ...] = ()
+    # The model that decodes the audio latents a job may carry beside the video ones (LTX-2: one MP4 with sound)
+    audio_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.loader not in LOADERS:
@@ -150,5 +152,6 @@ class ModelSpec:
             "sample_rate": family.sample_rate,
             "options": list(getattr(family, "options", ())),  # the request options (num_frames, ...) it reads
             "pipelines": list(self.pipelines),
+            "audio_model": self.audio_model,
             "description": self.description,
         }

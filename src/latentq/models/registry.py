@@ -59,11 +59,14 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ModelSpec(name="hunyuanvideo", loader="diffusers", diffusers_class="AutoencoderKLHunyuanVideo",
                   source="hunyuanvideo-community/HunyuanVideo", subfolder="vae", latent_channels=16, layout="video",
                   scaling_factor=0.476986, temporal_factor=4, dtype="float16", tile_above_pixels=256 * 256,
-                  description="HunyuanVideo VAE; (B, 16, f, h, w) latents"),
+                  description="HunyuanVideo VAE; (B, 16, f, h, w) latents; encodes an image as "
+                              "HunyuanVideoImageToVideoPipeline conditions on it (mode, scaled), (B, 16, 1, h, w)"),
         ModelSpec(name="wan", loader="diffusers", diffusers_class="AutoencoderKLWan",
                   source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", subfolder="vae", latent_channels=16, layout="video",
                   normalization="latents_mean_std", temporal_factor=4, dtype="float32",
-                  tile_above_pixels=480 * 832, description="Wan 2.1 VAE; (B, 16, f, h, w) latents"),
+                  tile_above_pixels=480 * 832,
+                  description="Wan 2.1 VAE; (B, 16, f, h, w) latents; encodes an image as WanImageToVideoPipeline "
+                              "conditions on it (mode, normalised: its first latent frame), (B, 16, 1, h, w)"),
         _tiny("taesd", "madebyollin/taesd", latent_channels=4, description="Tiny AE for SD 1.x/2.x latents"),
         _tiny("taesdxl", "madebyollin/taesdxl", latent_channels=4, description="Tiny AE for SDXL latents"),
         _tiny("taesd3", "madebyollin/taesd3", latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,

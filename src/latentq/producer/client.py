@@ -33,7 +33,7 @@ from ..records import RecordReader
 from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore
 from ..tenants import DEFAULT_TENANT, Tenant, TenantDirectory, digest
-from ..validate import validate_image, validate_latent
+from ..validate import validate_audio_latents, validate_image, validate_latent
 from ..wire import latent_to_bytes
 from .status import job_info
 from .waiter import RECHECK_S, DoneListener, has_ended
@@ -174,6 +174,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        audio_latents: torch.Tensor | None = None,
         **options: Any,
     ) -> Job:
         """Validate one latent (with or without its batch dimension of 1) and enqueue its decode.
@@ -181,15 +182,17 @@ class Client:
         ``options``: quality, height and width (packed FLUX latents), fps, preview, tile,
         priority ("normal" or "high"), deadline (unix time), callback_url.
         ``idempotency_key``: a retried submit with the same key (within 24 h) returns the first job.
+        ``audio_latents``: the audio latents of the same video (LTX-2's), decoded by the model's
+        ``audio_model`` and muxed into the one MP4 (``output_format="mp4"``).
         """
         request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
-        return self.submit_request(latent, request, idempotency_key=idempotency_key)
+        return self.submit_request(latent, request, idempotency_key=idempotency_key, audio_latents=audio_latents)
 
     @redis_unavailable()
     def submit_request(self, latent: torch.Tensor, request: DecodeRequest, *, tenant: Tenant | None = None,
-                       idempotency_key: str | None = None) -> Job:  # fmt: skip
-        return self._enqueue([latent], request, None, tenant, idempotency_key)[0]
+                       idempotency_key: str | None = None, audio_latents: torch.Tensor | None = None) -> Job:  # fmt: skip
+        return self._enqueue([latent], request, None, tenant, idempotency_key, audio_latents)[0]
 
     @redis_unavailable()
     def submit_encode(self, image: torch.Tensor, model: str, *, tenant: Tenant | None = None,
@@ -241,8 +244,12 @@ class Client:
         return validate_latent(tensor, spec, request, self.settings.limits)
 
     def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None,
-                 tenant: Tenant | None, idempotency_key: str | None) -> list[Job]:  # fmt: skip
-        self.registry.get(request.model)
+                 tenant: Tenant | None, idempotency_key: str | None,
+                 audio_latents: torch.Tensor | None = None) -> list[Job]:  # fmt: skip
+        spec = self.registry.get(request.model)
+        audio = None
+        if audio_latents is not None:  # one job's (submit_request): validated before its latent is
+            audio = validate_audio_latents(audio_latents, spec, request, self.settings.limits, self.registry)
         payloads = []
         for index, latent in enumerate(latents):
             try:
@@ -279,7 +286,7 @@ class Client:
         submitted_at = time.time()
         pipe = capture(self.connection)
         for job_id, tensor in payloads:
-            pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor), ex=settings.latent_ttl)
+            pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor, audio), ex=settings.latent_ttl)
             index_recent_job(pipe, tenant.name, job_id, submitted_at)  # GET /v1/jobs lists it
         if batch_id:
             batch = keys.batch_key(batch_id)

@@ -222,15 +222,17 @@ class HttpClient:
         metadata: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        audio_latents: torch.Tensor | None = None,
         **options: Any,
     ) -> HttpJob:
         """Submit one latent. Every submit carries an ``Idempotency-Key`` (``idempotency_key``, else a
-        random one), so the retries this client makes on a 503 never make a second job."""
+        random one), so the retries this client makes on a 503 never make a second job.
+        ``audio_latents``: a video's sound, decoded into the same MP4 (as ``Client.submit``)."""
         response = self.request(
             "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
-            content=latent_to_bytes(latent),
+            content=latent_to_bytes(latent, audio_latents),
             headers={"content-type": "application/octet-stream",
                      "idempotency-key": idempotency_key or uuid.uuid4().hex},  # fmt: skip
         )
@@ -334,6 +336,7 @@ class AsyncHttpClient:
         metadata: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        audio_latents: torch.Tensor | None = None,
         **options: Any,
     ) -> AsyncHttpJob:
         """As ``HttpClient.submit``: retried submits never make a second job."""
@@ -341,7 +344,7 @@ class AsyncHttpClient:
             "POST",
             "/v1/jobs",
             params=_params(model, output_format, scaling_factor, shift_factor, metadata, options),
-            content=latent_to_bytes(latent),
+            content=latent_to_bytes(latent, audio_latents),
             headers={"content-type": "application/octet-stream",
                      "idempotency-key": idempotency_key or uuid.uuid4().hex},  # fmt: skip
         )

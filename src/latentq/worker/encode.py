@@ -78,9 +78,10 @@ def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
 
 
 def encode_mp4(frames: torch.Tensor, fps: int, quality: int, audio: torch.Tensor | None = None,
-               sample_rate: int | None = None) -> bytes:  # fmt: skip
+               sample_rate: int | None = None, audio_codec: str = "aac") -> bytes:  # fmt: skip
     """(F, H, W, 3) uint8 -> H.264 MP4 (yuv420p, so players everywhere open it); with ``audio``
-    ((channels, samples) float in [-1, 1] at ``sample_rate``), an AAC track beside it."""
+    ((channels, samples) float in [-1, 1] at ``sample_rate``), an AAC track beside it (``audio_codec``
+    "alac": lossless 16-bit, with no encoder delay)."""
     import av
 
     buffer = io.BytesIO()
@@ -92,8 +93,11 @@ def encode_mp4(frames: torch.Tensor, fps: int, quality: int, audio: torch.Tensor
         stream.options = {"crf": str(round((100 - quality) * 0.51)), "preset": "veryfast"}
         sound = None
         if audio is not None and sample_rate:
-            sound = container.add_stream("aac", rate=sample_rate, layout=_layout(audio.shape[0]))
-            sound.bit_rate = 64_000 + 1_920 * quality  # 256 kb/s at quality 100
+            sound = container.add_stream(audio_codec, rate=sample_rate, layout=_layout(audio.shape[0]))
+            if audio_codec == "alac":
+                sound.format = "s16p"
+            else:
+                sound.bit_rate = 64_000 + 1_920 * quality  # 256 kb/s at quality 100
         for array in frames.numpy():
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())

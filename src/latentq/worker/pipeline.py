@@ -20,8 +20,8 @@ from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
 from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
-from ..validate import output_geometry, validate_image, validate_latent
-from ..wire import latent_from_bytes
+from ..validate import output_geometry
+from .av import AVLatents, DecodedAV, decode_av_group, encode_av_output, parse_job_input, shape_key, video_of
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
 
@@ -43,17 +43,14 @@ def load_latent(data: bytes | None, spec: ModelSpec, request: DecodeRequest, lim
     """Parse and re-validate a queued latent (or an encode job's image): the worker trusts nothing it pops."""
     if data is None:
         raise InvalidLatent("the job's input is gone from Redis (expired or already consumed)", field="latent")
-    tensor = latent_from_bytes(data, limits)
-    if request.task == "encode":
-        return validate_image(tensor, spec, limits)
-    return validate_latent(tensor, spec, request, limits)
+    return parse_job_input(data, spec, request, limits)  # a latent, an image, or a latent with its audio (av)
 
 
-def sample_pixels(spec: ModelSpec, request: DecodeRequest, tensor: torch.Tensor) -> int:
+def sample_pixels(spec: ModelSpec, request: DecodeRequest, tensor: torch.Tensor | AVLatents) -> int:
     """Output pixels of one sample (times frames for video): what a decode's memory grows with."""
     if request.task == "encode":
         return tensor.shape[-1] * tensor.shape[-2]
-    size = output_geometry(tensor, spec, request)
+    size = output_geometry(video_of(tensor), spec, request)
     return size.width * size.height * size.frames
 
 
@@ -67,7 +64,7 @@ def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_b
     groups: dict[tuple, list] = defaultdict(list)
     for item in items:
         _, request, tensor = item
-        groups[(request.batch_signature(), tuple(tensor.shape), tensor.dtype)].append(item)
+        groups[(request.batch_signature(), *shape_key(tensor))].append(item)
     batches = []
     for members in groups.values():
         size = max_batch
@@ -191,6 +188,8 @@ def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tenso
 def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor],
                  *, faults: Faults | None = None, force_tile: bool = False) -> list[DecodedImage]:  # fmt: skip
     """One ``vae.decode`` for a group of same-shape latents with the same options."""
+    if isinstance(tensors[0], AVLatents):  # video with its sound (worker.av): the video decoded here
+        return decode_av_group(model, requests, tensors, faults=faults, force_tile=force_tile)
     first = requests[0]
     tile = force_tile or wants_tiling(model, first, tensors[0])
     started = time.perf_counter()
@@ -234,7 +233,9 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
         decoded = DecodedImage(None, pixels, decoded.batch_size, decoded.decode_ms)
     records = []
     started = time.perf_counter()
-    if isinstance(decoded, DecodedAudio):
+    if isinstance(decoded, DecodedAV):
+        outputs = encode_av_output(decoded, request)
+    elif isinstance(decoded, DecodedAudio):
         outputs = encode_audio_output(decoded.audio, decoded.sample_rate, request)
     else:
         outputs = encode_output(decoded.image if needs_float(request) else None, decoded.pixels, request)

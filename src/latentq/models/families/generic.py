@@ -40,8 +40,9 @@ class GenericFamily(Family):
         return shapes
 
     def has_encoder(self, spec: ModelSpec) -> bool:
-        # Video encoders take videos, FLUX.2's latents would need its batch norm inverted: image-like only.
-        return spec.has_encoder and spec.layout in ("image", "packed")
+        # Video VAEs encode an image as their image-to-video pipelines do (a one-frame video); FLUX.2's
+        # latents would need its batch norm inverted: not offered.
+        return spec.has_encoder and spec.layout in ("image", "packed", "video")
 
     def check(self, latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
         from .videobase import check_options
@@ -78,8 +79,11 @@ class GenericFamily(Family):
 
     @torch.inference_mode()
     def encode(self, model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-        """Scaled latents in the VAE's layout: for FLUX.1, the unpacked (B, 16, h, w) the HF endpoint returns."""
+        """Scaled latents in the VAE's layout: for FLUX.1, the unpacked (B, 16, h, w) the HF endpoint returns;
+        for the video VAEs, (B, C, 1, h, w) as their image-to-video pipelines condition on an image."""
         spec = model.spec
+        if spec.layout == "video":
+            return _encode_video_image(model, images)
         x = images.to(model.device, model.dtype)
         with model.lock:
             if spec.loader == "taef2":
@@ -92,6 +96,23 @@ class GenericFamily(Family):
         if spec.normalization != "scale_shift":
             return z.cpu()
         return ((z - spec.shift_factor) * spec.scaling_factor).cpu()
+
+
+def _encode_video_image(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """One image as a one-frame video, the posterior's mode (``retrieve_latents(..., "argmax")``), normalised:
+    HunyuanVideoImageToVideoPipeline scales it (``* scaling_factor``); WanImageToVideoPipeline normalises
+    with the config's mean and std, and as Wan's VAE is causal, the image alone encodes to the first latent
+    frame of the (image + zero frames) video that Wan 2.1's pipeline encodes."""
+    from .videobase import encode_mode
+
+    spec = model.spec
+    z = encode_mode(model, images)
+    if spec.normalization == "latents_mean_std":
+        config = model.module.config
+        mean = torch.tensor(config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
+        return ((z - mean) / std).cpu()
+    return ((z - spec.shift_factor) * spec.scaling_factor).cpu()
 
 
 @torch.inference_mode()

@@ -5,11 +5,14 @@ LTX2Pipeline with ``output_type="latent"`` returns the video latents unpacked an
 what this family takes. Its pixel path mixes the decode noise into the *normalised* latents,
 ``(1 - decode_noise_scale) * latents + decode_noise_scale * noise``, then denormalises and calls
 ``vae.decode(latents, decode_timestep)``; here the latents are normalised back first when there is noise
-to mix (``decode_noise_seed`` seeds it, as in ``ltxvideo``). Its audio latents: the ``ltx2audio`` family.
+to mix (``decode_noise_seed`` seeds it, as in ``ltxvideo``). Its audio latents: the ``ltx2audio`` family;
+a job may carry them beside the video's (``audio_latents``, one MP4 with sound: ``latentq.worker.av``), and
+then ``audio_decoder`` loads the spec's ``audio_model`` beside the video VAE, once.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +29,24 @@ __all__ = ["FAMILY", "LTX2Family"]
 class LTX2Family(VideoFamily):
     name = "ltx2"
     options = ("decode_timestep", "decode_noise_scale", "decode_noise_seed")
+
+    def __init__(self) -> None:
+        self._audio: dict[int, LoadedModel] = {}
+        self._loading = threading.Lock()
+
+    def audio_decoder(self, model: LoadedModel) -> LoadedModel:
+        """The spec's ``audio_model`` (the registry's, from the worker's models file), loaded on the video
+        model's device in its dtype on the first job with audio_latents, then kept with it."""
+        from ...validate import audio_spec_of
+        from ..loader import load_model
+
+        with self._loading:
+            loaded = self._audio.get(id(model.module))
+            if loaded is None:
+                spec = audio_spec_of(model.spec)
+                dtype = str(model.dtype).removeprefix("torch.")
+                loaded = self._audio[id(model.module)] = load_model(spec, model.device, dtype)
+            return loaded
 
     @staticmethod
     def _timestep(request: DecodeRequest) -> float:
