@@ -23,6 +23,7 @@ its share says so. The table goes to stdout and bench/results/gpu-<date>.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gc
 import io
@@ -93,13 +94,13 @@ class Result:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def worker_options() -> set[str]:
-    """The options ``latentq worker`` takes (another change may add --compile, --channels-last)."""
+def worker_options() -> dict[str, argparse.Action]:
+    """The options ``latentq worker`` takes, by flag (--compile and --channels-last: where this version has them)."""
     from latentq.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {opt for action in sub.choices["worker"]._actions for opt in action.option_strings}
+    return {opt: action for action in sub.choices["worker"]._actions for opt in action.option_strings}
 
 
 def config_of(case: Case, small: bool) -> dict[str, Any]:
@@ -337,11 +338,12 @@ class ProcessMemory:
         self._thread.join(5)
 
 
-def start_worker(stack: BenchStack, args, device, options: set[str]):
+def start_worker(stack: BenchStack, args, device, options: dict[str, argparse.Action]):
     """One worker serving every model (each in its models-file dtype); returns it and its flags, as text."""
     flags = []
-    if device.type == "cuda" and "--channels-last" in options:
-        flags.append("--channels-last")
+    channels_last = options.get("--channels-last")
+    if device.type == "cuda" and channels_last is not None:  # a switch, or --channels-last {auto,on,off}
+        flags += ["--channels-last", "on"] if channels_last.choices else ["--channels-last"]
     if args.compile and "--compile" in options:
         flags.append("--compile")
     extra = ["--no-previews", *flags]
@@ -429,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     run_deadline = run_started + args.minutes * 60
     import torch
 
+    from latentq.models.registry import ModelSpec
+
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -446,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     cases = [CASES[name] for name in args.models]
     models_file = {c.model: {"config": config_of(c, args.small), "seed": args.seed,
                              "dtype": c.dtype if device.type == "cuda" else "float32"} for c in cases}  # fmt: skip
+    if args.compile and "warmup_shapes" in {f.name for f in dataclasses.fields(ModelSpec)}:
+        for case in cases:  # the worker compiles these at start, not on the first jobs
+            latent = list(case.small_latent if args.small else case.latent)
+            batch = 2 if case.video else max(args.batches)
+            models_file[case.model]["warmup_shapes"] = [[batch, *latent], [1, *latent]]
     results: list[Result] = []
     with BenchStack(models_file, extra_env={"HF_HUB_OFFLINE": "1"}, redis_url=args.redis_url) as stack, \
             tempfile.TemporaryDirectory(prefix="latentq-gpu-") as scratch:  # fmt: skip
