@@ -304,3 +304,26 @@ def test_worker_and_up_flags_reach_load_model_and_the_workers():
     up = parser.parse_args(["up", "--channels-last", "off", "--compile"])
     assert _gpu_flags(up) == ("--channels-last", "off", "--compile")
     assert _gpu_options(parser.parse_args(["worker", *_gpu_flags(up)])) == {"channels_last": False, "compile": True}
+
+
+# --- on a CUDA device (skipped here: this machine has none) -------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_staged_path_on_cuda_matches_the_eager_decode_of_the_same_dtype(dtype):
+    spec = dataclasses.replace(load_registry(None).get("taef2"), source=None, config={})
+    model = load_model(spec, "cuda", dtype)
+    assert model.path.staged and model.path.pool.enabled and model.channels_last
+    latents = [torch.randn(1, 32, 8, 8) for _ in range(3)]
+    with torch.inference_mode():  # the reference: the module's own decode, float32 [0, 1] on the CPU
+        raw = model.module.decode(torch.cat(latents).to("cuda", model.dtype)).float().clamp(0, 1).cpu()
+    want = to_uint8(raw)
+    for _ in range(2):  # the second decode reuses the first's staging buffer
+        requests = [DecodeRequest(model="taef2", output_format="png")] * 2 + [DecodeRequest(model="taef2",
+                                                                                           output_format="tensor")]
+        decoded = decode_group(model, requests, latents)
+        for i, item in enumerate(decoded):
+            assert item.pixels.device.type == "cpu"
+            assert (item.pixels.int() - want[i].int()).abs().max() <= 1
+        assert (decoded[2].image - raw[2]).abs().max() <= (1 if dtype == "float32" else 2) / 255
+        assert decoded[0].decode_ms > 0
+    assert model.path.pool.reused >= 1

@@ -8,12 +8,15 @@ sizes costs eager speed, never a compilation per job.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import torch
 
 __all__ = ["CompiledDecoder", "compile_decoder"]
+
+log = logging.getLogger(__name__)
 
 
 class CompiledDecoder(torch.nn.Module):
@@ -24,6 +27,7 @@ class CompiledDecoder(torch.nn.Module):
         self.limit = limit
         self.shapes: set[tuple] = set()
         self.eager_calls = 0  # calls past the bound, run eager
+        self.eager_shapes: set[tuple] = set()
         self._lock = threading.Lock()
         _raise_recompile_limit(limit)
 
@@ -33,6 +37,10 @@ class CompiledDecoder(torch.nn.Module):
             if key not in self.shapes and len(self.shapes) >= self.limit:
                 self.eager_calls += 1
                 compiled = False
+                if key not in self.eager_shapes:  # said once per shape: declare it in warmup_shapes to compile it
+                    self.eager_shapes.add(key)
+                    log.warning("--compile: %d shapes compiled already; decoder input %s runs eager",
+                                self.limit, list(sample.shape))  # fmt: skip
             else:
                 self.shapes.add(key)
                 compiled = True
