@@ -219,6 +219,21 @@ def test_a_tensor_request_gets_its_float_pixels_too(tmp_path):
         encode_output(None, decoded.pixels, request)
 
 
+def test_a_preview_is_uint8_only_and_stores_as_a_still(tmp_path):
+    from latentq.store.local import LocalStore
+    from latentq.worker.pipeline import decode_preview
+
+    model = tiny_taef2()
+    latent = torch.randn(1, 32, 4, 4)
+    request = DecodeRequest(model="taef2", output_format="tensor", preview=True)
+    (decoded,) = decode_preview(model, model, [request], [latent])
+    assert torch.equal(decoded.pixels, to_uint8(model.preview(model, latent))[0])
+    with pytest.raises(ValueError, match="no float pixels"):
+        decoded.image
+    (record,) = store_output(LocalStore(tmp_path), "job", request, decoded, preview=True)
+    assert record["content_type"] == "image/jpeg" and record["width"] == decoded.pixels.shape[1]
+
+
 # --- channels_last and compile ---------------------------------------------------------------
 def test_channels_last_decodes_what_the_default_layout_does():
     eager = tiny_taef2()
