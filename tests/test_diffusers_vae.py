@@ -311,8 +311,9 @@ def test_remote_vae_looks_like_the_vae_it_stands_in_for(redis_url):
     assert vae.to(torch.bfloat16).dtype == torch.bfloat16 and not list(vae.parameters())
     hunyuan = RemoteVAE(vae.client, model="hunyuanvideo", config=CONFIGS["hunyuanvideo"])
     assert hunyuan.temporal_compression_ratio == 4  # the real class's attributes the pipelines read
+    flux2 = RemoteVAE(vae.client, model="flux2", config=CONFIGS["flux2"])  # its encoder is not offered
     for call, field in ((lambda: vae.decode(torch.zeros(1, 4, 2, 2), torch.tensor([0.05])), "temb"),
-                        (lambda: vae.encode(torch.zeros(1, 3, 16, 16)), "encode")):  # fmt: skip
+                        (lambda: flux2.encode(torch.zeros(1, 3, 16, 16)), "model")):  # fmt: skip
         with pytest.raises(latentq.InvalidRequest) as caught:
             call()
         assert caught.value.field == field
@@ -341,3 +342,31 @@ def test_queue_forwards_what_the_family_reads_from_the_call(procs, models_file, 
         (job,) = queue.generate(case.pipe, **case.call, generator=torch.Generator().manual_seed(0))
         frames = [np.asarray(Image.open(io.BytesIO(client.store.get(r.key)))) for r in queue.results()[0]]
     assert_close(np.stack(frames)[None].astype(np.int16), want)
+
+
+@torch.no_grad()
+def test_img2img_pipeline_with_remote_vae_encodes_and_decodes_as_its_own(tiny, procs, env):
+    """StableDiffusionImg2ImgPipeline samples vae.encode's posterior with its own generator: RemoteVAE.encode
+    hands back the posterior's parameters (a vae_input encode job), so the image equals the local one."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    procs.worker("sd15", extra=("--no-previews",))
+    init = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(3))
+    def kwargs() -> dict:  # a fresh generator per call
+        return {key: value for key, value in call_kwargs("sd15").items() if key not in ("height", "width")}
+
+    def img2img(vae) -> np.ndarray:
+        pipe = StableDiffusionImg2ImgPipeline(**{**tiny.built["sd15"].components, "vae": vae})
+        out = pipe(**kwargs(), image=init, strength=0.75, output_type="np")
+        return (np.asarray(out.images) * 255).round().astype(np.int16)
+
+    want = img2img(tiny.built["sd15"].vae)
+    with Client() as client:
+        remote = RemoteVAE(client, model="sd15")
+        got = img2img(remote)
+        assert_close(got, want)
+        # The posterior itself: its mean and std equal the local VAE's (the pipeline may take either).
+        x = init * 2 - 1
+        local, there = tiny.built["sd15"].vae.encode(x).latent_dist, remote.encode(x).latent_dist
+        assert torch.allclose(there.mean, local.mean, atol=1e-5) and torch.allclose(there.std, local.std, atol=1e-5)
+    assert_close(img2img(RemoteVAE(procs.api(), model="sd15")), want)  # over HTTP: POST /v1/jobs?task=encode

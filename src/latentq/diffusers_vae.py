@@ -127,7 +127,8 @@ class RemoteVAE(ModelMixin):
     ``subfolder``); by default the deployment's model's own. ``timeout``: seconds one decode may take.
 
     Differences from a local VAE: ``force_upcast`` is False (the worker picks its own precision); tiling is the
-    deployment's choice unless ``enable_tiling()`` / ``disable_tiling()`` force it; no ``encode``.
+    deployment's choice unless ``enable_tiling()`` / ``disable_tiling()`` force it; ``encode`` runs as
+    ``vae_input`` encode jobs (the posterior's parameters come back; the pipeline samples them itself).
     """
 
     def __init__(self, client: Client | HttpClient | str | None = None, model: str | None = None, *,
@@ -189,9 +190,25 @@ class RemoteVAE(ModelMixin):
     def disable_slicing(self) -> None:
         """As ``enable_slicing``."""
 
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        raise UnsupportedFormat("RemoteVAE decodes only: give the pipeline a local VAE for image inputs, or use "
-                                "latentq's encode jobs (remote_encode)", field="encode")  # fmt: skip
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> Any:
+        """What ``vae.encode(x)`` returns to a pipeline: ``.latent_dist`` (a ``DiagonalGaussianDistribution``
+        the pipeline samples with its own generator, or takes the mode of) for classes with a posterior,
+        ``.latents`` for those without. One ``vae_input`` encode job per sample; the worker answers the
+        posterior's raw parameters (``latentq.worker.vae_io``), so sampling happens here, as locally."""
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+        from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        samples = x.detach().to("cpu", torch.float32).contiguous().split(1)
+        jobs = [self.client.submit_encode(sample, self.model, vae_input=True) for sample in samples]
+        raw = torch.cat([st_load(data)["latent"] for data in wait_and_read(jobs, self.timeout)])
+        raw = raw.to(device=x.device, dtype=x.dtype)
+        if raw.shape[1] == 2 * int(self.description["latent_channels"]):
+            out: Any = AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(raw))
+            return out if return_dict else (out.latent_dist,)
+        out = AutoencoderTinyOutput(latents=raw)
+        return out if return_dict else (raw,)
 
     def forward(self, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return self.decode(sample, **kwargs)

@@ -133,15 +133,21 @@ def validate_audio_latents(audio: object, spec: ModelSpec, request: DecodeReques
     return tensor
 
 
-def validate_image(image: object, spec: ModelSpec, limits: Limits) -> torch.Tensor:
-    """An encode job's input: RGB (1, 3, H, W) float in [0, 1], H and W multiples of the spatial factor."""
+def validate_image(image: object, spec: ModelSpec, limits: Limits, *, vae_input: bool = False) -> torch.Tensor:
+    """An encode job's input: RGB (1, 3, H, W) float in [0, 1], H and W multiples of the spatial factor.
+    With ``vae_input``: what a pipeline hands ``vae.encode`` ([-1, 1]; (1, 3, F, H, W) too, for video VAEs)."""
     if not spec.offers_encoder:
         raise InvalidRequest(f"model {spec.name} has no encoder offered for encode jobs", field="model")
     tensor = check_tensor(image, limits, field="image")
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(0)
-    if tensor.ndim != 4 or tensor.shape[0] != 1 or tensor.shape[1] != 3:
-        raise InvalidLatent(f"image must be (1, 3, H, W) RGB, got {tuple(tensor.shape)}", field="image")
+    ndims = (4, 5) if vae_input else (4,)
+    if tensor.ndim not in ndims or tensor.shape[0] != 1 or tensor.shape[1] != 3:
+        wanted = "(1, 3, [F,] H, W)" if vae_input else "(1, 3, H, W)"
+        raise InvalidLatent(f"image must be {wanted} RGB, got {tuple(tensor.shape)}", field="image")
+    if tensor.ndim == 5 and tensor.shape[2] > limits.max_frames:
+        raise LatentTooLarge(f"image has {tensor.shape[2]} frames, over the limit of {limits.max_frames}",
+                             field="image")  # fmt: skip
     height, width = tensor.shape[2], tensor.shape[3]
     factor = spec.spatial_factor
     if height % factor or width % factor:

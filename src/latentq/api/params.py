@@ -55,6 +55,8 @@ def decode_params(
     decode_chunk_size: Annotated[int | None, Query(description="svd: frames per decoder call")] = None,
     audio_start_in_s: Annotated[float | None, Query(description="stableaudio: clip start, seconds")] = None,
     audio_end_in_s: Annotated[float | None, Query(description="stableaudio: clip end, seconds")] = None,
+    task: Annotated[str, Query(description="decode, or encode: an image in ((1, 3, H, W) in [0, 1]; with "
+                                           "vae_input what a pipeline hands vae.encode), its latent out")] = "decode",
 ) -> DecodeRequest:
     """A FastAPI dependency: the query string as a validated DecodeRequest.
 
@@ -67,7 +69,7 @@ def decode_params(
                          callback_url=callback_url, num_frames=num_frames, decode_timestep=decode_timestep,
                          decode_noise_scale=decode_noise_scale, decode_noise_seed=decode_noise_seed,
                          decode_chunk_size=decode_chunk_size, audio_start_in_s=audio_start_in_s,
-                         audio_end_in_s=audio_end_in_s)  # fmt: skip
+                         audio_end_in_s=audio_end_in_s, task=task)  # fmt: skip
 
 
 async def read_latent(request: Request, decode_request: DecodeRequest, registry: Registry, limits: Limits) -> Tensor:

@@ -20,6 +20,9 @@ SPECS: tuple[ModelSpec, ...] = (
               pipelines=("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageEditPipeline"),
               description="Qwen-Image VAE; packed (B, seq, 64) latents with height and width, or unpacked "
                           "(B, 16, h, w); per-channel latents_mean / latents_std"),
+    # scaling_factor 0.75289: what diffusers' scripts/convert_hunyuan_image_to_diffusers.py writes into the hub
+    # VAE's config for HunyuanImage 2.1 (and its distilled variant); AutoencoderKLHunyuanImage has no default
+    # (None) and HunyuanImagePipeline divides by vae.config.scaling_factor, so the config's value is the one.
     ModelSpec(name="hunyuanimage21", loader="diffusers", diffusers_class="AutoencoderKLHunyuanImage",
               source="hunyuanvideo-community/HunyuanImage-2.1-Diffusers", subfolder="vae", latent_channels=64,
               spatial_factor=32, scaling_factor=0.75289, dtype="bfloat16", tile_above_pixels=2048 * 2048,

@@ -240,7 +240,7 @@ class Client:
     def _validate(self, tensor: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
         spec = self.registry.get(request.model)
         if request.task == "encode":
-            return validate_image(tensor, spec, self.settings.limits)
+            return validate_image(tensor, spec, self.settings.limits, vae_input=request.vae_input)
         return validate_latent(tensor, spec, request, self.settings.limits)
 
     def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None,

@@ -239,6 +239,12 @@ class HttpClient:
         body = response.json()
         return HttpJob(self, body["id"], body["status_url"])
 
+    def submit_encode(self, image: torch.Tensor, model: str, *, idempotency_key: str | None = None,
+                      **options: Any) -> HttpJob:  # fmt: skip
+        """Encode an image (as ``Client.submit_encode``; ``vae_input=True``: what a pipeline hands
+        ``vae.encode``, answered as ``vae.encode`` returns it, RemoteVAE's encode)."""
+        return self.submit(image, model, "tensor", idempotency_key=idempotency_key, task="encode", **options)
+
     def submit_many(self, latents, model: str, **options: Any) -> list[HttpJob]:
         samples = list(latents.unbind(0)) if isinstance(latents, torch.Tensor) else list(latents)
         return [self.submit(sample, model, **options) for sample in samples]

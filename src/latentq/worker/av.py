@@ -50,7 +50,7 @@ def parse_job_input(data: bytes, spec: ModelSpec, request: DecodeRequest,
                     limits: Limits) -> torch.Tensor | AVLatents:  # fmt: skip
     """A queued body, validated: an encode job's image, a latent, or a latent with its audio latents."""
     if request.task == "encode":
-        return validate_image(latent_from_bytes(data, limits), spec, limits)
+        return validate_image(latent_from_bytes(data, limits), spec, limits, vae_input=request.vae_input)
     latent, audio = latents_from_bytes(data, limits)
     if audio is None:
         return validate_latent(latent, spec, request, limits)

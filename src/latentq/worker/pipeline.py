@@ -24,6 +24,7 @@ from ..validate import output_geometry
 from .av import AVLatents, DecodedAV, decode_av_group, encode_av_output, parse_job_input, shape_key, video_of
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
+from .vae_io import encode_vae_input
 
 __all__ = [
     "DecodedAudio",
@@ -76,9 +77,14 @@ def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_b
     return batches
 
 
-def encode_group(model: LoadedModel, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One batched encoder call for same-size images -> each job's latent (1, ...), float32 (the family's)."""
-    latents = model.encode(torch.cat(tensors, 0).float())
+def encode_group(model: LoadedModel, tensors: list[torch.Tensor],
+                 requests: list[DecodeRequest] | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """One batched encoder call for same-size images -> each job's latent (1, ...), float32 (the family's;
+    for ``vae_input`` jobs, what ``vae.encode`` returns to a pipeline: ``vae_io``)."""
+    if requests and requests[0].vae_input:
+        latents = encode_vae_input(model, torch.cat(tensors, 0).float())
+    else:
+        latents = model.encode(torch.cat(tensors, 0).float())
     return [latents[i : i + 1].contiguous() for i in range(latents.shape[0])]
 
 

@@ -299,7 +299,7 @@ class DecodeWorker(SimpleWorker):
 
     def _encode(self, model: LoadedModel, group: list, queues: dict, executions: dict) -> None:
         try:
-            latents = encode_group(model, [tensor for _, _, tensor in group])
+            latents = encode_group(model, [tensor for _, _, tensor in group], [request for _, request, _ in group])
         except Exception as exc:
             for job, _, _ in group:
                 self._fail(job, queues[job.id], executions[job.id], _reason(exc), permanent=True)
