@@ -370,3 +370,24 @@ def test_img2img_pipeline_with_remote_vae_encodes_and_decodes_as_its_own(tiny, p
         local, there = tiny.built["sd15"].vae.encode(x).latent_dist, remote.encode(x).latent_dist
         assert torch.allclose(there.mean, local.mean, atol=1e-5) and torch.allclose(there.std, local.std, atol=1e-5)
     assert_close(img2img(RemoteVAE(procs.api(), model="sd15")), want)  # over HTTP: POST /v1/jobs?task=encode
+
+
+@torch.no_grad()
+def test_ltx_pipeline_with_remote_vae_runs_its_timestep_conditioned_decode(procs, models_file, tmp_path):
+    """LTXPipeline calls vae.decode(latents, timestep) after mixing in its decode noise and reads
+    vae.latents_mean / latents_std (weights, not config): RemoteVAE reads those two from the weights file and
+    sends each sample's timestep as its job's decode_timestep; the video equals the pipeline's own."""
+    from pipelines_video import BUILDERS as VIDEO_BUILDERS
+
+    case = VIDEO_BUILDERS["ltxvideo"]()
+    case.pipe.vae.save_pretrained(tmp_path / "ltxvideo" / "vae")
+    fields = "".join(f"{key} = {value}\n" for key, value in case.spec_fields.items())
+    models_file.write_text(models_file.read_text() + f'\n[models.ltxvideo]\nsource = "{tmp_path / "ltxvideo"}"\n{fields}')
+    procs.worker("ltxvideo", extra=("--no-previews",))
+    want = (np.asarray(case.run("np").frames) * 255).round().astype(np.int16)
+    with Client() as client:
+        remote = RemoteVAE(client, model="ltxvideo")
+        assert torch.equal(remote.latents_mean, case.pipe.vae.latents_mean)
+        case.pipe = type(case.pipe)(**{**case.pipe.components, "vae": remote})
+        got = (np.asarray(case.run("np").frames) * 255).round().astype(np.int16)
+    assert_close(got, want)

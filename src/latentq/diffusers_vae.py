@@ -118,6 +118,36 @@ def vae_space_request(z: torch.Tensor, description: dict[str, Any]) -> tuple[tor
     return tokens, {"height": h * factor, "width": w * factor}
 
 
+def _weight_buffers(shadow: torch.nn.Module, description: dict[str, Any], subfolder: str | None) -> dict[str, Any]:
+    """The class's top-level buffers that live in the weights, not the config (LTX's ``latents_mean`` /
+    ``latents_std``, which its pipelines read from ``pipe.vae``), read from the weights file alone (local,
+    or the hub's, cached); {} for classes without such buffers."""
+    names = [name for name, _ in shadow.named_buffers() if "." not in name]
+    if not names:
+        return {}
+    from safetensors import safe_open
+
+    source = description.get("source")
+    folder = subfolder or description.get("subfolder")
+    filename = "diffusion_pytorch_model.safetensors"
+    if not source:
+        raise InvalidRequest(f"model {description['name']}'s VAE keeps {', '.join(names)} in its weights, and the "
+                             "model names no weights source", field="config")  # fmt: skip
+    local = Path(source).expanduser() / (folder or "") / filename
+    try:
+        if local.is_file():
+            path = str(local)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(source, filename, subfolder=folder)
+        with safe_open(path, framework="pt") as weights:
+            return {name: weights.get_tensor(name) for name in names if name in weights.keys()}
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read {', '.join(names)} of model {description['name']} from {source!r}: "
+                             f"{exc}", field="config") from None  # fmt: skip
+
+
 class RemoteVAE(ModelMixin):
     """A diffusers VAE whose ``decode`` runs on a latentq deployment.
 
@@ -152,6 +182,8 @@ class RemoteVAE(ModelMixin):
             self.bn = torch.nn.BatchNorm2d(int(self.description["latent_channels"]) * 4, affine=False)
         self._internal_dict = FrozenDict(values)
         self._plain = {k: v for k, v in vars(shadow).items() if not k.startswith("_") and isinstance(v, _PLAIN)}
+        for name, value in _weight_buffers(shadow, self.description, subfolder).items():
+            self.register_buffer(name, value.to(dtype), persistent=False)  # moves with pipe.to, as the real ones
         # Moves with pipe.to(device, dtype): the device and dtype the pipeline sees.
         self.register_buffer("_anchor", torch.zeros(0, dtype=dtype), persistent=False)
         self.tile: bool | None = None
@@ -223,19 +255,29 @@ class RemoteVAE(ModelMixin):
             return_dict = args[0]  # decode(z, False), AutoencoderKL's positional order
         elif args:
             temb = args[0]  # decode(z, timestep): LTX's order
+        timesteps = None
         if temb is not None:
-            raise UnsupportedFormat("RemoteVAE cannot run a timestep-conditioned decode (vae.decode(z, temb)); "
-                                    "queue the pipeline's latents with decode_timestep instead (RemoteDecodeQueue)",
-                                    field="temb")  # fmt: skip
-        sample = self.decode_remote(z)
+            if "decode_timestep" not in (self.description.get("options") or ()):
+                raise UnsupportedFormat(f"model {self.model} has no timestep-conditioned decode (vae.decode(z, temb))",
+                                        field="temb")  # fmt: skip
+            # LTX's decoders: each sample's timestep travels as its job's decode_timestep (the pipeline has
+            # mixed its decode noise in already; the worker adds none to vae_input latents)
+            timesteps = torch.as_tensor(temb, dtype=torch.float32).flatten().cpu()
+            timesteps = timesteps.expand(z.shape[0]) if timesteps.numel() == 1 else timesteps
+        sample = self.decode_remote(z, timesteps)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
-    def decode_remote(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_remote(self, z: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         latents, options = vae_space_request(z, self.description)
         if self.tile is not None:
             options["tile"] = self.tile
         # Samples keep their batch dimension of 1: a (C, f, h, w) video sample would read as a batch of images.
-        jobs = self.client.submit_many(list(latents.split(1)), self.model, output_format="tensor", **options)
+        samples = list(latents.split(1))
+        if timesteps is None:
+            jobs = self.client.submit_many(samples, self.model, output_format="tensor", **options)
+        else:  # one job per sample: each carries its own timestep
+            jobs = [self.client.submit(sample, self.model, "tensor", decode_timestep=float(timestep), **options)
+                    for sample, timestep in zip(samples, timesteps, strict=True)]  # fmt: skip
         images = [st_load(data)["image"] for data in wait_and_read(jobs, self.timeout)]
         sample = torch.stack(images)  # vae.decode's raw output, in [0, 1] terms (unclamped)
         if self.description.get("output_range", "-1,1") == "-1,1":

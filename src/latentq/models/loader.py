@@ -112,7 +112,7 @@ class LoadedModel:
             if request.vae_input:
                 # RemoteVAE: the latent is what the pipeline hands vae.decode, and the pipeline finishes the
                 # decode itself (picks frames, resizes, clamps): vae.decode's raw output, in [0, 1] terms but unclamped.
-                out = self.vae_decode(z, tile=tile)
+                out = self.vae_decode(z, tile=tile, **self.family.vae_input_kwargs(self, z, request))
                 out = out / 2 + 0.5 if self.spec.output_range == "-1,1" else out
             else:
                 out = self.family.decode(self, self.family.to_vae(self, z, request), request, tile=tile)

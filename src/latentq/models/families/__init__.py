@@ -96,6 +96,10 @@ class Family:
         unpacked and denormalised exactly as the pipeline does before ``vae.decode``."""
         raise NotImplementedError
 
+    def vae_input_kwargs(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest) -> dict[str, Any]:
+        """What ``vae.decode`` takes besides a ``vae_input`` job's latent (LTX's ``temb``: RemoteVAE)."""
+        return {}
+
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> Any:
         """The VAE's input -> the output of ``output_kind`` (see ``OUTPUT_KINDS``), on the CPU."""
         raise NotImplementedError

@@ -13,11 +13,11 @@ then ``audio_decoder`` loads the spec's ``audio_model`` beside the video VAE, on
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .videobase import VideoFamily, pipeline_noise, scaling_of, to_video01, vae_call
+from .videobase import VideoFamily, pipeline_noise, scaling_of, timestep_kwargs, to_video01, vae_call
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -65,6 +65,9 @@ class LTX2Family(VideoFamily):
         scale_t = torch.tensor(scale, dtype=latents.dtype, device=latents.device)
         mixed = (1 - scale_t) * normalised + scale_t * noise.to(latents.device)
         return mixed * std / scaling + mean
+
+    def vae_input_kwargs(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest) -> dict[str, Any]:
+        return timestep_kwargs(model, z, request)
 
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> torch.Tensor:
         if not model.module.config.timestep_conditioning:

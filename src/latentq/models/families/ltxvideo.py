@@ -25,7 +25,16 @@ import torch
 
 from ...errors import InvalidLatent, InvalidRequest
 from ...layouts import OutputGeometry
-from .videobase import VideoFamily, check_options, encode_mode, pipeline_noise, scaling_of, to_video01, vae_call
+from .videobase import (
+    VideoFamily,
+    check_options,
+    encode_mode,
+    pipeline_noise,
+    scaling_of,
+    timestep_kwargs,
+    to_video01,
+    vae_call,
+)
 
 if TYPE_CHECKING:
     from ...spec import DecodeRequest
@@ -91,6 +100,9 @@ class LTXVideoFamily(VideoFamily):
     @staticmethod
     def _timestep(request: DecodeRequest) -> float:
         return request.decode_timestep if request.decode_timestep is not None else 0.0
+
+    def vae_input_kwargs(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest) -> dict[str, Any]:
+        return timestep_kwargs(model, z, request)
 
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> torch.Tensor:
         if not model.module.config.timestep_conditioning:

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
-__all__ = ["FAMILY_OPTIONS", "VideoFamily", "check_options", "encode_mode", "pipeline_noise", "scaling_of", "to_video01",
-           "vae_call"]
+__all__ = ["FAMILY_OPTIONS", "VideoFamily", "check_options", "encode_mode", "pipeline_noise", "scaling_of",
+           "timestep_kwargs", "to_video01", "vae_call"]
 
 # DecodeRequest fields that only some families read; a model refuses those its family does not take.
 FAMILY_OPTIONS = ("num_frames", "decode_timestep", "decode_noise_scale", "decode_noise_seed", "decode_chunk_size",
@@ -117,6 +117,14 @@ class VideoFamily(Family):
 
     def decode(self, model: LoadedModel, z: torch.Tensor, request: DecodeRequest, *, tile: bool) -> torch.Tensor:
         return to_video01(vae_call(model, z, tile=tile))
+
+
+def timestep_kwargs(model: LoadedModel, z: torch.Tensor, request: DecodeRequest) -> dict[str, Any]:
+    """LTX's ``temb`` for a ``vae_input`` decode: the request's decode_timestep, one per sample, where the
+    VAE is timestep-conditioned and one was given (RemoteVAE sends the pipeline's)."""
+    if not model.module.config.timestep_conditioning or request.decode_timestep is None:
+        return {}
+    return {"temb": torch.full((z.shape[0],), request.decode_timestep, dtype=torch.float32)}
 
 
 def scaling_of(model: LoadedModel, request: DecodeRequest) -> float:
