@@ -13,6 +13,7 @@ then ``audio_decoder`` loads the spec's ``audio_model`` beside the video VAE, on
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,7 +32,8 @@ class LTX2Family(VideoFamily):
     options = ("decode_timestep", "decode_noise_scale", "decode_noise_seed")
 
     def __init__(self) -> None:
-        self._audio: dict[int, LoadedModel] = {}
+        # keyed by the video VAE module: an evicted model's audio decoder goes with it
+        self._audio: weakref.WeakKeyDictionary[torch.nn.Module, LoadedModel] = weakref.WeakKeyDictionary()
         self._loading = threading.Lock()
 
     def audio_decoder(self, model: LoadedModel) -> LoadedModel:
@@ -41,11 +43,11 @@ class LTX2Family(VideoFamily):
         from ..loader import load_model
 
         with self._loading:
-            loaded = self._audio.get(id(model.module))
+            loaded = self._audio.get(model.module)
             if loaded is None:
                 spec = audio_spec_of(model.spec)
                 dtype = str(model.dtype).removeprefix("torch.")
-                loaded = self._audio[id(model.module)] = load_model(spec, model.device, dtype)
+                loaded = self._audio[model.module] = load_model(spec, model.device, dtype)
             return loaded
 
     @staticmethod

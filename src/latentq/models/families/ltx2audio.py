@@ -9,6 +9,7 @@ config names) is loaded from the ``vocoder`` folder beside the audio VAE's, once
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,8 @@ class LTX2AudioFamily(Family):
     sample_rate = 24000  # LTX-2's vocoder; the loaded vocoder's config decides (``output_sampling_rate``)
 
     def __init__(self) -> None:
-        self._vocoders: dict[int, torch.nn.Module] = {}
+        # keyed by the audio VAE module: an evicted model's vocoder goes with it
+        self._vocoders: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
         self._loading = threading.Lock()
 
     def output_kind(self, spec: ModelSpec) -> str:
@@ -78,10 +80,10 @@ class LTX2AudioFamily(Family):
 
     def vocoder(self, model: LoadedModel) -> torch.nn.Module:
         with self._loading:
-            key = id(model.module)
-            if key not in self._vocoders:
-                self._vocoders[key] = _load_vocoder(model)
-            return self._vocoders[key]
+            vocoder = self._vocoders.get(model.module)
+            if vocoder is None:
+                vocoder = self._vocoders[model.module] = _load_vocoder(model)
+            return vocoder
 
     def output_sample_rate(self, model: LoadedModel) -> int:
         return int(self.vocoder(model).config.output_sampling_rate)
