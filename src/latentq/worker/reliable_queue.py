@@ -103,10 +103,9 @@ class ReliableQueue(Queue):
         queues = list(queues)
         deadline = time.monotonic() + (timeout or 0)
         while True:
-            for queue in queues:
-                result = cls._take(queue, None, connection, job_class, serializer)
-                if result is not None:
-                    return result
+            result = cls._take_first(queues, connection, job_class, serializer)
+            if result is not None:
+                return result
             remaining = deadline - time.monotonic()
             if timeout is None:
                 return None
@@ -126,24 +125,36 @@ class ReliableQueue(Queue):
     def _take(cls, queue: Queue, timeout: float | None, connection: Any, job_class: Any,
               serializer: Any) -> tuple[Any, Queue] | None:  # fmt: skip
         """One job: by Lua with its lease at once, or by BLMOVE (blocking), its lease claimed when it starts."""
-        token = new_token()
-        ttl = getattr(queue, "lease_ttl_ms", LEASE_TTL_MS)
         if timeout is None:
-            popped = run_script(connection, _POP_MANY, 2, queue.key, queue.intermediate_queue_key, 1, token, ttl,
-                                     keys.LEASE_PREFIX)  # fmt: skip
-            if not popped:
-                return None
-            job_id = as_text(popped[0])
-        else:
-            moved = cls.lmove(connection, queue.key, timeout)  # type: ignore[arg-type]
-            if moved is None:
-                return None
-            job_id = as_text(moved[1])
-        job = (job_class or queue.job_class)(job_id, connection=connection, serializer=serializer)
+            return cls._take_first([queue], connection, job_class, serializer)
+        moved = cls.lmove(connection, queue.key, timeout)  # type: ignore[arg-type]
+        if moved is None:
+            return None
+        job = (job_class or queue.job_class)(as_text(moved[1]), connection=connection, serializer=serializer)
+        job.origin = queue.name
+        job.lease_token = new_token()
+        # A blocking pop takes its lease in the start (a "claim"): one round trip less on an idle worker.
+        job.lease_claim = True
+        return job, queue
+
+    @classmethod
+    def _take_first(cls, queues: list[Queue], connection: Any, job_class: Any,
+                    serializer: Any) -> tuple[Any, Queue] | None:  # fmt: skip
+        """One job from the first of ``queues`` (priority order) that has one, with its lease: one round trip
+        whatever the number of queues (a worker listens on two per model)."""
+        if not queues:
+            return None
+        list_keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
+        token = new_token()
+        ttl = getattr(queues[0], "lease_ttl_ms", LEASE_TTL_MS)
+        popped = run_script(connection, _POP_MANY, len(list_keys), *list_keys, 1, token, ttl, keys.LEASE_PREFIX)
+        if not popped:
+            return None
+        queue = queues[(int(popped[1]) - 1) // 2]
+        job = (job_class or queue.job_class)(as_text(popped[0]), connection=connection, serializer=serializer)
         job.origin = queue.name
         job.lease_token = token
-        # A blocking pop takes its lease in the start (a "claim"): one round trip less on an idle worker.
-        job.lease_claim = timeout is not None
+        job.lease_claim = False
         return job, queue
 
     @staticmethod

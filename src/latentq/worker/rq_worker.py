@@ -75,6 +75,8 @@ BATCH_DEFAULTS: dict[str, dict[str, int]] = {
 
 log = logging.getLogger("latentq.worker")
 
+SUSPENSION_CHECK_S = 1.0  # how often the work loop reads RQ's suspension flag
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
@@ -103,6 +105,7 @@ class DecodeWorker(SimpleWorker):
         url_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._last_beat = 0.0
+        self._suspension_checked = -SUSPENSION_CHECK_S
         # A dict is every model loaded and kept; a ModelCache (latentq worker) may hold only some at a time.
         models = models if isinstance(models, ModelCache) else ModelCache.of(models)
         queues = [ReliableQueue(keys.high_priority_queue_name(m), connection=connection, serializer=JSONSerializer)
@@ -194,6 +197,14 @@ class DecodeWorker(SimpleWorker):
                 if count:
                     pipe.hincrby(self.stats_key, field, count)
                     self._decode_stats[field] = 0
+
+    def check_for_suspension(self, burst: bool) -> None:
+        # RQ reads the suspension flag before every pop: one round trip per batch. Once a second is
+        # enough for `rq suspend` to take effect.
+        if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK_S:
+            return
+        self._suspension_checked = time.monotonic()
+        super().check_for_suspension(burst)
 
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         return self.execution_ttl
