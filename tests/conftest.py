@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from redis import Redis
 
 from latentq.connection import redis_from_url
 from latentq.redis_server import EmbeddedRedis, free_port
+from latentq.stack import stop_processes, wait_for_workers, worker_command
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -74,43 +74,41 @@ class Processes:
         self.tmp_path = tmp_path
         self.started: list[subprocess.Popen] = []
 
-    def spawn(self, *args: str, env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen:
+    def spawn(self, *args: str, env: dict[str, str] | None = None, name: str = "proc",
+              command: list[str] | None = None) -> subprocess.Popen:  # fmt: skip
+        """``python -m latentq *args`` (or ``command``), its output in a log file of the test's directory."""
         log = open(self.tmp_path / f"{name}-{len(self.started)}.log", "wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "latentq", *args], env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command or [sys.executable, "-m", "latentq", *args], env={**self.env, **(env or {})},
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         process.log_path = log.name  # type: ignore[attr-defined]
         self.started.append(process)
         return process
 
     def worker(self, *models: str, max_batch: int = 8, max_wait_ms: float = 5, name: str | None = None,
                extra: tuple[str, ...] = (), wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
-        args = ["--log-level", "INFO", "worker", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
-        for model in models or ("taef2",):
-            args += ["--model", model]
-        if name:
-            args += ["--name", name]
-        process = self.spawn(*args, *extra, env=env, name="worker")
+        """A decode worker, started as ``latentq up`` starts them (``latentq.stack.worker_command``)."""
+        models = models or ("taef2",)
+        command = worker_command(models, max_batch=max_batch, max_wait_ms=max_wait_ms, name=name, log_level="INFO",
+                                 extra=extra)  # fmt: skip
+        process = self.spawn(command=command, env=env, name="worker")
+        process.models = models  # type: ignore[attr-defined]
         if wait:
             self.wait_for_worker(process, name)
         return process
 
     def wait_for_worker(self, process: subprocess.Popen, name: str | None = None, timeout: float = 90) -> None:
-        from rq import Worker
+        """Until the worker (named ``name``, or any serving its first model) is registered; fails if it exits."""
+        model = getattr(process, "models", ("taef2",))[0]
+
+        def exited() -> None:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited: {Path(process.log_path).read_text()[-3000:]}")
 
         connection = redis_from_url(self.env["LATENTQ_REDIS_URL"])
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise RuntimeError(f"worker exited: {Path(process.log_path).read_text()[-3000:]}")
-                workers = Worker.all(connection=connection)
-                if (name and any(w.name == name for w in workers)) or (not name and workers):
-                    return
-                time.sleep(0.1)
+            wait_for_workers(connection, model, 1, timeout, exited, name=name)
         finally:
             connection.close()
-        raise TimeoutError("worker did not register")
 
     def api(self) -> str:
         port = free_port()
@@ -129,15 +127,7 @@ class Processes:
         raise TimeoutError("api did not start")
 
     def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.started:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.started, 20)
 
 
 @pytest.fixture

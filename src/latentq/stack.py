@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -37,7 +37,7 @@ from .connection import REDIS_DOWN, redis_from_url
 from .deployment import Deployment
 from .redis_server import EmbeddedRedis, free_port
 
-__all__ = ["Stack", "StackOptions", "wait_for_workers"]
+__all__ = ["Stack", "StackOptions", "stop_processes", "wait_for_workers", "worker_command"]
 
 log = logging.getLogger("latentq.stack")
 
@@ -61,22 +61,66 @@ class StackOptions:
     worker_flags: tuple[str, ...] = ()  # more `latentq worker` flags (--compile, --channels-last)
 
 
+def worker_command(models: Sequence[str], *, device: str = "cpu", max_batch: int | None = None,
+                   max_wait_ms: float | None = None, heartbeat_interval: float | None = None,
+                   torch_threads: int | None = None, dtype: str | None = None, name: str | None = None,
+                   log_level: str | None = None, extra: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """``python -m latentq worker ...``: how ``latentq up``, the tests and the benchmarks all start a worker.
+
+    An option left at None is left to the worker's own default (e.g. ``--max-batch`` per device).
+    """
+    args = [sys.executable, "-m", "latentq"]
+    if log_level:
+        args += ["--log-level", log_level.upper()]
+    args += ["worker", "--device", device]
+    for flag, value in (("--max-batch", max_batch), ("--max-wait-ms", max_wait_ms),
+                        ("--heartbeat-interval", heartbeat_interval), ("--torch-threads", torch_threads),
+                        ("--dtype", dtype), ("--name", name)):  # fmt: skip
+        if value is not None:
+            args += [flag, str(value)]
+    for model in models:
+        args += ["--model", model]
+    return args + list(extra)
+
+
 def wait_for_workers(connection: Redis, model: str, count: int, timeout: float,
-                     check: Callable[[], None] | None = None) -> None:  # fmt: skip
-    """Until ``count`` live workers serve ``model``; a Redis blink meanwhile is waited out, ``check`` raises."""
+                     check: Callable[[], None] | None = None, *, name: str | None = None) -> float:
+    """Until ``count`` live workers serve ``model`` (with ``name``: until that worker is registered);
+    a Redis blink meanwhile is waited out, ``check`` raises. Returns the seconds waited."""
     queue = Queue(keys.queue_name(model), connection=connection)
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while True:
         if check is not None:
             check()
         try:
-            if Worker.count(connection=connection, queue=queue) >= count:
-                return
+            workers = Worker.all(connection=connection, queue=queue) if name else None
+            if (name and any(worker.name == name for worker in workers or ())) or (
+                not name and Worker.count(connection=connection, queue=queue) >= count
+            ):
+                return time.monotonic() - started
         except REDIS_DOWN:
             pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{count} worker(s) for {model} did not start within {timeout} s")
-        time.sleep(0.1)
+        if time.monotonic() - started > timeout:
+            what = f"worker {name}" if name else f"{count} worker(s)"
+            raise TimeoutError(f"{what} for {model} did not start within {timeout} s")
+        time.sleep(0.05)
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM them all at once (a worker's warm shutdown finishes its batch), SIGKILL what outlives ``timeout``."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _start_without_sigint(redis: EmbeddedRedis) -> None:
@@ -138,15 +182,9 @@ class Stack:
         finally:
             connection.close()
         self._env = child_environment()
-        args = [sys.executable, "-m", "latentq", "--log-level", opts.log_level.upper(), "worker", "--device", opts.device,
-                "--max-wait-ms", str(opts.max_wait_ms), "--heartbeat-interval", str(opts.heartbeat_interval)]  # fmt: skip
-        if opts.max_batch is not None:
-            args += ["--max-batch", str(opts.max_batch)]
-        if opts.torch_threads is not None:
-            args += ["--torch-threads", str(opts.torch_threads)]
-        for model in opts.models:
-            args += ["--model", model]
-        args += list(opts.worker_flags)
+        args = worker_command(opts.models, device=opts.device, max_batch=opts.max_batch, max_wait_ms=opts.max_wait_ms,
+                              heartbeat_interval=opts.heartbeat_interval, torch_threads=opts.torch_threads,
+                              log_level=opts.log_level, extra=opts.worker_flags)  # fmt: skip
         self._worker_args = args
         for _ in range(opts.workers):
             self.workers.append(self._spawn_worker())
@@ -229,15 +267,7 @@ class Stack:
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(5)
-        for process in self.workers:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # warm shutdown: finish the current batch
-        for process in self.workers:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.workers, 30)  # warm shutdown: each finishes its current batch
         self.workers.clear()
         if self.server is not None:
             self.server.should_exit = True
