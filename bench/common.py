@@ -27,6 +27,8 @@ from typing import Any
 
 from redis import Redis
 
+from latentq.stack import stop_processes
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_TAEF2 = (REPO.parent / "shared" / "models" / "taef2").resolve()
@@ -241,15 +243,11 @@ class BenchStack:
     def spawn_worker(self, name: str, *, model: str = "taef2", device: str = "cpu", max_batch: int | None = 8,
                      max_wait_ms: float = 5.0, dtype: str | None = None, log_level: str | None = None,
                      extra: Sequence[str] = (), env: dict[str, str] | None = None) -> Worker:  # fmt: skip
-        """``python -m latentq worker ...`` (its log goes to a file in the stack's directory)."""
-        args = [sys.executable, "-m", "latentq"]
-        if log_level:
-            args += ["--log-level", log_level]
-        batch = ["--max-batch", str(max_batch)] if max_batch is not None else []  # None: the worker's default
-        args += ["worker", "--model", model, "--device", device, "--max-wait-ms", str(max_wait_ms), "--name", name,
-                 *batch, *extra, *self.worker_args]  # fmt: skip
-        if dtype:
-            args += ["--dtype", dtype]
+        """``python -m latentq worker ...`` as ``latentq up`` starts it (its log goes to a file in the stack's directory)."""
+        from latentq.stack import worker_command
+
+        args = worker_command([model], device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, dtype=dtype,
+                              name=name, log_level=log_level, extra=[*extra, *self.worker_args])  # fmt: skip
         return self._spawn(name, args, {**self.worker_env, **(env or {})}, kind="latentq")
 
     def spawn_rq_worker(self, name: str, *, model: str = "taef2", burst: bool = True,
@@ -276,23 +274,15 @@ class BenchStack:
 
     def wait_for_workers(self, count: int, model: str = "taef2", timeout: float = 120.0) -> float:
         """Block until ``count`` workers listen on the model's queue; return the seconds waited."""
-        from rq import Queue
-        from rq import Worker as RQWorker
+        from latentq.stack import wait_for_workers
 
-        from latentq import keys
-
-        queue = Queue(keys.queue_name(model), connection=self.conn)
-        started = time.monotonic()
-        deadline = started + timeout
-        while RQWorker.count(connection=self.conn, queue=queue) < count:
+        def exited() -> None:
             for worker in self.workers:
                 if worker.process.poll() is not None and worker.kind == "latentq":
                     code = worker.process.returncode
                     raise RuntimeError(f"worker {worker.name} exited ({code}):\n{worker.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{count} worker(s) for {model} did not register within {timeout} s")
-            time.sleep(0.05)
-        return time.monotonic() - started
+
+        return wait_for_workers(self.conn, model, count, timeout, exited)
 
     def stop_workers(self, timeout: float = 30.0) -> None:
         """SIGTERM every worker (warm shutdown), SIGKILL what is left after ``timeout``."""
@@ -310,22 +300,6 @@ class BenchStack:
             except ValueError:
                 pass
         return stats
-
-
-def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 30.0) -> None:
-    processes = [p for p in processes if p.poll() is None]
-    for process in processes:
-        try:
-            process.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --------------------------------------------------------------------------------------------- waiting on jobs

@@ -57,6 +57,8 @@ from common import (  # noqa: E402
 )
 from netns import NetnsUnavailable, Network, netns_unavailable_reason  # noqa: E402
 
+from latentq.stack import wait_for_workers, worker_command  # noqa: E402
+
 __all__ = ["SIM_MODEL", "main", "sim_models"]
 
 SIM_MODEL = "simgpu"
@@ -159,25 +161,18 @@ class Cluster:
         name = f"scale-w{index}"
         a = self.args
         faults = json.dumps({"decode_delay_s": a.batch_ms / 1000})
-        args = [sys.executable, "-m", "latentq", "--log-level", "WARNING", "worker", "--model", SIM_MODEL,
-                "--device", "cpu", "--max-batch", str(a.max_batch), "--max-wait-ms", str(a.max_wait_ms),
-                "--encode-threads", str(a.encode_threads), "--torch-threads", "1", "--no-previews", "--name", name]  # fmt: skip
+        args = worker_command([SIM_MODEL], max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, torch_threads=1,
+                              name=name, log_level="WARNING",
+                              extra=["--encode-threads", str(a.encode_threads), "--no-previews"])  # fmt: skip
         self.workers.append((name, self._popen(f"w{index}", args, name, self.env(LATENTQ_FAULTS=faults))))
 
     def wait_workers(self, count: int, timeout: float = 180.0) -> None:
-        from rq import Queue, Worker
-
-        from latentq import keys
-
-        queue = Queue(keys.queue_name(SIM_MODEL), connection=self.conn)
-        deadline = time.monotonic() + timeout
-        while Worker.count(connection=self.conn, queue=queue) < count:
+        def exited() -> None:
             for name, proc in self.workers:
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker {name} exited ({proc.returncode}):\n{self.log_tail(name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{count} workers did not register within {timeout:.0f} s")
-            time.sleep(0.1)
+
+        wait_for_workers(self.conn, SIM_MODEL, count, timeout, exited)
 
     def log_tail(self, name: str, chars: int = 2000) -> str:
         try:
