@@ -8,6 +8,7 @@ import httpx
 import pytest
 import torch
 from helpers import decode_png, photo_latent, psnr
+from safetensors.torch import load as st_load
 
 from latentq import HttpClient
 from latentq.errors import InvalidLatent, JobConflict, JobFailed, UnknownModel
@@ -49,6 +50,27 @@ def test_async_client(api):
     results, data = asyncio.run(run())
     assert all(r[0].content_type == "image/webp" for r in results)
     assert data[:4] == b"RIFF"
+
+
+def test_async_submit_encode_answers_as_the_sync_one(api):
+    """AsyncHttpClient.submit_encode: the same encode job as HttpClient.submit_encode (task=encode, a tensor out)."""
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(5))
+    with HttpClient(api) as client:
+        sync_job = client.submit_encode(image, "taef2")
+        (sync_result,) = sync_job.wait(timeout=60)
+        want = st_load(sync_job.read())["latent"]
+
+    async def run():
+        async with AsyncHttpClient(api) as client:
+            job = await client.submit_encode(image, "taef2")
+            (result,) = await job.wait(timeout=60)
+            with pytest.raises(InvalidLatent, match="multiples of"):  # refused as the sync client is
+                await client.submit_encode(image[..., :30], "taef2")
+            return result, st_load(await job.read())["latent"]
+
+    result, got = asyncio.run(run())
+    assert result.content_type == sync_result.content_type
+    assert got.shape == (1, 32, 4, 6) and torch.equal(got, want)
 
 
 class CountingClient(HttpClient):

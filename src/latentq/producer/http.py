@@ -357,6 +357,11 @@ class AsyncHttpClient:
         body = response.json()
         return AsyncHttpJob(self, body["id"], body["status_url"])
 
+    async def submit_encode(self, image: torch.Tensor, model: str, *, idempotency_key: str | None = None,
+                            **options: Any) -> AsyncHttpJob:  # fmt: skip
+        """As ``HttpClient.submit_encode``: an image in, the model's latent (a tensor object) out."""
+        return await self.submit(image, model, "tensor", idempotency_key=idempotency_key, task="encode", **options)
+
     def job(self, job_id: str) -> AsyncHttpJob:
         return AsyncHttpJob(self, job_id, f"/v1/jobs/{job_id}")
 
