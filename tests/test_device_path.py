@@ -310,7 +310,9 @@ def test_pending_of_a_finished_tensor():
 
 
 def test_worker_and_up_flags_reach_load_model_and_the_workers():
-    from latentq.cli import _gpu_flags, _gpu_options, build_parser
+    from latentq.cli import build_parser
+    from latentq.cli_worker import gpu_flags as _gpu_flags
+    from latentq.cli_worker import gpu_options as _gpu_options
 
     parser = build_parser()
     args = parser.parse_args(["worker", "--compile", "--channels-last", "on"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import logging
 import os
 import signal
@@ -13,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .cli_submit import cmd_submit
+from .cli_worker import add_gpu_options, cmd_worker
 from .logs import configure_logging
 
 __all__ = ["main"]
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="workers' --max-wait-ms: how long a burst's batch may wait to fill (default 5)")
     up.add_argument("--heartbeat-interval", type=float, default=5.0,
                     help="workers' heartbeat (s); a dead or frozen worker's jobs are re-run after 3 of them")
-    _add_gpu_options(up)
+    add_gpu_options(up)
     _add_redis(up)
     _add_store(up)
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between heartbeats; a dead worker's jobs are re-queued after 3x this (default 5)")
     worker.add_argument("--no-previews", action="store_true", help="do not load the models' preview decoders")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    _add_gpu_options(worker)
+    add_gpu_options(worker)
     _add_redis(worker)
     _add_store(worker)
 
@@ -151,170 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expand_devices(device: str) -> list[str]:
-    """``--device``'s value -> the devices to run one worker process on each: ``cuda:all`` is every visible GPU."""
-    if device != "cuda:all":
-        return [device]
-    import torch
-
-    from .errors import ConfigError
-
-    count = torch.cuda.device_count()
-    if count < 1:
-        raise ConfigError("--device cuda:all: no CUDA device is visible (torch.cuda.device_count() is 0); "
-                          "use --device cpu, or check CUDA_VISIBLE_DEVICES and the driver")  # fmt: skip
-    return [f"cuda:{index}" for index in range(count)]
-
-
-def _with_device(argv: list[str], device: str, name: str | None) -> list[str]:
-    """``argv`` of this command with ``--device`` (and ``--name``, when given) set for one device's worker."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--device", "--name"):
-            skip = True
-        elif not arg.startswith(("--device=", "--name=")):
-            out.append(arg)
-    out += ["--device", device]
-    if name:
-        out += ["--name", f"{name}-{device.replace(':', '')}"]
-    return out
-
-
-def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
-    """``--device cuda:all``: one worker process per GPU; stop signals are passed on, the worst exit code returned."""
-    import subprocess
-
-    log = logging.getLogger("latentq")
-    argv = args.argv if args.argv is not None else sys.argv[1:]
-    children = [subprocess.Popen([sys.executable, "-m", "latentq", *_with_device(argv, device, args.name)])
-                for device in devices]  # fmt: skip
-    log.info("started %d workers, one per GPU (%s)", len(children), ", ".join(devices))
-
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        codes = [child.wait() for child in children]
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return max(codes, key=abs)
-
-
-def _add_gpu_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
-                        help="the decoders' 2-D convolutions in channels_last memory format (auto, the default: "
-                             "on CUDA devices; never for 3-D video VAEs)")  # fmt: skip
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each model's decoder, compiled at start for the models file's "
-                             "warmup_shapes; at most 8 latent shapes (or as many as declared) run compiled, "
-                             "others eager (slower start; faster decodes on GPUs)")  # fmt: skip
-
-
-def _gpu_options(args: argparse.Namespace) -> dict:
-    """``--channels-last``/``--compile`` as load_model's keywords."""
-    return {"channels_last": {"auto": None, "on": True, "off": False}[args.channels_last], "compile": args.compile}
-
-
-def _gpu_flags(args: argparse.Namespace) -> tuple[str, ...]:
-    """``up``'s ``--channels-last``/``--compile``, as its workers' flags."""
-    return ("--channels-last", args.channels_last) + (("--compile",) if args.compile else ())
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from .config import Settings
-    from .connection import redis_from_url
-    from .deployment import Deployment
-    from .models.loader import load_model
-    from .models.registry import load_registry
-    from .worker import DecodeWorker
-    from .worker.model_cache import ModelCache, parse_memory
-
-    devices = expand_devices(args.device)
-    if len(devices) > 1:
-        return _worker_per_device(args, devices)
-    device = devices[0]
-    budget = parse_memory(args.model_memory_budget) if args.model_memory_budget else None
-    settings = Settings.from_env()
-    registry = load_registry(settings.models_file)
-    log = logging.getLogger("latentq")
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    if device.startswith("cuda:"):
-        import torch
-
-        torch.cuda.set_device(torch.device(device))  # this process's GPU: its allocations and streams go there
-    names = args.models or ["taef2"]
-    specs = {name: registry.get(name) for name in names}
-
-    def load(spec):
-        log.info("loading %s on %s from %s", spec.name, device, spec.source or "config")
-        return load_model(spec, device, args.dtype, **_gpu_options(args))
-
-    models = ModelCache(specs, load, budget_bytes=budget, device=device)
-    models.preload()  # every model loads once at start (a bad one fails here); over a budget the last ones stay
-    previews = {}
-    for name, spec in specs.items():
-        if spec.preview and not args.no_previews:
-            try:
-                previews[name] = load_model(registry.get(spec.preview), device, args.dtype,
-                                            channels_last=_gpu_options(args)["channels_last"])  # fmt: skip
-            except Exception as exc:  # previews are optional: serve full decodes without them
-                log.warning("no preview decoder for %s: %s", name, exc)
-    from .outbox import Drainer
-    from .worker.runner import serve
-
-    connection = redis_from_url(settings.redis_url)
-    # Its store setting (else the deployment's, else the default) becomes the deployment's; its webhooks'
-    # result URLs are the deployment's (signed, through the API's public URL).
-    deployment = Deployment(connection, settings)
-    store = _published_store(deployment)
-
-    starts = itertools.count()
-
-    def make_worker() -> DecodeWorker:  # a fresh one after each Redis outage; the models stay loaded
-        start = next(starts)  # a restarted worker needs a new name: the old one may still be registered
-        return DecodeWorker(
-            models,
-            connection,
-            store,
-            max_batch=args.max_batch,
-            max_batch_pixels=-1 if args.max_batch_pixels is None else (args.max_batch_pixels or None),
-            max_wait_ms=args.max_wait_ms,
-            encode_threads=args.encode_threads,
-            limits=settings.limits,
-            name=f"{args.name}.{start}" if args.name and start else args.name,
-            previews=previews,
-            heartbeat_interval=args.heartbeat_interval,
-            url_for=deployment.url_for(store),
-        )
-
-    drainer = Drainer.from_settings(connection, settings)  # this process's share of the webhook deliveries
-    return serve(make_worker, connection, burst=args.burst, logging_level=args.log_level, drainer=drainer)
-
-
-def _published_store(deployment):
-    """The worker's store, published as the deployment's; waits out a Redis that is not up yet."""
-    from .connection import REDIS_DOWN
-
-    log = logging.getLogger("latentq")
-    for attempt in itertools.count():
-        try:
-            return deployment.open_store(publish=True)
-        except REDIS_DOWN as exc:
-            if attempt == 0:
-                log.warning("Redis is unreachable (%s); waiting for it", exc)
-            time.sleep(min(5.0, 0.2 * 2**attempt))
-    raise AssertionError("unreachable")
-
-
 def public_url_for(host: str, port: int) -> str:
     """The API's URL for other processes: ``$LATENTQ_PUBLIC_URL``, else the address it listens on (a
     wildcard address named by this machine's host name)."""
@@ -343,6 +180,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from .cli_worker import expand_devices, gpu_flags
     from .config import default_up_store
     from .stack import Stack, StackOptions
 
@@ -352,7 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = StackOptions(
         models=args.models or ["taef2"], workers=args.workers, host=args.host, port=args.port,
         device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, worker_flags=_gpu_flags(args), log_level=args.log_level.lower(),
+        heartbeat_interval=args.heartbeat_interval, torch_threads=torch_threads, worker_flags=gpu_flags(args), log_level=args.log_level.lower(),
         store=args.store, default_store=default_up_store(), state_file=True,
     )  # fmt: skip
     stack = Stack(options)
@@ -395,146 +233,6 @@ def _stop_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-class _DirectBatches:
-    """``latentq submit`` straight through Redis: Client.submit_many and Client.batch_info."""
-
-    def __init__(self) -> None:
-        from .producer import Client
-
-        self.client = Client()
-
-    def submit(self, samples: list, model: str, output_format: str) -> list[tuple[str, list[str]]]:
-        """(batch id, job ids) of each batch, together covering ``samples`` in order."""
-        limit = self.client.settings.limits.max_batch_submit
-        out = []
-        for start in range(0, len(samples), limit):
-            jobs = self.client.submit_many(samples[start : start + limit], model=model, output_format=output_format)
-            out.append((str(jobs[0].batch_id), [job.id for job in jobs]))
-        return out
-
-    def status(self, batch_id: str) -> dict:
-        return self.client.batch_info(batch_id)
-
-    def read(self, result: dict) -> bytes:
-        from .spec import ResultObject
-
-        return self.client.read_result(ResultObject.from_dict(result))
-
-
-class _HttpBatches:
-    """``latentq submit --api URL``: POST /v1/batches and GET /v1/batches/{id}."""
-
-    def __init__(self, api: str, api_key: str | None = None) -> None:
-        import httpx
-
-        from .producer.http import auth_headers
-
-        self.http = httpx.Client(base_url=api, timeout=60, headers=auth_headers(api_key))
-
-    def submit(self, samples: list, model: str, output_format: str) -> list[tuple[str, list[str]]]:
-        import itertools
-
-        import torch
-
-        from .producer.http import _raise_for
-        from .wire import latent_to_bytes
-
-        out = []
-        # An HTTP batch is one stacked tensor: consecutive samples of one shape and dtype go together.
-        for _, group in itertools.groupby(samples, key=lambda t: (tuple(t.shape), t.dtype)):
-            response = self.http.post("/v1/batches", params={"model": model, "output_format": output_format},
-                                      content=latent_to_bytes(torch.stack(list(group))))  # fmt: skip
-            _raise_for(response)
-            body = response.json()
-            out.append((body["id"], body["job_ids"]))
-        return out
-
-    def status(self, batch_id: str) -> dict:
-        from .producer.http import _raise_for
-
-        response = self.http.get(f"/v1/batches/{batch_id}")
-        _raise_for(response)
-        return response.json()
-
-    def read(self, result: dict) -> bytes:
-        from .producer.http import _raise_for, result_request
-
-        response = self.http.send(result_request(self.http, result["url"]), follow_redirects=True)
-        _raise_for(response)
-        return response.content
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    from safetensors.torch import load_file
-    from tqdm import tqdm
-
-    from .spec import JobStatus
-
-    labels, samples = [], []
-    for path in args.files:
-        for name, tensor in load_file(str(path)).items():
-            batch = tensor if tensor.ndim == 4 and tensor.shape[0] > 1 else tensor.reshape(1, *tensor.shape[-3:])
-            for index, sample in enumerate(batch.unbind(0)):
-                labels.append(f"{path.stem}-{name}-{index}")
-                samples.append(sample)
-    batches: _DirectBatches | _HttpBatches = _HttpBatches(args.api, args.api_key) if args.api else _DirectBatches()
-    submitted = batches.submit(samples, args.model, args.output_format)
-    label_of: dict[str, str] = {}
-    job_ids = [job_id for _, ids in submitted for job_id in ids]
-    for label, job_id in zip(labels, job_ids):
-        label_of[job_id] = label
-        print(f"{label}\t{job_id}", flush=True)
-    for batch_id, ids in submitted:
-        print(f"batch {batch_id}: {len(ids)} job(s)", file=sys.stderr)
-    if not args.wait:
-        return 0
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-
-    failed = 0
-
-    def report(job: dict) -> None:
-        nonlocal failed
-        label = label_of[job["id"]]
-        if job["status"] != JobStatus.FINISHED.value:
-            failed += 1
-            tqdm.write(f"{label}\t{job['id']}\t{job['status']}: {job.get('error') or ''}", file=sys.stderr)
-            return
-        results = job.get("results") or []
-        for index, result in enumerate(results):
-            line = f"{label}\t{job['id']}\t{result['url'] or result['key']}"  # no URL: the deployment has no API
-            if args.out:
-                ext = result["key"].rsplit(".", 1)[-1]
-                target = args.out / (f"{label}.{index}.{ext}" if len(results) > 1 else f"{label}.{ext}")
-                target.write_bytes(batches.read(result))
-                line += f"\t{target}"
-            tqdm.write(line)
-
-    # Poll each batch's status (one request per batch, not per job); the bar advances as jobs end.
-    pending = {batch_id: set(ids) for batch_id, ids in submitted}
-    deadline = time.monotonic() + args.timeout
-    with tqdm(total=len(job_ids), desc="decoding", unit="job", file=sys.stderr) as bar:
-        while pending:
-            for batch_id in list(pending):
-                body = batches.status(batch_id)
-                for job in body["jobs"]:
-                    if job["id"] in pending[batch_id] and JobStatus(job["status"]).is_final:
-                        pending[batch_id].discard(job["id"])
-                        report(job)
-                        bar.update(1)
-                if body["done"]:  # jobs still missing are older than the result TTL
-                    for job_id in pending.pop(batch_id):
-                        report({"id": job_id, "status": "unknown", "error": "its record expired"})
-                        bar.update(1)
-            if pending and time.monotonic() >= deadline:
-                for job_id in sorted(set().union(*pending.values())):
-                    report({"id": job_id, "status": "timeout", "error": f"not done after {args.timeout:g} s"})
-                break
-            if pending:
-                time.sleep(0.2)
-    return 1 if failed else 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
