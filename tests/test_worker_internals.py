@@ -142,3 +142,32 @@ def test_a_cpu_worker_batches_small_images_only_and_encodes_in_line(env, models_
     assert (chosen.max_batch, chosen.max_batch_pixels, chosen.encode_threads) == (8, None, 2)
     close(default)
     close(chosen)
+
+
+def test_decode_metric_is_the_batchs_own_decode_time_and_compile_fallbacks_are_counted(env, models_file, redis_conn,
+                                                                                       tmp_path):  # fmt: skip
+    """decode_seconds is the items' decode_ms (on CUDA, events: decode_group returns before the GPU is done), not
+    the wall clock around the call; eager fallbacks of --compile reach /metrics and the worker's stats."""
+    from latentq.models.compiled import compile_decoder
+
+    jobs = Client().submit_many(torch.randn(3, 32, 4, 4), model="taef2", output_format="uint8")
+    worker = cpu_worker(models_file, redis_conn, tmp_path, "timed", max_wait_ms=0)
+    # A bound of 0 compiled shapes: every decoder call runs eager (and nothing is compiled, so this is cheap).
+    model = worker.models["taef2"]
+    model.compiled = compile_decoder(model.module, 0)
+    worker.work(burst=True)
+    close(worker)
+
+    infos = [job.info() for job in jobs]
+    assert [info.status.value for info in infos] == ["finished"] * 3 and {i.batch_size for i in infos} == {3}
+    assert len({info.timings["decode"] for info in infos}) == 1  # one batch, one decode time
+    stored = {k.decode(): v.decode() for k, v in redis_conn.hgetall(keys.metrics_key("taef2")).items()}
+    assert stored["batch_size_sum"] == "3"
+    # decode_ms is kept to 3 decimals (1 us): the metric is that time, observed once for the batch
+    assert abs(float(stored["decode_seconds_sum"]) - infos[0].timings["decode"] / 1000) <= 1e-6
+    text = metrics.render(redis_conn, ["taef2"], {}, {})
+    assert 'latentq_decode_seconds_count{model="taef2"} 1' in text
+    eager = model.compiled.eager_calls
+    assert eager >= 1 and f'latentq_compile_eager_calls_total{{model="taef2"}} {eager}' in text
+    assert int(redis_conn.hget(keys.worker_stats_key(worker.name), "compile_eager_calls")) == eager
+    assert model.compiled.drain_eager_calls() == 0  # taken once, by the write

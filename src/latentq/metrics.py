@@ -24,7 +24,7 @@ __all__ = ["HISTOGRAMS", "MetricsBatch", "finished_last_minute", "jobs_total", "
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
     "batch_size": ((1, 2, 4, 8, 16, 32, 64), "Jobs per decode call"),
-    "decode_seconds": (_SECONDS, "Time of one batched vae.decode call"),
+    "decode_seconds": (_SECONDS, "Time of one batched vae.decode call (on a GPU, its CUDA events' time)"),
     "encode_seconds": (_SECONDS, "Time to encode one job's output (PNG, JPEG, MP4...)"),
     "store_seconds": (_SECONDS, "Time to write one job's output objects to the store"),
     "job_latency_seconds": (_SECONDS, "End to end: enqueued to result stored"),
@@ -32,6 +32,7 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
 }
 # Model switches under a worker's --model-memory-budget: loads and least-recently-used evictions, per model.
 MODEL_EVENTS = {"load": "model_loads_total", "evict": "model_evictions_total"}
+COMPILE_EAGER = "compile_eager_calls_total"
 STATUSES = ("finished", "failed", "canceled", "expired")
 WEBHOOK_OUTCOMES = ("delivered", "failed")
 MINUTE_KEY_TTL = 16 * 60  # per-minute throughput counters: the console charts the last 15 minutes
@@ -68,10 +69,6 @@ class MetricsBatch:
         if status == "finished":
             self._finished[model] += count
 
-    def batch(self, model: str, batch_size: int, decode_seconds: float) -> None:
-        self.observe(model, "batch_size", batch_size)
-        self.observe(model, "decode_seconds", decode_seconds)
-
     def job(self, model: str, *, encode_seconds: float, store_seconds: float, latency_seconds: float | None) -> None:
         self.observe(model, "encode_seconds", encode_seconds)
         self.observe(model, "store_seconds", store_seconds)
@@ -83,6 +80,10 @@ class MetricsBatch:
         self._counts[keys.metrics_key(model), MODEL_EVENTS[kind]] += 1
         if kind == "load":
             self.observe(model, "model_load_seconds", seconds)
+
+    def compile_eager_calls(self, model: str, calls: int) -> None:
+        """Decoder calls of ``model`` that a ``--compile`` worker ran eager (shapes past its compiled bound)."""
+        self._counts[keys.metrics_key(model), COMPILE_EAGER] += calls
 
     def write(self, pipe: Redis | Pipeline) -> None:
         for (key, field), count in self._counts.items():
@@ -160,6 +161,9 @@ def render(connection: Redis, models: Iterable[str], queue_depth: dict[str, int]
     for model in models:
         value = hashes[model].get("model_evictions_total", "0")
         out.append(f'latentq_model_evictions_total{{model="{_escape(model)}"}} {value}')
+    family(COMPILE_EAGER, "counter", "Decoder calls a --compile worker ran eager (a latent shape past its compiled bound)")
+    for model in models:
+        out.append(f'latentq_{COMPILE_EAGER}{{model="{_escape(model)}"}} {hashes[model].get(COMPILE_EAGER, "0")}')
     for name, (bounds, help_text) in HISTOGRAMS.items():
         family(name, "histogram", help_text)
         for model in models:

@@ -27,6 +27,7 @@ class CompiledDecoder(torch.nn.Module):
         self.limit = limit
         self.shapes: set[tuple] = set()
         self.eager_calls = 0  # calls past the bound, run eager
+        self._unreported = 0  # of those, not yet taken by drain_eager_calls (the worker's metrics)
         self.eager_shapes: set[tuple] = set()
         self._lock = threading.Lock()
         _raise_recompile_limit(limit)
@@ -36,6 +37,7 @@ class CompiledDecoder(torch.nn.Module):
         with self._lock:
             if key not in self.shapes and len(self.shapes) >= self.limit:
                 self.eager_calls += 1
+                self._unreported += 1
                 compiled = False
                 if key not in self.eager_shapes:  # said once per shape: declare it in warmup_shapes to compile it
                     self.eager_shapes.add(key)
@@ -45,6 +47,12 @@ class CompiledDecoder(torch.nn.Module):
                 self.shapes.add(key)
                 compiled = True
         return (self.compiled if compiled else self.eager)(sample, *args, **kwargs)
+
+    def drain_eager_calls(self) -> int:
+        """Eager calls since the last drain (``eager_calls`` keeps the total)."""
+        with self._lock:
+            calls, self._unreported = self._unreported, 0
+            return calls
 
 
 def _raise_recompile_limit(limit: int) -> None:

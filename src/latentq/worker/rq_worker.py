@@ -161,8 +161,11 @@ class DecodeWorker(SimpleWorker):
         self._intake = Intake(self)
         # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
         self._decode_metrics = metrics.MetricsBatch()
-        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0}
+        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0,
+                              "compile_eager_calls": 0}  # fmt: skip
         self._decode_lock = threading.Lock()
+        # job id -> [model, not yet observed]: a batch's decode time is observed when its first job is stored
+        self._batch_timings: dict[str, list] = {}
 
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -190,6 +193,11 @@ class DecodeWorker(SimpleWorker):
             for event in self.models.drain_events():  # model loads and evictions (the model cache)
                 self._decode_metrics.model_event(event.model, event.kind, event.seconds)
                 self._decode_stats["model_loads" if event.kind == "load" else "model_evictions"] += 1
+            for model in self.models.values():  # --compile: decoder calls past the compiled shapes' bound
+                calls = model.compiled.drain_eager_calls() if model.compiled is not None else 0
+                if calls:
+                    self._decode_metrics.compile_eager_calls(model.spec.name, calls)
+                    self._decode_stats["compile_eager_calls"] += calls
             if self.models.device.startswith("cuda"):
                 pipe.hset(self.stats_key, "gpu_peak_allocated", _peak_allocated(self.models.device))
             self._decode_metrics.write(pipe)
@@ -279,13 +287,16 @@ class DecodeWorker(SimpleWorker):
         requests = [request for _, request, _ in group]
         tensors = [tensor for _, _, tensor in group]
         try:
-            started = time.perf_counter()
-            decoded = decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile)
+            decoded = list(decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile))
             with self._decode_lock:
                 self._decode_stats["decode_calls"] += 1
                 self._decode_stats["decoded_jobs"] += len(group)
-                self._decode_metrics.batch(model.spec.name, len(group), time.perf_counter() - started)
-            return list(decoded)
+                self._decode_metrics.observe(model.spec.name, "batch_size", len(group))
+                # On CUDA decode_group returns once the work is queued, so the wall clock here would time the
+                # launch: the batch's time is its items' own decode_ms (CUDA events), read once stored.
+                timing = [model.spec.name, True]
+                self._batch_timings.update((job.id, timing) for job, _, _ in group)
+            return decoded
         except Exception as exc:
             _free_memory()
             if is_out_of_memory(exc) and len(group) > 1:
@@ -369,6 +380,7 @@ class DecodeWorker(SimpleWorker):
             job.ended_at = rqstate.now()
             result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
                       "tiled": decoded.tiled}  # fmt: skip
+            self._observe_batch(job.id, decoded.decode_ms)
             info = self._store_record(job, result, timings)
             self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings,
                                              job.lease_token))  # fmt: skip
@@ -376,7 +388,16 @@ class DecodeWorker(SimpleWorker):
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
+            self._observe_batch(job.id, None)  # forgets the job's entry (observed by a neighbour, or never)
             self._pending.release()
+
+    def _observe_batch(self, job_id: str, decode_ms: float | None) -> None:
+        """The decode time of the job's batch, the first time one of its jobs is stored (all share it)."""
+        with self._decode_lock:
+            timing = self._batch_timings.pop(job_id, None)
+            if timing is not None and timing[1] and decode_ms is not None:
+                timing[1] = False
+                self._decode_metrics.observe(timing[0], "decode_seconds", decode_ms / 1000)
 
     def _finish_encode(self, job: RQJob, queue: Queue, execution: Any, latent: Any) -> None:
         try:
