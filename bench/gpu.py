@@ -232,7 +232,8 @@ def limit_grid(case: Case, result: Result, args, device, deadline: float) -> Row
         best = max(best, row, key=lambda r: r["rate"])
         del module
         free(device)
-    note = f"best of {len(ok)} settings" + (" (grid cut short by the time budget)" if cut else "")
+    tried = sum(1 for r in result.grid if r["rate"] == r["rate"])
+    note = f"best of {tried} settings" + (" (grid cut short by the time budget)" if cut else "")
     return Row("L", setting(best), best["rate"], best["peak_mib"], note)
 
 
