@@ -256,7 +256,7 @@ def test_submit_pipeline_latents_takes_the_size_from_the_pipeline(tiny, procs, e
 def test_vae_input_requests_are_checked_as_the_vae_takes_them():
     from latentq.models.registry import load_registry
     from latentq.spec import DecodeRequest, Limits
-    from latentq.validate import validate_latent
+    from latentq.validate import validate_image, validate_latent
 
     with pytest.raises(latentq.InvalidRequest) as caught:
         DecodeRequest(model="sd15", vae_input="yes")
@@ -276,6 +276,12 @@ def test_vae_input_requests_are_checked_as_the_vae_takes_them():
         validate_latent(torch.zeros(1, 16, 6, 8), load_registry(None).get("sd3"),
                         DecodeRequest(model="sd3", output_format="tensor", vae_input=True, preview=True), limits)  # fmt: skip
     assert caught.value.field == "preview"
+    # vae.encode's video input, (1, 3, F, H, W): H and W are the last two dimensions, whatever F is
+    wan = load_registry(None).get("wan")
+    assert tuple(validate_image(torch.zeros(1, 3, 5, 32, 48), wan, limits, vae_input=True).shape) == (1, 3, 5, 32, 48)
+    with pytest.raises(latentq.InvalidRequest, match="multiples of 8, got 44x32") as caught:
+        validate_image(torch.zeros(1, 3, 8, 32, 44), wan, limits, vae_input=True)
+    assert caught.value.field == "image"
 
 
 @torch.no_grad()
@@ -391,3 +397,26 @@ def test_ltx_pipeline_with_remote_vae_runs_its_timestep_conditioned_decode(procs
         case.pipe = type(case.pipe)(**{**case.pipe.components, "vae": remote})
         got = (np.asarray(case.run("np").frames) * 255).round().astype(np.int16)
     assert_close(got, want)
+
+
+@torch.no_grad()
+def test_remote_vae_encodes_video_as_the_local_video_vae(procs, models_file, tmp_path):
+    """RemoteVAE.encode of (B, 3, F, H, W) video (what the I2V / V2V pipelines hand a video VAE): one vae_input
+    encode job per sample, the posterior's mean and std those of the local AutoencoderKLWan."""
+    torch.manual_seed(0)
+    local = AutoencoderKLWan.from_config(CONFIGS["wan"]).eval()
+    local.save_pretrained(tmp_path / "wan" / "vae")
+    models_file.write_text(models_file.read_text() + f'\n[models.wan]\nsource = "{tmp_path / "wan"}"\npreview = ""\n')
+    procs.worker("wan", extra=("--no-previews",))
+    x = torch.rand(2, 3, 5, 32, 48, generator=torch.Generator().manual_seed(4)) * 2 - 1  # 5 frames: 2 latent ones
+    with Client() as client:
+        remote = RemoteVAE(client, model="wan")
+        there = remote.encode(x).latent_dist
+        (tuple_form,) = remote.encode(x[:1], return_dict=False)
+    want = torch.cat([local.encode(sample).latent_dist.parameters for sample in x.split(1)])
+    want_dist = type(there)(want)
+    assert tuple(there.mean.shape) == (2, 16, 2, 4, 6)
+    assert torch.allclose(there.mean, want_dist.mean, atol=1e-5) and torch.allclose(there.std, want_dist.std, atol=1e-5)
+    assert torch.allclose(tuple_form.mean, want_dist.mean[:1], atol=1e-5)
+    # and the batch as the local VAE encodes it in one call
+    assert torch.allclose(there.mean, local.encode(x).latent_dist.mean, atol=1e-4)

@@ -148,7 +148,7 @@ def validate_image(image: object, spec: ModelSpec, limits: Limits, *, vae_input:
     if tensor.ndim == 5 and tensor.shape[2] > limits.max_frames:
         raise LatentTooLarge(f"image has {tensor.shape[2]} frames, over the limit of {limits.max_frames}",
                              field="image")  # fmt: skip
-    height, width = tensor.shape[2], tensor.shape[3]
+    height, width = tensor.shape[-2], tensor.shape[-1]  # (1, 3, [F,] H, W): a video's frames come first
     factor = spec.spatial_factor
     if height % factor or width % factor:
         raise InvalidLatent(f"image height and width must be multiples of {factor}, got {width}x{height}",
