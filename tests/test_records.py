@@ -93,7 +93,10 @@ def test_a_finished_job_answers_from_the_store_once_redis_dropped_it(store_env, 
                            text=True, timeout=60, check=True).stdout  # fmt: skip
     row = next(line.split() for line in table.splitlines() if line.startswith("taef2 "))
     queued, started, finished, failed, workers, per_minute = (int(v) for v in row[1:])
-    assert (queued, started, finished, failed, workers) == (0, 0, 5, 0, 1) and per_minute == 5
+    assert (queued, started, finished, failed, workers) == (0, 0, 5, 0, 1)
+    # jobs/min estimates the last 60 s (this minute plus the unexpired share of the last one): a minute
+    # boundary between the decodes and this call lowers it, so only its bound is certain.
+    assert per_minute <= 5
     client.close()
 
 
