@@ -1,7 +1,9 @@
 """``POST /v1/batches``: one safetensors tensor of shape (B, ...) in, one job per sample out.
 
 The HTTP twin of ``Client.submit_many``: the jobs share a batch id, so one
-``GET /v1/batches/{id}`` reports them all. Installed by ``create_app``.
+``GET /v1/batches/{id}`` reports them all. Installed by ``create_app``. A video
+model with sound (LTX-2) takes a two-tensor body as ``POST /v1/jobs`` does:
+``latent`` (B, ...) and ``audio_latents`` (B, ...), sample i's sound the audio's i-th.
 """
 
 from __future__ import annotations
@@ -18,28 +20,32 @@ from ..producer.client import Client
 from ..spec import DecodeRequest
 from .auth import request_tenant
 from .openapi import errors
-from .params import IdempotencyKey, decode_params, read_latent
+from .params import IdempotencyKey, decode_params, read_latents
 
 __all__ = ["install_batch_routes"]
 
-_SAFETENSORS_BODY = {"requestBody": {"required": True, "description": "one safetensors tensor of shape (B, ...)",
+_SAFETENSORS_BODY = {"requestBody": {"required": True, "description": "a safetensors file: one tensor of shape (B, ...), "
+                                                                     "or latent (B, ...) and audio_latents (B, ...)",
                                      "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                          "format": "binary"}}}}}  # fmt: skip
 
 
 def install_batch_routes(app: FastAPI, client: Client, settings: Settings) -> None:
-    @app.post("/v1/batches", status_code=202, summary="Submit a batch: one tensor (B, ...), one job per sample",
+    @app.post("/v1/batches", status_code=202, summary="Submit a batch: one tensor (B, ...) (or latent + audio_latents), one job per sample",
               responses=errors(404, 408, 413, 429), openapi_extra=_SAFETENSORS_BODY)  # fmt: skip
     async def submit_batch(
         request: Request, decode_request: Annotated[DecodeRequest, Depends(decode_params)],
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        batch = await read_latent(request, decode_request, client.registry, settings.limits)
+        batch, audio = await read_latents(request, decode_request, client.registry, settings.limits)
         if batch.ndim < 2:
             raise InvalidLatent(f"a batch needs shape (B, ...), got {tuple(batch.shape)}", field="body")
+        if audio is not None and (audio.ndim < 2 or audio.shape[0] != batch.shape[0]):
+            raise InvalidLatent(f"audio_latents must be (B, ...) with the latent's B = {batch.shape[0]} (one per "
+                                f"sample), got {tuple(audio.shape)}", field="audio_latents")  # fmt: skip
         jobs = await run_in_threadpool(client.submit_many_request, batch, decode_request,
-                                       tenant=request_tenant(request),
-                                       idempotency_key=idempotency_key)  # fmt: skip
+                                       tenant=request_tenant(request), idempotency_key=idempotency_key,
+                                       audio_latents=audio)  # fmt: skip
         batch_id = jobs[0].batch_id
         batch_url = str(request.url_for("get_batch", batch_id=batch_id))
         return JSONResponse(

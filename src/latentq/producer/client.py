@@ -43,6 +43,15 @@ __all__ = ["Client", "Job"]
 BATCH_READ_THREADS = 8  # a batch's status reads its jobs concurrently
 
 
+def _samples(values: torch.Tensor | Sequence[torch.Tensor], field: str) -> list[torch.Tensor]:
+    """A batch tensor's samples (its first dimension), or a list's items."""
+    if isinstance(values, torch.Tensor):
+        if values.ndim < 2:
+            raise InvalidLatent(f"submit_many needs a batch of {field}, got shape {tuple(values.shape)}", field=field)
+        return list(values.unbind(0))
+    return list(values)
+
+
 class Job:
     """A handle on one submitted job."""
 
@@ -192,7 +201,8 @@ class Client:
     @redis_unavailable()
     def submit_request(self, latent: torch.Tensor, request: DecodeRequest, *, tenant: Tenant | None = None,
                        idempotency_key: str | None = None, audio_latents: torch.Tensor | None = None) -> Job:  # fmt: skip
-        return self._enqueue([latent], request, None, tenant, idempotency_key, audio_latents)[0]
+        audios = None if audio_latents is None else [audio_latents]
+        return self._enqueue([latent], request, None, tenant, idempotency_key, audios)[0]
 
     @redis_unavailable()
     def submit_encode(self, image: torch.Tensor, model: str, *, tenant: Tenant | None = None,
@@ -212,22 +222,28 @@ class Client:
         metadata: dict[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
+        audio_latents: torch.Tensor | Sequence[torch.Tensor] | None = None,
         **options: Any,
     ) -> list[Job]:
-        """One job per sample of a batch tensor or a list, grouped under one batch id."""
+        """One job per sample of a batch tensor or a list, grouped under one batch id.
+
+        ``audio_latents``: one per sample (a (B, ...) tensor or a list), each job's sound (as ``submit``'s)."""
         request = DecodeRequest(model=model, output_format=output_format, scaling_factor=scaling_factor,
                                 shift_factor=shift_factor, metadata=metadata or {}, **options)  # fmt: skip
-        return self.submit_many_request(latents, request, idempotency_key=idempotency_key)
+        return self.submit_many_request(latents, request, idempotency_key=idempotency_key,
+                                        audio_latents=audio_latents)  # fmt: skip
 
     @redis_unavailable()
     def submit_many_request(self, latents: torch.Tensor | Sequence[torch.Tensor], request: DecodeRequest, *,
-                            tenant: Tenant | None = None, idempotency_key: str | None = None) -> list[Job]:  # fmt: skip
-        if isinstance(latents, torch.Tensor):
-            if latents.ndim < 2:
-                raise InvalidLatent(f"submit_many needs a batch of latents, got shape {tuple(latents.shape)}")
-            samples: list[torch.Tensor] = list(latents.unbind(0))
-        else:
-            samples = list(latents)
+                            tenant: Tenant | None = None, idempotency_key: str | None = None,
+                            audio_latents: torch.Tensor | Sequence[torch.Tensor] | None = None) -> list[Job]:  # fmt: skip
+        samples = _samples(latents, "latents")
+        audios = None
+        if audio_latents is not None:
+            audios = _samples(audio_latents, "audio_latents")
+            if len(audios) != len(samples):
+                raise InvalidLatent(f"audio_latents hold {len(audios)} samples for {len(samples)} latents: one each",
+                                    field="audio_latents")  # fmt: skip
         if not samples:
             raise InvalidRequest("submit_many got no latents", field="latents")
         if len(samples) > self.settings.limits.max_batch_submit:
@@ -235,7 +251,7 @@ class Client:
                 f"submit_many got {len(samples)} latents, over the limit of {self.settings.limits.max_batch_submit}",
                 field="latents",
             )
-        return self._enqueue(samples, request, uuid.uuid4().hex, tenant, idempotency_key)
+        return self._enqueue(samples, request, uuid.uuid4().hex, tenant, idempotency_key, audios)
 
     def _validate(self, tensor: torch.Tensor, request: DecodeRequest) -> torch.Tensor:
         spec = self.registry.get(request.model)
@@ -245,20 +261,22 @@ class Client:
 
     def _enqueue(self, latents: Iterable[torch.Tensor], request: DecodeRequest, batch_id: str | None,
                  tenant: Tenant | None, idempotency_key: str | None,
-                 audio_latents: torch.Tensor | None = None) -> list[Job]:  # fmt: skip
+                 audio_latents: list[torch.Tensor] | None = None) -> list[Job]:  # fmt: skip
+        """``audio_latents``: each latent's (a video's sound), or None."""
         spec = self.registry.get(request.model)
-        audio = None
-        if audio_latents is not None:  # one job's (submit_request): validated before its latent is
-            audio = validate_audio_latents(audio_latents, spec, request, self.settings.limits, self.registry)
-        payloads = []
+        payloads: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
         for index, latent in enumerate(latents):
             try:
+                audio = None
+                if audio_latents is not None:  # validated before its latent is
+                    audio = validate_audio_latents(audio_latents[index], spec, request, self.settings.limits,
+                                                   self.registry)  # fmt: skip
                 tensor = self._validate(latent, request)
             except InvalidRequest as exc:
                 if batch_id is not None:
                     raise type(exc)(f"latent {index}: {exc}", field=exc.field) from None
                 raise
-            payloads.append((uuid.uuid4().hex, tensor))
+            payloads.append((uuid.uuid4().hex, tensor, audio))
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         tenant = tenant or self._tenant or self.tenants.tenant(self.tenant_name)
@@ -280,17 +298,17 @@ class Client:
                 retry=Retry(max=settings.max_retries) if settings.max_retries > 0 else None,
                 description=f"{request.task} {request.model} -> {request.output_format}",
             )
-            for job_id, tensor in payloads
+            for job_id, tensor, _ in payloads
         ]
         # The latents, the jobs and the checks that admit them: one atomic script (latentq.admission).
         submitted_at = time.time()
         pipe = capture(self.connection)
-        for job_id, tensor in payloads:
+        for job_id, tensor, audio in payloads:
             pipe.set(keys.latent_key(job_id), latent_to_bytes(tensor, audio), ex=settings.latent_ttl)
             index_recent_job(pipe, tenant.name, job_id, submitted_at)  # GET /v1/jobs lists it
         if batch_id:
             batch = keys.batch_key(batch_id)
-            pipe.rpush(batch, *[job_id for job_id, _ in payloads])
+            pipe.rpush(batch, *[job_id for job_id, _, _ in payloads])
             pipe.expire(batch, settings.result_ttl)
         queue.enqueue_many(job_datas, pipeline=pipe)
         # The ids' push onto the queue is admission's: it places them in fair-share order.
@@ -301,7 +319,7 @@ class Client:
             model_queue_keys=(self.queue(request.model).key, self.queue(request.model, "high").key),
             model_cap=settings.max_queued,
             tenant=tenant,
-            job_ids=[job_id for job_id, _ in payloads],
+            job_ids=[job_id for job_id, _, _ in payloads],
             batch_id=batch_id,
             model=request.model,
             writes=writes,

@@ -245,9 +245,15 @@ class HttpClient:
         ``vae.encode``, answered as ``vae.encode`` returns it, RemoteVAE's encode)."""
         return self.submit(image, model, "tensor", idempotency_key=idempotency_key, task="encode", **options)
 
-    def submit_many(self, latents, model: str, **options: Any) -> list[HttpJob]:
+    def submit_many(self, latents, model: str, *, audio_latents=None, **options: Any) -> list[HttpJob]:
+        """One job per sample; ``audio_latents``: one per sample (a (B, ...) tensor or a list), as ``submit``'s."""
         samples = list(latents.unbind(0)) if isinstance(latents, torch.Tensor) else list(latents)
-        return [self.submit(sample, model, **options) for sample in samples]
+        audios = [None] * len(samples) if audio_latents is None else (
+            list(audio_latents.unbind(0)) if isinstance(audio_latents, torch.Tensor) else list(audio_latents))
+        if len(audios) != len(samples):
+            raise InvalidLatent(f"audio_latents hold {len(audios)} samples for {len(samples)} latents: one each",
+                                field="audio_latents")  # fmt: skip
+        return [self.submit(sample, model, audio_latents=audio, **options) for sample, audio in zip(samples, audios)]
 
     def job(self, job_id: str) -> HttpJob:
         return HttpJob(self, job_id, f"/v1/jobs/{job_id}")
