@@ -34,7 +34,7 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from .. import keys, metrics, rqstate
+from .. import keys, rqstate
 from ..errors import InvalidRequest
 from ..lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
@@ -45,6 +45,7 @@ from ..spec import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
 from . import upkeep
 from .completion import Committer, Completed
+from .decode_metrics import DecodeMetrics
 from .faults import Faults
 from .intake import Batch, Intake
 from .model_cache import ModelCache
@@ -159,13 +160,7 @@ class DecodeWorker(SimpleWorker):
         self._committer = Committer(self, after=self._after_commit, lost=self._lost_commit,
                                     retry_for_s=self.execution_ttl, threaded=encode_threads > 0)  # fmt: skip
         self._intake = Intake(self)
-        # Decode counters wait here for the next Redis write of a job's end, rather than costing their own.
-        self._decode_metrics = metrics.MetricsBatch()
-        self._decode_stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0,
-                              "compile_eager_calls": 0}  # fmt: skip
-        self._decode_lock = threading.Lock()
-        # job id -> [model, not yet observed]: a batch's decode time is observed when its first job is stored
-        self._batch_timings: dict[str, list] = {}
+        self.decode_metrics = DecodeMetrics(self.models, self.stats_key)
 
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -188,23 +183,8 @@ class DecodeWorker(SimpleWorker):
         return None
 
     def write_decode_metrics(self, pipe: Any) -> None:
-        """Add the decode counters gathered since the last write to ``pipe``."""
-        with self._decode_lock:
-            for event in self.models.drain_events():  # model loads and evictions (the model cache)
-                self._decode_metrics.model_event(event.model, event.kind, event.seconds)
-                self._decode_stats["model_loads" if event.kind == "load" else "model_evictions"] += 1
-            for model in self.models.values():  # --compile: decoder calls past the compiled shapes' bound
-                calls = model.compiled.drain_eager_calls() if model.compiled is not None else 0
-                if calls:
-                    self._decode_metrics.compile_eager_calls(model.spec.name, calls)
-                    self._decode_stats["compile_eager_calls"] += calls
-            if self.models.device.startswith("cuda"):
-                pipe.hset(self.stats_key, "gpu_peak_allocated", _peak_allocated(self.models.device))
-            self._decode_metrics.write(pipe)
-            for field, count in self._decode_stats.items():
-                if count:
-                    pipe.hincrby(self.stats_key, field, count)
-                    self._decode_stats[field] = 0
+        """Add the decode counters gathered since the last write to ``pipe`` (the committer's)."""
+        self.decode_metrics.write(pipe)
 
     def check_for_suspension(self, burst: bool) -> None:
         # RQ reads the suspension flag before every pop: one round trip per batch. Once a second is
@@ -288,14 +268,8 @@ class DecodeWorker(SimpleWorker):
         tensors = [tensor for _, _, tensor in group]
         try:
             decoded = list(decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile))
-            with self._decode_lock:
-                self._decode_stats["decode_calls"] += 1
-                self._decode_stats["decoded_jobs"] += len(group)
-                self._decode_metrics.observe(model.spec.name, "batch_size", len(group))
-                # On CUDA decode_group returns once the work is queued, so the wall clock here would time the
-                # launch: the batch's time is its items' own decode_ms (CUDA events), read once stored.
-                timing = [model.spec.name, True]
-                self._batch_timings.update((job.id, timing) for job, _, _ in group)
+            # On CUDA decode_group returns once the work is queued: the batch's time is observed once stored.
+            self.decode_metrics.decoded(model.spec.name, [job.id for job, _, _ in group])
             return decoded
         except Exception as exc:
             _free_memory()
@@ -380,7 +354,7 @@ class DecodeWorker(SimpleWorker):
             job.ended_at = rqstate.now()
             result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
                       "tiled": decoded.tiled}  # fmt: skip
-            self._observe_batch(job.id, decoded.decode_ms)
+            self.decode_metrics.stored(job.id, decoded.decode_ms)
             info = self._store_record(job, result, timings)
             self._committer.submit(Completed(job, queue, execution, request.model, result, info, timings,
                                              job.lease_token))  # fmt: skip
@@ -388,16 +362,8 @@ class DecodeWorker(SimpleWorker):
             log.exception("storing the result of job %s failed", job.id)
             self._fail(job, queue, execution, _reason(exc), permanent=False)
         finally:
-            self._observe_batch(job.id, None)  # forgets the job's entry (observed by a neighbour, or never)
+            self.decode_metrics.stored(job.id, None)  # forgets the job's entry (observed by a neighbour, or never)
             self._pending.release()
-
-    def _observe_batch(self, job_id: str, decode_ms: float | None) -> None:
-        """The decode time of the job's batch, the first time one of its jobs is stored (all share it)."""
-        with self._decode_lock:
-            timing = self._batch_timings.pop(job_id, None)
-            if timing is not None and timing[1] and decode_ms is not None:
-                timing[1] = False
-                self._decode_metrics.observe(timing[0], "decode_seconds", decode_ms / 1000)
 
     def _finish_encode(self, job: RQJob, queue: Queue, execution: Any, latent: Any) -> None:
         try:
@@ -503,12 +469,6 @@ class InlineExecutor(Executor):
 def log_fields(job: RQJob) -> dict[str, Any]:
     """Fields the JSON log formatter adds to a line about this job."""
     return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
-
-
-def _peak_allocated(device: str) -> int:
-    import torch
-
-    return int(torch.cuda.max_memory_allocated(torch.device(device)))
 
 
 def _free_memory() -> None:
