@@ -70,7 +70,7 @@ def latent_from_bytes(data: bytes, limits: Limits) -> torch.Tensor:
     latent, audio = latents_from_bytes(data, limits)
     if audio is not None:
         raise InvalidLatent(f"body must hold exactly one tensor here, found 2 ({AUDIO_TENSOR_NAME} is taken by "
-                            f"POST /v1/jobs and Client.submit)", field="body")  # fmt: skip
+                            f"POST /v1/jobs, POST /v1/batches, Client.submit and submit_many)", field="body")  # fmt: skip
     return latent
 
 

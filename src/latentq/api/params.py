@@ -12,9 +12,9 @@ from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry
 from ..spec import DecodeRequest, Limits, parse_metadata
 from ..store.base import KEY_PATTERN
-from ..wire import latent_from_bytes, latents_from_bytes
+from ..wire import latents_from_bytes
 
-__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latent", "read_latents"]
+__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latents"]
 
 # Ids are checked at the edge: nothing else (a dot, a NUL, an emoji) reaches RQ's keys or the store's paths.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -72,15 +72,10 @@ def decode_params(
                          audio_end_in_s=audio_end_in_s, task=task)  # fmt: skip
 
 
-async def read_latent(request: Request, decode_request: DecodeRequest, registry: Registry, limits: Limits) -> Tensor:
-    """The submitted tensor of a decode route: the model checked first (404 before the body is read)."""
-    registry.get(decode_request.model)
-    return latent_from_bytes(await read_body(request, limits.max_body_bytes, limits.body_timeout_s), limits)
-
-
 async def read_latents(request: Request, decode_request: DecodeRequest, registry: Registry,
                        limits: Limits) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    """``read_latent`` for a route that also takes a video's ``audio_latents`` (a two-tensor body)."""
+    """A decode route's body: one latent, or a video's latent and its ``audio_latents`` (a two-tensor body);
+    the model is checked first (404 before the body is read)."""
     registry.get(decode_request.model)
     return latents_from_bytes(await read_body(request, limits.max_body_bytes, limits.body_timeout_s), limits)
 
