@@ -140,9 +140,9 @@ def hypothesis_test(**kwargs):
 
 @hypothesis_test(data=lambda st: st.data())
 def test_netguard_refuses_every_address_of_internal_networks(data):
-    from latentq.netguard import WebhookPolicy, forbidden_reason
-
     from hypothesis import strategies as st  # run only where hypothesis is installed
+
+    from latentq.netguard import WebhookPolicy, forbidden_reason
     network = ipaddress.ip_network(data.draw(st.sampled_from(INTERNAL_NETWORKS)))
     address = network[data.draw(st.integers(0, network.num_addresses - 1))]
     assert forbidden_reason(address) is not None
