@@ -67,6 +67,26 @@ def test_least_recently_used_model_is_evicted_and_reloaded_on_demand():
     assert [m.spec.name for m in cache.values()] == ["a", "b"]  # b was used last
 
 
+class _CountingDecoder:
+    """What the cache reads of a --compile model's CompiledDecoder: its unreported eager calls."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def drain_eager_calls(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
+
+
+def test_an_evicted_compiled_model_hands_over_its_unreported_eager_calls():
+    sizes = {"a": 1000, "b": 1000}  # the budget holds one
+    cache = ModelCache({n: _spec(n) for n in sizes}, _loader(sizes, []), budget_bytes=5000)
+    cache.get("a").compiled = _CountingDecoder(3)
+    cache.get("b")  # evicts a, whose 3 eager calls would otherwise go with it
+    evicted = [e for e in cache.drain_events() if e.kind == "evict"]
+    assert [(e.model, e.eager_calls) for e in evicted] == [("a", 3)]
+
+
 def test_a_model_larger_than_the_budget_is_still_served_alone():
     sizes = {"small": 10, "huge": 10_000}
     calls: list[str] = []

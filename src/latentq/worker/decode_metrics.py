@@ -52,6 +52,9 @@ class DecodeMetrics:
             for event in self.models.drain_events():  # model loads and evictions (the model cache)
                 self._metrics.model_event(event.model, event.kind, event.seconds)
                 self._stats["model_loads" if event.kind == "load" else "model_evictions"] += 1
+                if event.eager_calls:
+                    self._metrics.compile_eager_calls(event.model, event.eager_calls)
+                    self._stats["compile_eager_calls"] += event.eager_calls
             for model in self.models.values():  # --compile: decoder calls past the compiled shapes' bound
                 calls = model.compiled.drain_eager_calls() if model.compiled is not None else 0
                 if calls:

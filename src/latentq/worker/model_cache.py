@@ -62,6 +62,7 @@ class CacheEvent:
     kind: str  # "load" or "evict"
     model: str
     seconds: float = 0.0
+    eager_calls: int = 0  # an evicted --compile model's eager calls not yet reported (they would go with it)
 
 
 class ModelCache:
@@ -173,8 +174,9 @@ class ModelCache:
             victim = next((name for name in self._loaded if name != keep), None)
             if victim is None:
                 break
-            del self._loaded[victim]
-            self._events.append(CacheEvent("evict", victim))
+            model = self._loaded.pop(victim)
+            compiled = getattr(model, "compiled", None)
+            self._events.append(CacheEvent("evict", victim, eager_calls=compiled.drain_eager_calls() if compiled else 0))
             log.info("evicted %s (least recently used) to fit the %.0f MiB model budget", victim,
                      self.budget_bytes / 2**20)  # fmt: skip
             evicted = True
