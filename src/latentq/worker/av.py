@@ -84,15 +84,14 @@ def decode_av_group(model: LoadedModel, requests: list[DecodeRequest], latents: 
                     **options: Any) -> list[DecodedAV]:  # fmt: skip
     """The video as ``decode_group`` decodes any group of the model (``options`` passed on), then the audio
     in one call of the model's audio decoder (its family's ``audio_decoder``)."""
-    from .pipeline import decode_group  # pipeline imports this module
+    from .pipeline import decode_group, output_sample_rate  # pipeline imports this module
 
     videos = decode_group(model, requests, [latent.video for latent in latents], **options)
     audio_model = model.family.audio_decoder(model)
-    family = audio_model.family
     request = DecodeRequest(model=audio_model.spec.name, output_format="wav")
     audio = audio_model.decode(torch.cat([latent.audio for latent in latents], 0), request=request, tile=False)
-    rate = family.output_sample_rate(audio_model) if hasattr(family, "output_sample_rate") else family.sample_rate
-    return [DecodedAV(video, audio[i].float().cpu(), int(rate)) for i, video in enumerate(videos)]
+    rate = output_sample_rate(audio_model)
+    return [DecodedAV(video, audio[i].float().cpu(), rate) for i, video in enumerate(videos)]
 
 
 def encode_av_output(decoded: DecodedAV, request: DecodeRequest) -> list[EncodedObject]:

@@ -178,10 +178,15 @@ class DecodedAudio:
     tiled: bool = False
 
 
-def _split_audio(model: LoadedModel, audio: torch.Tensor, elapsed_ms: float, tiled: bool) -> list[DecodedAudio]:
+def output_sample_rate(model: LoadedModel) -> int:
+    """The sample rate of an audio model's decoded output (a vocoder's may differ from its VAE's)."""
     family = model.family
-    rate = family.output_sample_rate(model) if hasattr(family, "output_sample_rate") else family.sample_rate
-    return [DecodedAudio(audio[i], int(rate), audio.shape[0], elapsed_ms, tiled) for i in range(audio.shape[0])]
+    return int(family.output_sample_rate(model) if hasattr(family, "output_sample_rate") else family.sample_rate)
+
+
+def _split_audio(model: LoadedModel, audio: torch.Tensor, elapsed_ms: float, tiled: bool) -> list[DecodedAudio]:
+    rate = output_sample_rate(model)
+    return [DecodedAudio(audio[i], rate, audio.shape[0], elapsed_ms, tiled) for i in range(audio.shape[0])]
 
 
 def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tensor) -> bool:
