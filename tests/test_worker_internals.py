@@ -171,3 +171,24 @@ def test_decode_metric_is_the_batchs_own_decode_time_and_compile_fallbacks_are_c
     assert eager >= 1 and f'latentq_compile_eager_calls_total{{model="taef2"}} {eager}' in text
     assert int(redis_conn.hget(keys.worker_stats_key(worker.name), "compile_eager_calls")) == eager
     assert model.compiled.drain_eager_calls() == 0  # taken once, by the write
+
+
+def test_a_model_that_cannot_be_loaded_again_fails_its_jobs_and_the_worker_serves_on(env, models_file, redis_conn,
+                                                                                     tmp_path):  # fmt: skip
+    """Under --model-memory-budget an evicted model is loaded again when its jobs come: if that fails (weights
+    gone, out of memory), each job ends failed with the reason, once its retries are spent; the worker stays up."""
+    from latentq.errors import ModelLoadError
+    from latentq.worker.model_cache import ModelCache
+
+    def weights_gone(spec):
+        raise ModelLoadError(f"cannot load {spec.name}: weights gone")
+
+    cache = ModelCache({"taef2": load_registry(models_file).get("taef2")}, weights_gone)  # nothing loaded yet
+    jobs = Client().submit_many(torch.randn(2, 32, 4, 4), model="taef2")
+    worker = DecodeWorker(cache, redis_conn, LocalStore(tmp_path / "store"), name="reload", max_wait_ms=0)
+    worker.work(burst=True)
+    close(worker)
+
+    infos = [job.info() for job in jobs]
+    assert [info.status.value for info in infos] == ["failed", "failed"]
+    assert all("cannot load model taef2" in info.error and "weights gone" in info.error for info in infos)

@@ -249,7 +249,14 @@ class DecodeWorker(SimpleWorker):
                 self._fail(*context, _reason(exc), permanent=True)
 
         for model_name, ready in by_model.items():
-            model = self.models[model_name]
+            try:  # under --model-memory-budget an evicted model is loaded again here, which can fail
+                model = self.models[model_name]
+            except Exception as exc:
+                _free_memory()
+                for job, _, _ in ready:
+                    self._fail(job, queues[job.id], executions[job.id], f"cannot load model {model_name}: "
+                               f"{_reason(exc)}", permanent=False)  # fmt: skip
+                continue
             for group in group_for_decode(ready, self.max_batch, model.spec, self.max_batch_pixels):
                 if group[0][1].task == "encode":
                     self._encode(model, group, queues, executions)
