@@ -16,7 +16,7 @@ from safetensors.torch import save as st_save
 
 from ..spec import DecodeRequest
 
-__all__ = ["EXTENSIONS", "EncodedObject", "audio_pcm16", "encode_audio_output", "encode_flac", "encode_mp4",
+__all__ = ["EXTENSIONS", "EncodedObject", "Mp4Writer", "audio_pcm16", "encode_audio_output", "encode_flac", "encode_mp4",
            "encode_output", "encode_wav", "gpu_jpeg_available", "jpeg_encoder"]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tensor": "safetensors", "uint8": "safetensors",
@@ -77,33 +77,87 @@ def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+class Mp4Writer:
+    """An H.264 MP4 made as its frames come: ``write`` (F, H, W, 3) uint8 chunks in order, then ``finish()`` ->
+    the file's bytes. The container opens at the first chunk (its size sets the stream's); each chunk is encoded
+    and muxed at once, so a long video is never held whole. ``close()`` drops an unfinished file. The options
+    (and so the bytes, for the same frames) are ``encode_mp4``'s, which is this writer given every frame at once."""
+
+    def __init__(self, fps: int, quality: int, audio: torch.Tensor | None = None, sample_rate: int | None = None,
+                 audio_codec: str = "aac") -> None:  # fmt: skip
+        self.fps = fps
+        self.quality = quality
+        self._audio = audio
+        self._sample_rate = sample_rate
+        self._audio_codec = audio_codec
+        self._buffer = io.BytesIO()
+        self._container: Any = None
+        self._stream: Any = None
+        self._sound: Any = None
+        self.frames = 0
+        self.width = self.height = 0
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        self._container = container = av.open(self._buffer, mode="w", format="mp4")
+        stream = container.add_stream("libx264", rate=self.fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        # quality 100 -> crf 0 (lossless luma), 1 -> crf 51
+        stream.options = {"crf": str(round((100 - self.quality) * 0.51)), "preset": "veryfast"}
+        audio, rate = self._audio, self._sample_rate
+        if audio is not None and rate:
+            self._sound = container.add_stream(self._audio_codec, rate=rate, layout=_layout(audio.shape[0]))
+            if self._audio_codec == "alac":
+                self._sound.format = "s16p"
+            else:
+                self._sound.bit_rate = 64_000 + 1_920 * self.quality  # 256 kb/s at quality 100
+        self._stream = stream
+        self.width, self.height = width, height
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Encode and mux (F, H, W, 3) uint8 frames (on the CPU), after those written before."""
+        import av
+
+        array = frames.numpy() if isinstance(frames, torch.Tensor) else frames
+        if self._container is None:
+            self._open(array.shape[1], array.shape[2])
+        elif array.shape[1:3] != (self.height, self.width):
+            raise ValueError(f"frames of {array.shape[2]}x{array.shape[1]} after {self.width}x{self.height} ones")
+        for frame in array:
+            self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        self.frames += array.shape[0]
+
+    def finish(self) -> bytes:
+        """Flush the encoder, mux the audio track (if any) and close: the MP4's bytes."""
+        if self._container is None:
+            raise ValueError("an MP4 needs at least one frame")
+        container, self._container = self._container, None
+        with container:
+            container.mux(self._stream.encode())
+            if self._sound is not None:
+                _mux_audio(container, self._sound, audio_pcm16(self._audio), self._sample_rate)
+        return self._buffer.getvalue()
+
+    def close(self) -> None:
+        """Drop an unfinished file (a stream that was aborted): the container's resources are freed."""
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
+
+
 def encode_mp4(frames: torch.Tensor, fps: int, quality: int, audio: torch.Tensor | None = None,
                sample_rate: int | None = None, audio_codec: str = "aac") -> bytes:  # fmt: skip
     """(F, H, W, 3) uint8 -> H.264 MP4 (yuv420p, so players everywhere open it); with ``audio``
     ((channels, samples) float in [-1, 1] at ``sample_rate``), an AAC track beside it (``audio_codec``
-    "alac": lossless 16-bit, with no encoder delay)."""
-    import av
-
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # quality 100 -> crf 0 (lossless luma), 1 -> crf 51
-        stream.options = {"crf": str(round((100 - quality) * 0.51)), "preset": "veryfast"}
-        sound = None
-        if audio is not None and sample_rate:
-            sound = container.add_stream(audio_codec, rate=sample_rate, layout=_layout(audio.shape[0]))
-            if audio_codec == "alac":
-                sound.format = "s16p"
-            else:
-                sound.bit_rate = 64_000 + 1_920 * quality  # 256 kb/s at quality 100
-        for array in frames.numpy():
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())
-        if sound is not None:
-            _mux_audio(container, sound, audio_pcm16(audio), sample_rate)
-    return buffer.getvalue()
+    "alac": lossless 16-bit, with no encoder delay). ``Mp4Writer`` given all the frames at once."""
+    writer = Mp4Writer(fps, quality, audio, sample_rate, audio_codec)
+    try:
+        writer.write(frames)
+        return writer.finish()
+    finally:
+        writer.close()
 
 
 # --- audio --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidLatent
+from ..models import chunked
 from ..models.device_path import Pending, Timer
 from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
@@ -25,6 +26,7 @@ from .av import AVLatents, DecodedAV, decode_av_group, encode_av_output, parse_j
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
 from .vae_io import encode_vae_input
+from .video_stream import GroupStream, StreamAborted, StreamedVideo
 
 __all__ = [
     "DecodedAudio",
@@ -37,6 +39,7 @@ __all__ = [
     "sample_pixels",
     "store_latent",
     "store_output",
+    "streamable",
 ]
 
 
@@ -196,17 +199,40 @@ def wants_tiling(model: LoadedModel, request: DecodeRequest, tensor: torch.Tenso
     return model.should_tile(size.width, size.height, size.frames)
 
 
+def streamable(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor]) -> bool:
+    """Whether a group's MP4s can be encoded while it decodes (``decode_group`` with a ``GroupStream``)."""
+    first = requests[0]
+    return (not isinstance(tensors[0], AVLatents) and all(r.output_format == "mp4" for r in requests)
+            and chunked.streams(model, first, wants_tiling(model, first, tensors[0])))  # fmt: skip
+
+
 def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: list[torch.Tensor],
-                 *, faults: Faults | None = None, force_tile: bool = False) -> list[DecodedImage]:  # fmt: skip
-    """One ``vae.decode`` for a group of same-shape latents with the same options."""
+                 *, faults: Faults | None = None, force_tile: bool = False,
+                 stream: GroupStream | None = None) -> list[DecodedImage] | list[StreamedVideo]:  # fmt: skip
+    """One ``vae.decode`` for a group of same-shape latents with the same options.
+
+    With ``stream`` (the group's jobs' frame streams, ``streamable`` said yes), the frames go to the streams
+    chunk by chunk and the jobs' ``StreamedVideo``s come back; a decode that fails aborts the streams."""
     if isinstance(tensors[0], AVLatents):  # video with its sound (worker.av): the video decoded here
         return decode_av_group(model, requests, tensors, faults=faults, force_tile=force_tile)
     first = requests[0]
     tile = force_tile or wants_tiling(model, first, tensors[0])
     started = time.perf_counter()
-    if faults is not None:
-        size = output_geometry(tensors[0], model.spec, first)
-        faults.before_decode(len(tensors), size.width * size.height, tile)
+    if stream is not None and not chunked.streams(model, first, tile):
+        stream.abort(StreamAborted("not decoded chunk by chunk"))  # the encoders leave; decoded whole below
+        stream = None
+    try:
+        if faults is not None:
+            size = output_geometry(tensors[0], model.spec, first)
+            faults.before_decode(len(tensors), size.width * size.height, tile)
+        if stream is not None:
+            timer = model.path.timer().start()
+            chunked.decode_chunks(model, torch.cat(tensors, 0), first, stream.feed)
+            return stream.decoded(timer.stop())
+    except BaseException as exc:
+        if stream is not None:
+            stream.abort(exc)
+        raise
     if model.spec.output_kind == "audio":
         audio = model.decode(torch.cat(tensors, 0), request=first, tile=tile)
         return _split_audio(model, audio, (time.perf_counter() - started) * 1000, tile)
@@ -229,7 +255,8 @@ def decode_preview(preview: LoadedModel, full: LoadedModel, requests: list[Decod
     return _split(preview, images, stills, timer, False)
 
 
-def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decoded: DecodedImage | DecodedAudio,
+def store_output(store: ObjectStore, job_id: str, request: DecodeRequest,
+                 decoded: DecodedImage | DecodedAudio | StreamedVideo,
                  *, preview: bool = False, timings: dict[str, float] | None = None,
                  token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Encode and store one job's output objects; return their JSON result records.
@@ -244,7 +271,9 @@ def store_output(store: ObjectStore, job_id: str, request: DecodeRequest, decode
         decoded = DecodedImage(None, pixels, decoded.batch_size, decoded.decode_ms)
     records = []
     started = time.perf_counter()
-    if isinstance(decoded, DecodedAV):
+    if isinstance(decoded, StreamedVideo):  # encoded as its frames came (video_stream), once
+        outputs = decoded.encode(request)
+    elif isinstance(decoded, DecodedAV):
         outputs = encode_av_output(decoded, request)
     elif isinstance(decoded, DecodedAudio):
         outputs = encode_audio_output(decoded.audio, decoded.sample_rate, request)

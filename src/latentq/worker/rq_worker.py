@@ -58,8 +58,10 @@ from .pipeline import (
     load_latent,
     store_latent,
     store_output,
+    streamable,
 )
 from .reliable_queue import ReliableQueue
+from .video_stream import GroupStream, StreamedVideo
 
 __all__ = ["BATCH_DEFAULTS", "DecodeWorker"]
 
@@ -262,19 +264,39 @@ class DecodeWorker(SimpleWorker):
                     self._encode(model, group, queues, executions)
                     continue
                 previews = self._previews(model_name, group)
-                for (job, request, _), decoded in zip(group, self._decode(model, group, queues, executions)):
-                    if decoded is None:
+                stream = self._open_streams(model, group, queues, executions, previews)
+                try:
+                    results = self._decode(model, group, queues, executions, stream=stream)
+                finally:
+                    if stream is not None:
+                        stream.end()  # after decode_metrics counted the decode: its encoders may finish now
+                for (job, request, _), decoded in zip(group, results):
+                    if decoded is None or isinstance(decoded, StreamedVideo):  # failed, or its encoder has it
                         continue
                     self._pending.acquire()
                     self._pool.submit(self._finish, job, queues[job.id], executions[job.id], request, decoded,
                                       previews.get(job.id))  # fmt: skip
 
+    def _open_streams(self, model: LoadedModel, group: list, queues: dict, executions: dict,
+                      previews: dict[str, Future]) -> GroupStream | None:  # fmt: skip
+        """MP4 jobs of a model that decodes chunk by chunk: their encoders start now, on the pool, and take the
+        frames as they are decoded (video_stream). Only with a thread per job: an encoder waits for frames."""
+        if len(group) > self.encode_threads or not streamable(model, [r for _, r, _ in group], [t for _, _, t in group]):
+            return None
+        stream = GroupStream(model.path, len(group))
+        for (job, request, _), video in zip(group, stream.videos):
+            self._pending.acquire()
+            self._pool.submit(video.consume, request, self._pending.release, self._finish, job, queues[job.id],
+                              executions[job.id], request, video, previews.get(job.id))  # fmt: skip
+        return stream
+
     def _decode(self, model: LoadedModel, group: list, queues: dict, executions: dict,
-                force_tile: bool = False) -> list[DecodedImage | None]:  # fmt: skip
+                force_tile: bool = False, stream: GroupStream | None = None) -> list[DecodedImage | None]:  # fmt: skip
         requests = [request for _, request, _ in group]
         tensors = [tensor for _, _, tensor in group]
-        try:
-            decoded = list(decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile))
+        try:  # with a stream (the first try only), the fallbacks below decode whole
+            decoded = list(decode_group(model, requests, tensors, faults=self.faults, force_tile=force_tile,
+                                        stream=stream))  # fmt: skip
             # On CUDA decode_group returns once the work is queued: the batch's time is observed once stored.
             self.decode_metrics.decoded(model.spec.name, [job.id for job, _, _ in group])
             return decoded

@@ -1,0 +1,271 @@
+"""MP4s encoded while their video decodes (issue 15): chunked decodes, the incremental MP4 writer, frame
+streams, and the worker's streamed path end to end (real tiny diffusers VAEs, real Redis, real x264)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import threading
+
+import av
+import numpy as np
+import pytest
+import torch
+from pipelines_video import BUILDERS
+from tiny_configs import CONFIGS
+
+from latentq import Client
+from latentq.models import chunked
+from latentq.models.loader import LoadedModel, load_model
+from latentq.models.registry import BUILTIN_MODELS, load_registry
+from latentq.spec import DecodeRequest
+from latentq.store import LocalStore
+from latentq.worker import DecodeWorker, video_stream
+from latentq.worker.encode import Mp4Writer, encode_mp4
+from latentq.worker.video_stream import FrameStream, GroupStream, StreamAborted, StreamedVideo
+
+pytestmark = pytest.mark.timeout(120)
+
+WAN_LATENT = (2, 16, 3, 4, 4)  # two jobs of 9 frames, 32x32: three decoder calls (1 + 4 + 4 frames)
+
+
+def _wan() -> LoadedModel:
+    spec = dataclasses.replace(BUILTIN_MODELS["wan"], source=None, config=CONFIGS["wan"])
+    return load_model(spec, "cpu")
+
+
+def _family_model(name: str) -> LoadedModel:
+    """A family's tiny VAE as tests/pipelines_video.py builds it, held as a worker holds a model."""
+    case = BUILDERS[name]()
+    spec = dataclasses.replace(BUILTIN_MODELS[name], **case.spec_fields)
+    return LoadedModel(spec, case.pipe.vae.eval().requires_grad_(False), torch.device("cpu"), torch.float32)
+
+
+def _frames(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+# --- chunked decodes --------------------------------------------------------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize("name, shape", [
+    ("wan", WAN_LATENT),
+    ("wan22", (1, 48, 3, 2, 4)),  # patchified: unpatchify per chunk
+    ("cogvideox", (1, 5, 4, 2, 3)),  # frames first; latent frames in batches of 2 (the remainder first)
+    ("easyanimate", (1, 4, 3, 2, 3)),
+])  # fmt: skip
+def test_the_decoders_chunks_in_order_are_the_whole_decode_bit_for_bit(name, shape):
+    model = _wan() if name == "wan" else _family_model(name)
+    request = DecodeRequest(model=name, output_format="mp4")
+    assert chunked.streams(model, request, tile=False)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    whole = model.decode(latents, request=request)
+
+    chunks: list[torch.Tensor] = []
+    frames = chunked.decode_chunks(model, latents, request, chunks.append)
+
+    assert len(chunks) > 1 and frames == whole.shape[2]
+    assert torch.equal(torch.cat(chunks, dim=2), whole)
+
+
+@pytest.mark.unit
+def test_tiled_vae_input_and_single_call_decodes_are_not_streamed():
+    wan = _wan()
+    assert not chunked.streams(wan, DecodeRequest(model="wan", output_format="mp4"), tile=True)  # blended tiles
+    assert not chunked.streams(wan, DecodeRequest(model="wan", output_format="mp4", vae_input=True), tile=False)
+    for name in ("mochi", "hunyuanvideo15"):  # one decoder call (mochi: unless framewise, which drops frames)
+        assert not chunked.streams(_family_model(name), DecodeRequest(model=name, output_format="mp4"), tile=False)
+
+
+# --- the incremental MP4 writer -------------------------------------------------------------------------
+@pytest.mark.unit
+def test_an_mp4_written_chunk_by_chunk_is_encode_mp4s_file():
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (13, 32, 48, 3), dtype=np.uint8))
+    writer = Mp4Writer(fps=8, quality=100)
+    for start, stop in ((0, 1), (1, 5), (5, 9), (9, 13)):
+        writer.write(frames[start:stop])
+    streamed = writer.finish()
+
+    whole = encode_mp4(frames, fps=8, quality=100)
+    assert (writer.frames, writer.width, writer.height) == (13, 48, 32)
+    assert streamed == whole  # same frames, same options: x264 makes the same file
+    assert np.array_equal(_frames(streamed), _frames(whole))
+
+
+@pytest.mark.unit
+def test_an_unfinished_mp4_is_dropped_and_a_changed_frame_size_refused():
+    writer = Mp4Writer(fps=8, quality=90)
+    writer.write(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="16x16"):
+        writer.write(torch.zeros(2, 32, 16, 3, dtype=torch.uint8))
+    writer.close()
+    with pytest.raises(ValueError, match="at least one frame"):
+        Mp4Writer(fps=8, quality=90).finish()
+
+
+# --- frame streams ------------------------------------------------------------------------------------
+@pytest.mark.unit
+def test_a_full_stream_holds_the_producer_until_the_consumer_reads():
+    stream = FrameStream(max_chunks=2)
+    stream.put(0)
+    stream.put(1)
+    third = threading.Thread(target=stream.put, args=(2,))
+    third.start()
+    third.join(0.2)
+    assert third.is_alive()  # blocked: the stream is full (bounded memory)
+    reader = iter(stream)
+    assert next(reader) == 0
+    third.join()  # one slot freed: the put goes through
+    stream.close()
+    assert list(reader) == [1, 2]
+
+
+@pytest.mark.unit
+def test_an_aborted_stream_raises_in_its_consumer_and_a_cancelled_one_frees_its_producer():
+    stream = FrameStream(max_chunks=1)
+    stream.put("chunk")
+    stream.abort(RuntimeError("decoder failed"))
+    with pytest.raises(StreamAborted, match="decoder failed"):
+        list(stream)
+
+    stream = FrameStream(max_chunks=1)
+    stream.put("chunk")
+    blocked = threading.Thread(target=stream.put, args=("next",))
+    blocked.start()
+    stream.cancel()  # the encoder gave up: the decode goes on without this job's frames
+    blocked.join()
+    stream.put("dropped")
+
+
+@pytest.mark.unit
+def test_an_aborted_video_only_releases_its_slot_and_a_failed_encode_is_finished_once():
+    request = DecodeRequest(model="wan", output_format="mp4")
+    calls: list[str] = []
+    group = GroupStream(_wan().path, 1)
+    group.feed(torch.rand(1, 3, 2, 16, 16))
+    group.end()  # the decode did not complete
+    group.videos[0].consume(request, lambda: calls.append("release"), lambda *a: calls.append("finish"))
+    assert calls == ["release"]
+
+    calls.clear()
+    video = StreamedVideo(FrameStream(), 1)
+    video.stream.put(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+    video.stream.put(torch.zeros(2, 8, 8, 3, dtype=torch.uint8))  # the encoder refuses it
+    video.stream.close()
+    video.consume(request, lambda: calls.append("release"), lambda *a: calls.append("finish"))
+    assert calls == ["finish"]  # finish stores nothing: it fails the job with the encoder's error
+    with pytest.raises(ValueError, match="16x16"):
+        video.encode(request)
+
+
+# --- the worker ---------------------------------------------------------------------------------------
+@pytest.fixture
+def wan_models(models_file, tmp_path):
+    """The tiny Wan VAE saved where the models file points (the worker and the client both read it)."""
+    torch.manual_seed(0)
+    _wan().module.save_pretrained(tmp_path / "wan" / "vae")
+    models_file.write_text(models_file.read_text() + f'\n[models.wan]\nsource = "{tmp_path / "wan"}"\n')
+    return models_file
+
+
+def _worker(models_file, redis_conn, tmp_path, name: str, **options) -> DecodeWorker:
+    model = load_model(load_registry(models_file).get("wan"), "cpu")
+    return DecodeWorker({"wan": model}, redis_conn, LocalStore(tmp_path / "results"), name=name, max_wait_ms=0,
+                        **options)  # fmt: skip
+
+
+def _run(worker: DecodeWorker) -> None:
+    worker.work(burst=True)
+    worker._committer.close()
+    worker._pool.shutdown()
+
+
+def _mp4s(tmp_path, jobs) -> list[bytes]:
+    store = LocalStore(tmp_path / "results")
+    return [store.get(job.info().results[0].key) for job in jobs]
+
+
+def _count_feeds(monkeypatch) -> list[int]:
+    """Chunks handed to frame streams (the real feed, counted)."""
+    fed: list[int] = []
+    feed = video_stream.GroupStream.feed
+
+    def counted(self, images):
+        fed.append(images.shape[2])
+        return feed(self, images)
+
+    monkeypatch.setattr(video_stream.GroupStream, "feed", counted)
+    return fed
+
+
+def test_a_worker_with_encode_threads_streams_mp4s_with_the_unstreamed_frames(env, wan_models, redis_conn, tmp_path,
+                                                                           monkeypatch):  # fmt: skip
+    latents = torch.randn(WAN_LATENT, generator=torch.Generator().manual_seed(2))
+    client = Client()
+    inline = client.submit_many(latents, model="wan", output_format="mp4", quality=100)
+    _run(_worker(wan_models, redis_conn, tmp_path, "inline"))  # encode_threads=0 (the CPU default): decode, then encode
+    fed = _count_feeds(monkeypatch)
+    streamed = client.submit_many(latents, model="wan", output_format="mp4", quality=100)
+    _run(_worker(wan_models, redis_conn, tmp_path, "streaming", encode_threads=2))
+
+    assert fed == [1, 4, 4]  # one group of two jobs, fed chunk by chunk
+    infos = [job.info() for job in inline + streamed]
+    assert [info.status.value for info in infos] == ["finished"] * 4
+    assert {info.batch_size for info in infos} == {2}
+    assert [info.results[0].frames for info in infos] == [9] * 4
+    assert all(info.timings["decode"] > 0 for info in infos)
+    inline_mp4s, streamed_mp4s = _mp4s(tmp_path, inline), _mp4s(tmp_path, streamed)
+    for whole, chunked_mp4 in zip(inline_mp4s, streamed_mp4s):
+        assert np.array_equal(_frames(whole), _frames(chunked_mp4))
+        assert whole == chunked_mp4
+    assert not np.array_equal(_frames(inline_mp4s[0]), _frames(inline_mp4s[1]))  # each job its own video
+
+
+class _DecoderFault:
+    """Makes the VAE's decoder raise on its ``call``-th call (once): a decode that fails half-way."""
+
+    def __init__(self, model: LoadedModel, call: int, error: BaseException) -> None:
+        self.calls = 0
+        self.call = call
+        self.error = error
+        model.module.decoder.register_forward_pre_hook(self)
+
+    def __call__(self, module, args) -> None:
+        self.calls += 1
+        if self.calls == self.call:
+            raise self.error
+
+
+def test_a_decode_failing_half_way_fails_its_job_once_and_the_worker_serves_on(env, wan_models, redis_conn, tmp_path,
+                                                                             caplog):  # fmt: skip
+    client = Client()
+    failing, after = client.submit_many(torch.randn(WAN_LATENT), model="wan", output_format="mp4")
+    worker = _worker(wan_models, redis_conn, tmp_path, "faulty", encode_threads=2, max_batch=1)  # one job a batch
+    _DecoderFault(worker.models["wan"], call=2, error=RuntimeError("injected: decoder failed on chunk 2"))
+    with caplog.at_level(logging.WARNING, logger="latentq.worker"):
+        _run(worker)
+
+    failed, finished = failing.info(), after.info()
+    assert failed.status.value == "failed" and "injected: decoder failed on chunk 2" in failed.error
+    assert not failed.results
+    assert sum(f"job {failing.id} failed" in record.getMessage() for record in caplog.records) == 1
+    assert finished.status.value == "finished" and finished.results[0].frames == 9
+    assert worker._pending._value == worker._pending._initial_value  # every slot given back
+
+
+def test_an_out_of_memory_half_way_falls_back_to_the_tiled_decode_and_finishes_whole(env, wan_models, redis_conn,
+                                                                                     tmp_path):  # fmt: skip
+    latent = torch.randn(WAN_LATENT[1:], generator=torch.Generator().manual_seed(3))
+    client = Client()
+    reference = client.submit(latent, model="wan", output_format="mp4", quality=100)
+    _run(_worker(wan_models, redis_conn, tmp_path, "reference"))
+    job = client.submit(latent, model="wan", output_format="mp4", quality=100)
+    worker = _worker(wan_models, redis_conn, tmp_path, "oom", encode_threads=2)
+    fault = _DecoderFault(worker.models["wan"], call=3, error=torch.OutOfMemoryError("injected: CUDA out of memory"))
+    _run(worker)
+
+    info = job.info()
+    assert fault.calls == 3 + 3  # the streamed try stopped at its third chunk; the tiled retry decoded whole
+    assert info.status.value == "finished" and info.tiled
+    assert np.array_equal(_frames(_mp4s(tmp_path, [job])[0]), _frames(_mp4s(tmp_path, [reference])[0]))
