@@ -10,6 +10,8 @@ the ratio to the in-process loop:
       module global, the job writes the PNG (bench/plain_rq_job.py)
   b   latentq, 1 worker (--max-batch 8): N latents through Client.submit_many, wait for all
   a2  the in-process loop again right after p and b: ratios are against the mean of a and a2 (and a alone)
+  t   the in-process loop tuned as the worker loads its model on the CPU (channels_last): b against t is
+      the queue's own cost at equal decode settings (runs with b)
   b1  latentq, 1 worker, --max-batch 1 (batching off; runs with b, --no-batch1 drops it)
   c   latentq, 2 workers (--max-batch 8)
   c1  latentq, 2 workers, --max-batch 1 (runs with c, --no-batch1 drops it)
@@ -18,7 +20,7 @@ the ratio to the in-process loop:
   e   per-job queue overhead at light load, one job at a time (--max-wait-ms 0 and the default 5)
   f   memory flatness over 2,000 tiny jobs: Redis used_memory and the worker's RSS
 
---only takes row letters: a p b c d e f (a always runs; b includes b1, c includes c1; a2 runs with p, b or c).
+--only takes row letters: a p b c d e f (a always runs; b includes b1 and t, c includes c1; a2 runs with p, b or c).
 Writes bench/results/cpu-<date>[-quick].md (printed too), the same numbers as .json, and a .png plot
 (throughput by system, batch size and worker count; latency; dispatch) when matplotlib is installed
 (pip install -e '.[bench]').
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"loading TAEF2 in-process from {args.taef2}")
         with Stopwatch() as load_sw:
             model = load_in_process(stack.models_file)
+        tuned_model = load_in_process(stack.models_file, tuned=True) if "b" in rows_wanted else None
         latents = torch.randn(args.images, CHANNELS, hw, hw)
         tput = data["throughput"]
         rows = tput.setdefault("rows", {})
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         tiny: dict[str, float] = {}
         guard.run("a-setup", row_a)
 
-        # a, p, b, a2, b1, c, c1: the in-process loop brackets rows p and b, since the machine drifts, and the
+        # a, p, b, a2, t, b1, c, c1: the in-process loop brackets rows p and b, since the machine drifts, and the
         # whole sequence runs --rounds times; each row reports its median round. Each row is its own section:
         # one that fails (say plain RQ) does not take the others with it.
         def keep(row: str, result: dict) -> None:
@@ -263,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"row {row}: {what}")
             attempt(row, lambda: keep(row, guard.run(row, fn, stack, latents, *fn_args)))
 
-        def in_process_row(row: str) -> None:
+        def in_process_row(row: str, loaded=None) -> None:
             log(f"row {row}: in-process loop over {args.images} latents")
-            keep(row, guard.run(row, in_process_loop, model, latents, Path(scratch) / row))
+            keep(row, guard.run(row, in_process_loop, loaded or model, latents, Path(scratch) / row))
 
         for round_index in range(args.rounds):
             log(f"throughput round {round_index + 1} of {args.rounds}")
@@ -277,13 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                 queue_row("b", label, latentq_throughput, 1, args.max_batch, args)
             if rows_wanted & set("pbc"):
                 in_process_row("a2")
+            if tuned_model is not None:
+                in_process_row("t", tuned_model)
             for row, wanted, workers, max_batch in (("b1", "b", 1, 1), ("c", "c", 2, args.max_batch),
                                                     ("c1", "c", 2, 1)):  # fmt: skip
                 if wanted in rows_wanted and not (args.no_batch1 and row.endswith("1")):
                     queue_row(row, f"latentq, {workers} worker(s), max-batch {max_batch}", latentq_throughput,
                               workers, max_batch, args)  # fmt: skip
             write(final=False)
-        model = None  # the in-process rows are done: free it
+        model = tuned_model = None  # the in-process rows are done: free them
 
         def section_d() -> None:
             log(f"row d: dispatch of {args.tiny_jobs} tiny jobs, latentq vs stock RQ")

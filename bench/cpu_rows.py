@@ -61,11 +61,13 @@ def warm_up(client, hw: int, jobs: int) -> None:
         job.wait(timeout=120)
 
 
-def load_in_process(models_file: Path):
+def load_in_process(models_file: Path, *, tuned: bool = False):
+    """TAEF2 for the in-process rows: as a user's loop holds it (``TAEF2.from_file``: the default memory
+    layout) or, ``tuned``, as ``latentq worker`` loads it on the CPU (channels_last: row t)."""
     from latentq.models.loader import load_model
     from latentq.models.registry import load_registry
 
-    return load_model(load_registry(models_file).get(MODEL), "cpu")
+    return load_model(load_registry(models_file).get(MODEL), "cpu", channels_last=tuned)
 
 
 def utc_now() -> dt.datetime:

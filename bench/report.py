@@ -1,6 +1,6 @@
 """bench_cpu.py's outputs, all made from one dict of results: markdown, JSON, and a PNG plot.
 
-The dict (``data``) has ``meta`` (machine, command, settings), ``throughput`` (rows a, p, b, a2, b1,
+The dict (``data``) has ``meta`` (machine, command, settings), ``throughput`` (rows a, p, b, a2, t, b1,
 c, c1 and the per-decode times), ``dispatch`` (row d), ``light_load`` (row e), ``memory`` (row f),
 ``load`` (cores other processes used during each row), ``retried`` and ``errors``.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 
 from common import fmt, markdown_table, mib, ratio, verdict
 
-THROUGHPUT_ROWS = ("a", "p", "b", "a2", "b1", "c", "c1")
+THROUGHPUT_ROWS = ("a", "p", "b", "a2", "t", "b1", "c", "c1")
 # the plot's systems: (label, rows whose images/s are averaged, colour)
 PLOT_SYSTEMS = (
     ("in-process\nloop\n(mean of a, a2)", ("a", "a2"), "#7f7f7f"),
+    ("in-process\nloop, tuned\n(t)", ("t",), "#bdbdbd"),
     ("plain RQ\n1 job/latent\n(p)", ("p",), "#ff7f0e"),
     ("latentq\n1 worker\nbatch 1 (b1)", ("b1",), "#9ecae1"),
     ("latentq\n1 worker\nbatch {mb} (b)", ("b",), "#3182bd"),
@@ -32,6 +33,7 @@ def row_label(row: str, max_batch: int) -> str:
         "p": "plain RQ: 1 job per latent, SimpleWorker, model in a module global, job writes the PNG",
         "b": f"latentq, 1 worker (max-batch {max_batch})",
         "a2": "in-process loop again, right after p and b (drift check)",
+        "t": "in-process loop tuned as the worker loads the model (channels_last)",
         "b1": "latentq, 1 worker (max-batch 1)",
         "c": f"latentq, 2 workers (max-batch {max_batch})",
         "c1": "latentq, 2 workers (max-batch 1)",
@@ -75,6 +77,8 @@ def throughput_markdown(data: dict, missed: list[str]) -> str:
                               f"{r['images_per_s'] / a_rate:.2f}x of a alone; target >= 0.95x)")  # fmt: skip
         split = f"{meta['cpus']} CPUs split: --torch-threads {max(1, meta['cpus'] // 2)} each"
         notes = split if row in ("c", "c1") else ""
+        if row == "b" and "t" in rows:  # the queue's own cost, at the decode settings the worker uses
+            notes = f"vs t {r['images_per_s'] / rows['t']['images_per_s']:.2f}x"
         if len(r.get("rounds", [])) > 1:
             notes = join_notes(notes, "rounds " + " / ".join(f"{v:.1f}" for v in r["rounds"]))
         if r.get("clock_ok") is False:
@@ -97,7 +101,9 @@ def throughput_markdown(data: dict, missed: list[str]) -> str:
         "finished; the timestamps come from the same machine's clock, checked against this process's).\n\n"
         f"Ratios are against the in-process loop measured in this run: the mean of a and a2 ({base:.2f} "
         "images/s; a and a2 bracket rows p and b, because the in-process rate itself drifts by 10-20% between "
-        "runs on small VMs), and against a alone. The target is judged on the first. The sequence a, p, b, a2, "
+        "runs on small VMs), and against a alone. The target is judged on the first. Rows a and a2 hold the "
+        "model as a user's loop does (default memory layout); row t as the worker loads it on the CPU "
+        "(channels_last), so b against t is the queue's own cost. The sequence a, p, b, a2, t, "
         f"b1, c, c1 ran {meta.get('rounds', 1)} time(s), interleaved; each row shows its median round (every "
         "round's images/s in its notes).\n\n"
         + markdown_table(["row", "setup", "images/s", "p50 ms", "p99 ms", "vs mean(a, a2)", "vs a", "seconds",

@@ -71,7 +71,7 @@ def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
 def add_gpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                         help="the decoders' 2-D convolutions in channels_last memory format (auto, the default: "
-                             "on CUDA devices; never for 3-D video VAEs)")  # fmt: skip
+                             "on CUDA and CPU devices; never for 3-D video VAEs)")  # fmt: skip
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile each model's decoder, compiled at start for the models file's "
                              "warmup_shapes; at most 8 latent shapes (or as many as declared) run compiled, "
