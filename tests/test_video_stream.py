@@ -23,6 +23,7 @@ from latentq.spec import DecodeRequest
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker, video_stream
 from latentq.worker.encode import Mp4Writer, encode_mp4
+from latentq.worker.pipeline import streamable
 from latentq.worker.video_stream import FrameStream, GroupStream, StreamAborted, StreamedVideo
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,15 +50,16 @@ def _frames(data: bytes) -> np.ndarray:
 
 # --- chunked decodes --------------------------------------------------------------------------------
 @pytest.mark.unit
-@pytest.mark.parametrize("name, shape", [
-    ("wan", WAN_LATENT),
-    ("wan22", (1, 48, 3, 2, 4)),  # patchified: unpatchify per chunk
-    ("cogvideox", (1, 5, 4, 2, 3)),  # frames first; latent frames in batches of 2 (the remainder first)
-    ("easyanimate", (1, 4, 3, 2, 3)),
+@pytest.mark.parametrize("name, shape, options", [
+    ("wan", WAN_LATENT, {}),
+    ("wan22", (1, 48, 3, 2, 4), {}),  # patchified: unpatchify per chunk
+    ("cogvideox", (1, 5, 4, 2, 3), {}),  # frames first; latent frames in batches of 2 (the remainder first)
+    ("cogvideox", (1, 6, 4, 2, 3), {"num_frames": 17}),  # CogVideoX 1.5's padding frame dropped before
+    ("easyanimate", (1, 4, 3, 2, 3), {}),
 ])  # fmt: skip
-def test_the_decoders_chunks_in_order_are_the_whole_decode_bit_for_bit(name, shape):
+def test_the_decoders_chunks_in_order_are_the_whole_decode_bit_for_bit(name, shape, options):
     model = _wan() if name == "wan" else _family_model(name)
-    request = DecodeRequest(model=name, output_format="mp4")
+    request = DecodeRequest(model=name, output_format="mp4", **options)
     assert chunked.streams(model, request, tile=False)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     whole = model.decode(latents, request=request)
@@ -74,8 +76,16 @@ def test_tiled_vae_input_and_single_call_decodes_are_not_streamed():
     wan = _wan()
     assert not chunked.streams(wan, DecodeRequest(model="wan", output_format="mp4"), tile=True)  # blended tiles
     assert not chunked.streams(wan, DecodeRequest(model="wan", output_format="mp4", vae_input=True), tile=False)
-    for name in ("mochi", "hunyuanvideo15"):  # one decoder call (mochi: unless framewise, which drops frames)
+    # one decoder call (mochi: unless framewise, which drops frames); allegro: tiled always, then cropped
+    for name in ("mochi", "hunyuanvideo15", "allegro"):
         assert not chunked.streams(_family_model(name), DecodeRequest(model=name, output_format="mp4"), tile=False)
+
+    latent = torch.zeros(1, 16, 3, 4, 4)
+    assert streamable(wan, [DecodeRequest(model="wan", output_format="mp4")], [latent])
+    assert not streamable(wan, [DecodeRequest(model="wan", output_format="frames")], [latent])  # mp4 only
+    assert not streamable(wan, [DecodeRequest(model="wan", output_format="mp4", tile=True)], [latent])
+    wan.spec = dataclasses.replace(wan.spec, tile_above_pixels=16 * 16)  # large enough to tile by default
+    assert not streamable(wan, [DecodeRequest(model="wan", output_format="mp4")], [latent])
 
 
 # --- the incremental MP4 writer -------------------------------------------------------------------------
