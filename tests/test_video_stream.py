@@ -15,7 +15,7 @@ import torch
 from pipelines_video import BUILDERS
 from tiny_configs import CONFIGS
 
-from latentq import Client
+from latentq import Client, metrics
 from latentq.models import chunked
 from latentq.models.loader import LoadedModel, load_model
 from latentq.models.registry import BUILTIN_MODELS, load_registry
@@ -213,19 +213,27 @@ def test_a_worker_with_encode_threads_streams_mp4s_with_the_unstreamed_frames(en
                                                                            monkeypatch):  # fmt: skip
     latents = torch.randn(WAN_LATENT, generator=torch.Generator().manual_seed(2))
     client = Client()
+    fed = _count_feeds(monkeypatch)
     inline = client.submit_many(latents, model="wan", output_format="mp4", quality=100)
     _run(_worker(wan_models, redis_conn, tmp_path, "inline"))  # encode_threads=0 (the CPU default): decode, then encode
-    fed = _count_feeds(monkeypatch)
+    assert fed == []
+    narrow = client.submit_many(latents, model="wan", output_format="mp4", quality=100)
+    _run(_worker(wan_models, redis_conn, tmp_path, "narrow", encode_threads=1))  # fewer threads than jobs
+    assert fed == []
     streamed = client.submit_many(latents, model="wan", output_format="mp4", quality=100)
     _run(_worker(wan_models, redis_conn, tmp_path, "streaming", encode_threads=2))
-
     assert fed == [1, 4, 4]  # one group of two jobs, fed chunk by chunk
-    infos = [job.info() for job in inline + streamed]
-    assert [info.status.value for info in infos] == ["finished"] * 4
+
+    infos = [job.info() for job in inline + narrow + streamed]
+    assert [info.status.value for info in infos] == ["finished"] * 6
     assert {info.batch_size for info in infos} == {2}
-    assert [info.results[0].frames for info in infos] == [9] * 4
+    assert [info.results[0].frames for info in infos] == [9] * 6
     assert all(info.timings["decode"] > 0 for info in infos)
+    text = metrics.render(redis_conn, ["wan"], {}, {})
+    assert 'latentq_decode_seconds_count{model="wan"} 3' in text  # one decode per batch, streamed or not
+    assert 'latentq_batch_size_sum{model="wan"} 6' in text
     inline_mp4s, streamed_mp4s = _mp4s(tmp_path, inline), _mp4s(tmp_path, streamed)
+    assert _mp4s(tmp_path, narrow) == inline_mp4s
     for whole, chunked_mp4 in zip(inline_mp4s, streamed_mp4s):
         assert np.array_equal(_frames(whole), _frames(chunked_mp4))
         assert whole == chunked_mp4
