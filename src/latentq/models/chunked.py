@@ -53,16 +53,16 @@ def streams(model: LoadedModel, request: DecodeRequest, tile: bool) -> bool:
 def _to_unit(model: LoadedModel, raw: torch.Tensor) -> torch.Tensor:
     """One chunk of the decoder's raw output -> float32 in [0, 1], by the ops (in their order) that the
     class's ``_decode`` and the family apply to the whole video: all per frame or per element."""
+    from .families.generic import GenericFamily
+
     module = model.module
-    if type(module).__name__ == "AutoencoderKLWan":
+    if type(module).__name__ == "AutoencoderKLWan":  # its _decode, after the loop
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
         if module.config.patch_size is not None:
             raw = unpatchify(raw, patch_size=module.config.patch_size)
         raw = torch.clamp(raw, min=-1.0, max=1.0)
-    from .families.generic import GenericFamily
-
-    out = raw.float()
+    out = raw.float()  # vae_call's / vae_decode's
     if type(model.family).decode is GenericFamily.decode:
         return model.to_unit(out)  # LoadedModel.decode_vae's
     return (out / 2 + 0.5).clamp(0, 1)  # videobase.to_video01's, kept on the device
