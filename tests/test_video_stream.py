@@ -287,3 +287,17 @@ def test_an_out_of_memory_half_way_falls_back_to_the_tiled_decode_and_finishes_w
     assert fault.calls == 3 + 3  # the streamed try stopped at its third chunk; the tiled retry decoded whole
     assert info.status.value == "finished" and info.tiled
     assert np.array_equal(_frames(_mp4s(tmp_path, [job])[0]), _frames(_mp4s(tmp_path, [reference])[0]))
+
+
+def test_a_batch_failing_half_way_is_decoded_again_one_by_one_and_finished_whole(env, wan_models, redis_conn,
+                                                                                tmp_path):  # fmt: skip
+    jobs = Client().submit_many(torch.randn(WAN_LATENT), model="wan", output_format="mp4")
+    worker = _worker(wan_models, redis_conn, tmp_path, "one-by-one", encode_threads=2)
+    fault = _DecoderFault(worker.models["wan"], call=2, error=RuntimeError("injected: a passing failure"))
+    _run(worker)
+
+    infos = [job.info() for job in jobs]
+    assert fault.calls == 2 + 3 + 3  # the streamed batch stopped at its second chunk; each job then alone, whole
+    assert [info.status.value for info in infos] == ["finished"] * 2
+    assert [(info.batch_size, info.results[0].frames) for info in infos] == [(1, 9), (1, 9)]
+    assert worker._pending._value == worker._pending._initial_value
