@@ -68,7 +68,7 @@ from cpu_rows import (
 from report import render_markdown, to_json, write_plot
 
 from latentq.config import Settings
-from latentq.worker.rq_worker import BATCH_DEFAULTS
+from latentq.worker.defaults import BATCH_DEFAULTS
 
 
 def median_round(rounds: list[dict], key: str) -> dict:

@@ -192,3 +192,62 @@ def test_a_model_that_cannot_be_loaded_again_fails_its_jobs_and_the_worker_serve
     infos = [job.info() for job in jobs]
     assert [info.status.value for info in infos] == ["failed", "failed"]
     assert all("cannot load model taef2" in info.error and "weights gone" in info.error for info in infos)
+
+
+class _GatedStore(LocalStore):
+    """A store whose writes wait for ``gate``: encoders that cannot keep up."""
+
+    def __init__(self, root, gate) -> None:
+        super().__init__(root)
+        self.gate = gate
+
+    def put(self, key, data, content_type=None):
+        self.gate.wait(30)
+        return super().put(key, data, content_type)
+
+
+def test_a_decode_loop_waiting_for_a_free_encoder_is_counted(env, models_file, redis_conn, tmp_path):
+    """Encoders behind the decodes hold the loop at its bound of pending outputs; that wait is what tells an
+    operator to raise --encode-threads: latentq_encode_wait_seconds_total and the worker's encode_wait_ms."""
+    import threading
+
+    jobs = Client().submit_many(torch.randn(4, 32, 2, 2), model="taef2", output_format="uint8")
+    gate = threading.Event()
+    model = load_model(load_registry(models_file).get("taef2"), "cpu")
+    worker = DecodeWorker({"taef2": model}, redis_conn, _GatedStore(tmp_path / "store", gate), name="slow-encoders",
+                          max_batch=1, max_wait_ms=0, encode_threads=1)  # fmt: skip
+    blocked = threading.Event()
+    pending = worker._pending
+
+    class Watched:  # the worker's bound of pending outputs, telling us when the loop blocks on it
+        def acquire(self, blocking=True, timeout=-1):
+            if pending.acquire(blocking=False):
+                return True
+            if not blocking:
+                return False
+            blocked.set()
+            return pending.acquire()
+
+        def release(self):
+            pending.release()
+
+    worker._pending = Watched()
+    opener = threading.Thread(target=lambda: blocked.wait(30) and gate.set(), daemon=True)
+    opener.start()
+    worker.work(burst=True)
+    close(worker)
+    opener.join(5)
+
+    assert blocked.is_set(), "the decode loop never waited for an encoder"
+    assert [job.info().status.value for job in jobs] == ["finished"] * 4
+    text = metrics.render(redis_conn, ["taef2"], {}, {})
+    line = next(row for row in text.splitlines() if row.startswith("latentq_encode_wait_seconds_total{"))
+    assert float(line.split()[-1]) > 0
+
+
+@pytest.mark.unit
+def test_gpu_workers_encode_on_half_the_cores_from_4_to_16():
+    from latentq.worker.defaults import gpu_encode_threads
+
+    assert [gpu_encode_threads(cpus) for cpus in (1, 2, 8, 10, 16, 32, 64)] == [4, 4, 4, 5, 8, 16, 16]
+    assert gpu_encode_threads() >= 4  # this machine's own

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 16M on a GPU; 32768 on a CPU, where only small images gain from batching)")  # fmt: skip
     worker.add_argument("--encode-threads", type=int, default=None,
                         help="threads encoding and storing results while the next batch decodes; 0: in line "
-                             "(default 4 on a GPU, 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
+                             "(default on a GPU: half the cores, 4 to 16; 0 on a CPU, whose cores the decode already uses)")  # fmt: skip
     worker.add_argument("--torch-threads", type=_positive_int,
                         help="torch's intra-op threads (default: torch's, one per core); with several CPU "
                              "workers on one machine, cores / workers")  # fmt: skip

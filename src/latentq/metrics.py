@@ -33,6 +33,7 @@ HISTOGRAMS: dict[str, tuple[tuple[float, ...], str]] = {
 # Model switches under a worker's --model-memory-budget: loads and least-recently-used evictions, per model.
 MODEL_EVENTS = {"load": "model_loads_total", "evict": "model_evictions_total"}
 COMPILE_EAGER = "compile_eager_calls_total"
+ENCODE_WAIT = "encode_wait_seconds_total"  # a decode loop waiting for a free encoder: encoding is the bottleneck
 STATUSES = ("finished", "failed", "canceled", "expired")
 WEBHOOK_OUTCOMES = ("delivered", "failed")
 MINUTE_KEY_TTL = 16 * 60  # per-minute throughput counters: the console charts the last 15 minutes
@@ -84,6 +85,10 @@ class MetricsBatch:
     def compile_eager_calls(self, model: str, calls: int) -> None:
         """Decoder calls of ``model`` that a ``--compile`` worker ran eager (shapes past its compiled bound)."""
         self._counts[keys.metrics_key(model), COMPILE_EAGER] += calls
+
+    def encode_wait(self, model: str, seconds: float) -> None:
+        """Time a worker's decode loop waited for an encode slot before handing on ``model``'s outputs."""
+        self._sums[keys.metrics_key(model), ENCODE_WAIT] += seconds
 
     def write(self, pipe: Redis | Pipeline) -> None:
         for (key, field), count in self._counts.items():
@@ -164,6 +169,11 @@ def render(connection: Redis, models: Iterable[str], queue_depth: dict[str, int]
     family(COMPILE_EAGER, "counter", "Decoder calls a --compile worker ran eager (a latent shape past its compiled bound)")
     for model in models:
         out.append(f'latentq_{COMPILE_EAGER}{{model="{_escape(model)}"}} {hashes[model].get(COMPILE_EAGER, "0")}')
+    family(ENCODE_WAIT, "counter", "Seconds workers' decode loops waited for a free encoder (rising: encoding "
+           "is behind the decodes; raise --encode-threads)")  # fmt: skip
+    for model in models:
+        value = float(hashes[model].get(ENCODE_WAIT, 0))
+        out.append(f'latentq_{ENCODE_WAIT}{{model="{_escape(model)}"}} {value:g}')
     for name, (bounds, help_text) in HISTOGRAMS.items():
         family(name, "histogram", help_text)
         for model in models:

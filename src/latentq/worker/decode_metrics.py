@@ -23,7 +23,7 @@ class DecodeMetrics:
         self.stats_key = stats_key
         self._metrics = metrics.MetricsBatch()
         self._stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0,
-                       "compile_eager_calls": 0}  # fmt: skip
+                       "compile_eager_calls": 0, "encode_wait_ms": 0}  # fmt: skip
         # job id -> [model, not yet observed], one list shared by the jobs of a batch
         self._batches: dict[str, list] = {}
         self._lock = threading.Lock()
@@ -45,6 +45,12 @@ class DecodeMetrics:
             if batch is not None and batch[1] and decode_ms is not None:
                 batch[1] = False
                 self._metrics.observe(batch[0], "decode_seconds", decode_ms / 1000)
+
+    def encode_wait(self, model: str, seconds: float) -> None:
+        """The decode loop waited ``seconds`` for a free encoder before handing on a ``model`` output."""
+        with self._lock:
+            self._metrics.encode_wait(model, seconds)
+            self._stats["encode_wait_ms"] += round(seconds * 1000)
 
     def write(self, pipe: Any) -> None:
         """Add the counters gathered since the last write to ``pipe``."""

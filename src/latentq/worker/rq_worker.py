@@ -46,6 +46,7 @@ from ..store import ObjectStore
 from . import upkeep
 from .completion import Committer, Completed
 from .decode_metrics import DecodeMetrics
+from .defaults import BATCH_DEFAULTS, gpu_encode_threads
 from .faults import Faults
 from .intake import Batch, Intake
 from .model_cache import ModelCache
@@ -63,18 +64,7 @@ from .pipeline import (
 from .reliable_queue import ReliableQueue
 from .video_stream import GroupStream, StreamedVideo
 
-__all__ = ["BATCH_DEFAULTS", "DecodeWorker"]
-
-# Defaults by where the models run (flags override each).
-# GPU: batches of up to 8 within 16M output pixels, encoded by 4 threads while the next batch decodes.
-# CPU: a decode call costs about its pixels whatever the batch, and large batches fall out of cache
-# (TAEF2 at 128x128: +10% per image at batch 4, +20% at 8), so only small images batch. The decode
-# already uses every core, and torch's threads stall when another thread preempts one of them, so
-# results are encoded and marked finished in line, between decodes, not by threads beside them.
-BATCH_DEFAULTS: dict[str, dict[str, int]] = {
-    "cuda": {"max_batch": 8, "max_batch_pixels": 16 * 1024 * 1024, "encode_threads": 4},
-    "cpu": {"max_batch": 32, "max_batch_pixels": 2 * 128 * 128, "encode_threads": 0},
-}
+__all__ = ["DecodeWorker"]
 
 log = logging.getLogger("latentq.worker")
 
@@ -146,7 +136,7 @@ class DecodeWorker(SimpleWorker):
         for queue in self.queues:
             queue.lease_ttl_ms = self.lease_ttl_ms  # type: ignore[attr-defined]
         if encode_threads is None:
-            encode_threads = defaults["encode_threads"]
+            encode_threads = gpu_encode_threads() if on_gpu else defaults["encode_threads"]
         self.encode_threads = encode_threads
         self._pool = (ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
                       if encode_threads > 0 else InlineExecutor())  # fmt: skip
@@ -273,7 +263,7 @@ class DecodeWorker(SimpleWorker):
                 for (job, request, _), decoded in zip(group, results):
                     if decoded is None or isinstance(decoded, StreamedVideo):  # failed, or its encoder has it
                         continue
-                    self._pending.acquire()
+                    self._await_encoder(model_name)
                     self._pool.submit(self._finish, job, queues[job.id], executions[job.id], request, decoded,
                                       previews.get(job.id))  # fmt: skip
 
@@ -285,7 +275,7 @@ class DecodeWorker(SimpleWorker):
             return None
         stream = GroupStream(model.path, len(group))
         for (job, request, _), video in zip(group, stream.videos):
-            self._pending.acquire()
+            self._await_encoder(model.spec.name)
             self._pool.submit(video.consume, request, self._pending.release, self._finish, job, queues[job.id],
                               executions[job.id], request, video, previews.get(job.id))  # fmt: skip
         return stream
@@ -330,8 +320,17 @@ class DecodeWorker(SimpleWorker):
                 self._fail(job, queues[job.id], executions[job.id], _reason(exc), permanent=True)
             return
         for (job, _, _), latent in zip(group, latents):
-            self._pending.acquire()
+            self._await_encoder(model.spec.name)
             self._pool.submit(self._finish_encode, job, queues[job.id], executions[job.id], latent)
+
+    def _await_encoder(self, model: str) -> None:
+        """Take a slot of the bounded pending outputs; time spent waiting for one (encoders behind the
+        decodes) is counted, per model, in /metrics and the worker's stats."""
+        if self._pending.acquire(blocking=False):
+            return
+        started = time.perf_counter()
+        self._pending.acquire()
+        self.decode_metrics.encode_wait(model, time.perf_counter() - started)
 
     def _previews(self, model_name: str, group: list) -> dict[str, Future]:
         """Decode the group with the tiny autoencoder first and publish each preview off the decode path."""
