@@ -88,6 +88,20 @@ def test_tiled_vae_input_and_single_call_decodes_are_not_streamed():
     assert not streamable(wan, [DecodeRequest(model="wan", output_format="mp4")], [latent])
 
 
+@pytest.mark.unit
+def test_a_long_video_of_a_framewise_vae_streams_untiled_and_a_whole_clip_vae_tiles_it():
+    """Wan decodes frame by frame and tiles only in space: 121 frames are no reason to tile (and so to lose
+    the stream); HunyuanVideo decodes the clip at once, and its frames past tile_above_frames tile."""
+    wan = _wan()
+    long_clip = torch.zeros(1, 16, 31, 4, 4)  # 121 frames
+    assert not wan.should_tile(32, 32, 121)
+    assert streamable(wan, [DecodeRequest(model="wan", output_format="mp4")], [long_clip])
+    hunyuan = dataclasses.replace(BUILTIN_MODELS["hunyuanvideo"], source=None, config=CONFIGS["hunyuanvideo"])
+    whole = LoadedModel(hunyuan, torch.nn.Module(), torch.device("cpu"), torch.float32)
+    whole.module.use_tiling = False
+    assert whole.should_tile(32, 32, 121) and not whole.should_tile(32, 32, 61)
+
+
 # --- the incremental MP4 writer -------------------------------------------------------------------------
 @pytest.mark.unit
 def test_an_mp4_written_chunk_by_chunk_is_encode_mp4s_file():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .modelspec import ModelSpec
+from .modelspec import FRAMEWISE, ModelSpec
 
 __all__ = ["SPECS"]
 
@@ -28,7 +28,7 @@ def _spec(name: str, family: str, cls: str, source: str, channels: int, **fields
 
 SPECS: tuple[ModelSpec, ...] = (
     _spec("wan22", "wan22", "AutoencoderKLWan", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", 48, layout="video",
-          spatial_factor=16, temporal_factor=4, dtype="float32", tile_above_pixels=704 * 1280,
+          spatial_factor=16, temporal_factor=4, dtype="float32", tile_above_pixels=704 * 1280, tile_above_frames=FRAMEWISE,
           pipelines=("WanPipeline", "WanImageToVideoPipeline"), has_encoder=True,
           description="Wan 2.2 TI2V-5B VAE (48 channels, patchified, 16x); (B, 48, f, h, w) latents; encodes an "
                       "image as WanImageToVideoPipeline conditions on it, (B, 48, 1, h, w)"),
@@ -55,7 +55,7 @@ SPECS: tuple[ModelSpec, ...] = (
           description="HunyuanVideo 1.5 VAE (16x); (B, 32, f, h, w) latents; encodes an image as its I2V pipeline "
                       "conditions on it, (B, 32, 1, h, w)"),
     _spec("cogvideox", "cogvideox", "AutoencoderKLCogVideoX", "THUDM/CogVideoX-5b", 16, layout="video_frames_first",
-          scaling_factor=0.7, temporal_factor=4, dtype="bfloat16",
+          scaling_factor=0.7, temporal_factor=4, dtype="bfloat16", tile_above_frames=FRAMEWISE,
           has_encoder=True, pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline"),
           description="CogVideoX VAE; frames-first (B, f, 16, h, w) latents; num_frames drops CogVideoX 1.5's "
                       "padding frames; encodes an image as CogVideoXImageToVideoPipeline conditions on it (mode), "

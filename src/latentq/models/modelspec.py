@@ -13,9 +13,12 @@ from ..errors import ConfigError
 from ..layouts import LAYOUTS
 from .families import get_family
 
-__all__ = ["LOADERS", "NORMALIZATIONS", "OUTPUT_RANGES", "ModelSpec"]
+__all__ = ["FRAMEWISE", "LOADERS", "NORMALIZATIONS", "OUTPUT_RANGES", "ModelSpec"]
 
 OUTPUT_RANGES = ("0,1", "-1,1")
+# tile_above_frames of the VAEs that decode frame by frame (a causal cache: Wan, CogVideoX): their memory
+# does not grow with the frames, and their tiling is spatial only, so frames alone never call for it.
+FRAMEWISE = 1 << 20
 LOADERS = ("taef2", "diffusers")
 # How pipeline latents are un-scaled before vae.decode (the generic family; other families do their own):
 #   scale_shift       latents / scaling_factor + shift_factor     (SD, SDXL, SD3, FLUX.1, HunyuanVideo, tiny AEs)
@@ -57,7 +60,7 @@ class ModelSpec:
     normalization: str = "scale_shift"
     preview: str | None = None  # the tiny autoencoder that previews this model's latents
     tile_above_pixels: int = 1024 * 1024  # per-sample output pixels above which decode is tiled
-    tile_above_frames: int = 64  # video: frames above which decode is tiled
+    tile_above_frames: int = 64  # video: frames above which decode is tiled (FRAMEWISE: never for frames alone)
     has_encoder: bool = True
     description: str = ""
     family: str | None = None  # a module of latentq.models.families; None: the generic, spec-driven one

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import ConfigError, UnknownModel
 from . import catalog, catalog_video
 from .families import get_family
-from .modelspec import ModelSpec
+from .modelspec import FRAMEWISE, ModelSpec
 
 __all__ = ["BUILTIN_MODELS", "ModelSpec", "Registry", "load_registry"]
 
@@ -64,7 +64,7 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ModelSpec(name="wan", loader="diffusers", diffusers_class="AutoencoderKLWan",
                   source="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", subfolder="vae", latent_channels=16, layout="video",
                   normalization="latents_mean_std", temporal_factor=4, dtype="float32",
-                  tile_above_pixels=480 * 832,
+                  tile_above_pixels=480 * 832, tile_above_frames=FRAMEWISE,
                   description="Wan 2.1 VAE; (B, 16, f, h, w) latents; encodes an image as WanImageToVideoPipeline "
                               "conditions on it (mode, normalised: its first latent frame), (B, 16, 1, h, w)"),
         _tiny("taesd", "madebyollin/taesd", latent_channels=4, description="Tiny AE for SD 1.x/2.x latents"),
