@@ -146,6 +146,22 @@ def test_a_full_stream_holds_the_producer_until_the_consumer_reads():
 
 
 @pytest.mark.unit
+def test_a_streamed_videos_encode_time_is_x264s_own_not_the_cached_outputs(tmp_path):
+    from latentq.worker.pipeline import store_output
+
+    stream = FrameStream()
+    video = StreamedVideo(stream, 1)
+    stream.put(torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8))
+    stream.close()
+    video.encode(DecodeRequest(model="wan", output_format="mp4"))  # the encode pool's task, beside the decode
+    assert video.encode_seconds > 0
+    timings: dict[str, float] = {}
+    (record,) = store_output(LocalStore(tmp_path), "job", DecodeRequest(model="wan", output_format="mp4"), video,
+                             timings=timings)  # fmt: skip
+    assert timings["encode"] == video.encode_seconds and record["frames"] == 4
+
+
+@pytest.mark.unit
 def test_an_aborted_stream_raises_in_its_consumer_and_a_cancelled_one_frees_its_producer():
     stream = FrameStream(max_chunks=1)
     stream.put("chunk")

@@ -20,6 +20,7 @@ outputs) and put on each job's ``FrameStream``; the encoder muxes the chunks as 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -126,6 +127,7 @@ class StreamedVideo:
         self.batch_size = batch_size
         self._timer: Timer | float = 0.0
         self._outcome: tuple[bool, Any] | None = None  # (ok, outputs or the exception)
+        self.encode_seconds = 0.0  # x264's own time (muxing the chunks and the end), not the waits for frames
 
     @property
     def decode_ms(self) -> float:
@@ -148,8 +150,13 @@ class StreamedVideo:
         writer = Mp4Writer(request.fps, request.quality)
         try:
             for chunk in self.stream:
-                writer.write(chunk.wait() if isinstance(chunk, Pending) else chunk)
+                frames = chunk.wait() if isinstance(chunk, Pending) else chunk
+                started = time.perf_counter()
+                writer.write(frames)
+                self.encode_seconds += time.perf_counter() - started
+            started = time.perf_counter()
             data = writer.finish()
+            self.encode_seconds += time.perf_counter() - started
         except BaseException:
             self.stream.cancel()  # the decode goes on without this job's frames
             raise
