@@ -298,6 +298,11 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
         src = page.get_attribute(f'.card[data-job-id="{ids[0]}"] img', "src")
         assert src.startswith(up + "/v1/results/") and ".png" in src
         page.wait_for_function("document.querySelector('#queue-rows tr[data-model=taef2] svg rect[opacity=\"1\"]') !== null")
+        # The worker's own counters: each model it serves loaded once at its start, never evicted.
+        (worker,) = httpx.get(f"{up}/v1/overview", timeout=30).json()["workers"]
+        page.wait_for_function("expected => document.querySelector('#worker-rows tr[data-worker] td.model-switches')"
+                               "?.textContent === expected", arg=f"{len(worker['models'])} / 0")  # fmt: skip
+        assert page.text_content("#worker-rows tr[data-worker] td.encode-wait") == "0.0 s"
 
         # A video: its card shows the first frame (a poster), and plays under the pointer.
         clip = safetensors_bytes({"latent": torch.randn(1, 16, 3, 6, 8)})  # 9 frames of 48x64

@@ -30,6 +30,7 @@ __all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "install_console", "ove
 STATIC_DIR = Path(__file__).parent / "static"
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's bundle and CSS, a favicon
 CHART_MINUTES = 15  # the throughput chart's span (metrics keeps the per-minute counters a little longer)
+WORKER_COUNTERS = ("model_loads", "model_evictions", "compile_eager_calls", "encode_wait_ms")
 
 
 def _int(value: bytes | None) -> int | None:
@@ -83,6 +84,8 @@ def overview(client: Client) -> dict[str, Any]:
             "finished": worker.successful_job_count, "failed": worker.failed_job_count,
             "started_at": worker.birth_date.isoformat() if worker.birth_date else None,
             "gpu_memory_used": _int(stat.get("gpu_memory_used")), "gpu_memory_total": _int(stat.get("gpu_memory_total")),
+            # model switches (--model-memory-budget), --compile's eager calls, waits for a free encoder
+            **{field: _int(stat.get(field)) or 0 for field in WORKER_COUNTERS},
         })  # fmt: skip
     return {"time": now, "chart_minutes": CHART_MINUTES, "models": models, "workers": rows}
 

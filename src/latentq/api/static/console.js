@@ -160,9 +160,13 @@ function renderOverview(overview) {
     el("td", { text: w.state }),
     el("td", { class: "num", text: batchesPerSecond(w, overview.time) }),
     el("td", { class: "num", text: `${w.finished} / ${w.failed}` }),
-    el("td", { text: w.gpu_memory_total ? `${fmtBytes(w.gpu_memory_used)} of ${fmtBytes(w.gpu_memory_total)}` : "—" })));
+    el("td", { text: w.gpu_memory_total ? `${fmtBytes(w.gpu_memory_used)} of ${fmtBytes(w.gpu_memory_total)}` : "—" }),
+    el("td", { class: "num model-switches", text: `${w.model_loads} / ${w.model_evictions}`,
+      title: w.compile_eager_calls ? `${w.compile_eager_calls} decoder calls ran eager (--compile)` : "" }),
+    el("td", { class: "num encode-wait", text: `${(w.encode_wait_ms / 1000).toFixed(1)} s`,
+      title: "time the decode loop waited for a free encoder (rising: raise --encode-threads)" })));
   $("#worker-rows").replaceChildren(...(workerRows.length ? workerRows
-    : [el("tr", {}, el("td", { colspan: 8, class: "muted", text: "no live worker" }))]));
+    : [el("tr", {}, el("td", { colspan: 10, class: "muted", text: "no live worker" }))]));
 }
 
 // ---------------------------------------------------------------- the gallery
