@@ -1,22 +1,33 @@
 """MP4 encoding overlapped with the decode (issue 15): decode-then-encode vs streamed, side by side.
 
-One Wan 2.1 VAE (random weights; the tests' tiny config by default, ``--full`` the released architecture
-for a GPU) decodes the same long latent video again and again, alternating two ways of making its MP4:
+One Wan VAE (``AutoencoderKLWan``, random weights) decodes the same latent video again and again,
+alternating two ways of making its MP4:
 
 - ``decode, then encode``: what the worker does without streaming (and on the CPU by default):
-  ``decode_group`` -> uint8 pixels -> ``encode_output`` (x264), one after the other;
+  ``decode_group`` -> uint8 pixels -> ``encode_output`` (x264 veryfast), one after the other;
 - ``streamed``: the worker's path for an MP4 group with encode threads: the job's encoder runs on a thread
-  (``StreamedVideo.encode``) and muxes each temporal chunk while the decoder makes the next
-  (``decode_group(..., stream=GroupStream)``).
+  (``StreamedVideo.encode``, an ``Mp4Writer``) and muxes each temporal chunk while the decoder makes the
+  next (``decode_group(..., stream=GroupStream)``).
 
-Both make the same file (checked, byte for byte). The wall time per video is the median of ``--videos``
-runs of each, after a warm-up. The gain is bounded by the encode's share of the total: on a GPU the
-decode is fast and x264 (on the CPU) is a large share; on a CPU the decode is slow and uses every core
-(``--torch-threads 1`` leaves a core to x264, as a GPU decode leaves the CPU to it).
+The overlap can save at most the shorter of the two, min(decode, encode), so it shows only where the
+encode is a real share of the decode. On a GPU the decode is fast and x264 (on the CPU) a large share:
+``--device cuda --full`` (the released Wan 2.1 architecture). On a CPU a Wan decode is many times slower
+than x264 at any frame size (both scale with the pixels; Wan 2.1's full-size stages cost more per pixel than
+x264 even 2 channels wide), so the default is the narrowest decoder: the Wan 2.2 layout (``--model wan22``:
+patchified, its last stages at half the frame size), base_dim 2, dim_mult 1,1,1,1, no extra res blocks,
+and torch on one thread (``--torch-threads 1``) so that the decode and x264 each have a core, as a GPU
+decode leaves the CPU to x264.
 
-    .venv/bin/python bench/video_stream.py                       # ~1-2 min on 2 cores
-    .venv/bin/python bench/video_stream.py --torch-threads 1     # the decode on one core, x264 beside it
-    python bench/video_stream.py --device cuda --full --frames 81 --height 480 --width 832
+Per video: decode and encode, each timed alone (in the sequential path; the encode's CPU time too, as
+x264's own threads use more than one core when they can), the sequential and streamed walls, the ideal
+max(decode, encode), the speed-up, and the overlap achieved: (sequential - streamed) / min(decode, encode),
+the share of the most the overlap could save. Medians of ``--videos``, after a warm-up that checks that
+the streamed encoder is given the very frames of the whole decode (byte for byte); the MP4s' bytes are
+compared too, and counted: x264 on its own threads is not bit-reproducible at these sizes.
+
+    .venv/bin/python bench/video_stream.py                  # wan22 base_dim 2, 81 frames 256x448: ~1 min on 2 cores
+    .venv/bin/python bench/video_stream.py --model wan      # Wan 2.1's layout, as narrow: the encode a small share
+    python bench/video_stream.py --device cuda --full --height 480 --width 832 --torch-threads 0   # a GPU
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -37,49 +49,74 @@ from common import RESULTS_DIR, VAE_CONFIGS, markdown_table  # noqa: E402
 from latentq.models.loader import LoadedModel, load_model  # noqa: E402
 from latentq.models.registry import BUILTIN_MODELS  # noqa: E402
 from latentq.spec import DecodeRequest  # noqa: E402
-from latentq.worker.encode import encode_output  # noqa: E402
+from latentq.worker import video_stream  # noqa: E402
+from latentq.worker.encode import Mp4Writer, encode_output  # noqa: E402
 from latentq.worker.pipeline import decode_group, streamable  # noqa: E402
 from latentq.worker.video_stream import GroupStream  # noqa: E402
 
-TINY_WAN = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1,
-            "temperal_downsample": [False, True, True]}  # tests/tiny_configs.py's  # fmt: skip
+# What --model changes in AutoencoderKLWan's config besides the widths: Wan 2.2 TI2V-5B's layout (tests'
+# pipelines_video.wan22) is 48 latent channels, 2x2 patches inside the VAE (16x in all), residual up blocks.
+LAYOUTS = {
+    "wan": {"z_dim": 16, "temperal_downsample": [False, True, True]},
+    "wan22": {"z_dim": 48, "in_channels": 12, "out_channels": 12, "is_residual": True, "patch_size": 2,
+              "scale_factor_spatial": 16, "scale_factor_temporal": 4, "temperal_downsample": [False, True, True],
+              "latents_mean": torch.linspace(-0.3, 0.3, 48).tolist(), "latents_std": torch.linspace(0.5, 2.0, 48).tolist()},
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))  # fmt: skip
-    parser.add_argument("--frames", type=int, default=33, help="video frames, 4k+1 (default 33)")
-    parser.add_argument("--height", type=int, default=128, help="video height, a multiple of 8 (default 128)")
-    parser.add_argument("--width", type=int, default=128, help="video width, a multiple of 8 (default 128)")
-    parser.add_argument("--videos", type=int, default=5, help="timed videos per mode (default 5)")
+    parser.add_argument("--model", choices=sorted(LAYOUTS), default="wan22",
+                        help="the VAE's layout: wan (Wan 2.1, 8x) or wan22 (Wan 2.2, patchified, 16x; default)")
+    parser.add_argument("--base-dim", type=int, default=2, help="the VAE's base_dim (default 2; Wan 2.1's: 96)")
+    parser.add_argument("--dim-mult", default="1,1,1,1",
+                        help="the VAE's dim_mult, comma-separated (default 1,1,1,1; Wan 2.1's: 1,2,4,4)")
+    parser.add_argument("--res-blocks", type=int, default=0, help="the VAE's num_res_blocks (default 0; Wan 2.1's: 2)")
+    parser.add_argument("--full", action="store_true",
+                        help="the released Wan 2.1 VAE architecture (for a GPU): --model wan, the widths above ignored")
+    parser.add_argument("--frames", type=int, default=81, help="video frames, 4k+1 (default 81, Wan's)")
+    parser.add_argument("--height", type=int, default=256, help="video height (default 256)")
+    parser.add_argument("--width", type=int, default=448, help="video width (default 448)")
+    parser.add_argument("--videos", type=int, default=11, help="timed videos per path (default 11)")
     parser.add_argument("--quality", type=int, default=90, help="MP4 quality, 1-100 (default 90, the API's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--full", action="store_true", help="the released Wan 2.1 VAE architecture (for a GPU)")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch's CPU threads (0: its default)")
-    parser.add_argument("--out", type=Path, help=f"also write the table here (e.g. {RESULTS_DIR}/video-stream.md)")
-    return parser.parse_args(argv)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch's CPU threads (default 1: a core left to x264; 0: torch's default)")
+    parser.add_argument("--out", type=Path, help=f"also write the tables here (e.g. {RESULTS_DIR}/video-stream.md)")
+    args = parser.parse_args(argv)
+    if args.full:
+        args.model = "wan"
+    return args
 
 
-def make_model(args: argparse.Namespace) -> LoadedModel:
-    config = VAE_CONFIGS["wan"] if args.full else TINY_WAN
-    spec = dataclasses.replace(BUILTIN_MODELS["wan"], source=None, config=dict(config))
-    return load_model(spec, args.device)
+def vae_config(args: argparse.Namespace) -> dict:
+    if args.full:
+        return dict(VAE_CONFIGS["wan"])
+    widths = {"base_dim": args.base_dim, "dim_mult": [int(m) for m in args.dim_mult.split(",")],
+              "num_res_blocks": args.res_blocks}  # fmt: skip
+    return {**LAYOUTS[args.model], **widths}
 
 
-def _sync(model: LoadedModel) -> None:
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
+def describe(args: argparse.Namespace) -> str:
+    if args.full:
+        return "Wan 2.1 VAE (released architecture, random weights)"
+    name = {"wan": "Wan 2.1", "wan22": "Wan 2.2"}[args.model]
+    return (f"{name} VAE layout (random weights), base_dim {args.base_dim}, dim_mult [{args.dim_mult}], "
+            f"num_res_blocks {args.res_blocks}")  # fmt: skip
 
 
-def decode_then_encode(model: LoadedModel, request: DecodeRequest, latent: torch.Tensor) -> tuple[bytes, float, float]:
-    """The unstreamed path: (the MP4, decode seconds, encode seconds)."""
+def decode_then_encode(model: LoadedModel, request: DecodeRequest,
+                       latent: torch.Tensor) -> tuple[bytes, float, float, float]:  # fmt: skip
+    """The unstreamed path: (the MP4, decode seconds, encode seconds, the encode's CPU seconds: x264's threads
+    may use more than one core when it runs alone)."""
     started = time.perf_counter()
     decoded = decode_group(model, [request], [latent])[0]
     pixels = decoded.pixels  # waits for the device's copy
-    decoded_at = time.perf_counter()
+    decoded_at, cpu = time.perf_counter(), time.process_time()
     (mp4,) = encode_output(None, pixels, request)
-    return mp4.data, decoded_at - started, time.perf_counter() - decoded_at
+    return mp4.data, decoded_at - started, time.perf_counter() - decoded_at, time.process_time() - cpu
 
 
 def streamed(model: LoadedModel, request: DecodeRequest, latent: torch.Tensor, pool: ThreadPoolExecutor) -> bytes:
@@ -93,53 +130,108 @@ def streamed(model: LoadedModel, request: DecodeRequest, latent: torch.Tensor, p
     return encoding.result()[0].data
 
 
+class _Recording(Mp4Writer):
+    """``Mp4Writer`` keeping a copy of the frames it is given (the check only, not timed)."""
+
+    frames_seen: list[torch.Tensor] = []
+
+    def write(self, frames: torch.Tensor) -> None:
+        _Recording.frames_seen.append(frames.clone())
+        super().write(frames)
+
+
+def streamed_frames(model: LoadedModel, request: DecodeRequest, latent: torch.Tensor,
+                    pool: ThreadPoolExecutor) -> torch.Tensor:  # fmt: skip
+    """The frames the streamed path's encoder was given, all chunks in order: (F, H, W, 3) uint8."""
+    _Recording.frames_seen = []
+    with mock.patch.object(video_stream, "Mp4Writer", _Recording):
+        streamed(model, request, latent, pool)
+    return torch.cat(_Recording.frames_seen)
+
+
+@dataclasses.dataclass
+class Video:
+    """One timed video: each path's wall, and the sequential path's decode and encode (each alone)."""
+
+    decode: float
+    encode: float
+    encode_cpu: float
+    sequential: float
+    streamed: float
+
+    @property
+    def ideal(self) -> float:
+        return max(self.decode, self.encode)
+
+    @property
+    def achieved(self) -> float:
+        """The share of the most the overlap could save, min(decode, encode), that it saved."""
+        return (self.sequential - self.streamed) / min(self.decode, self.encode)
+
+    def row(self, label: str) -> list[str]:
+        return [label, f"{self.decode:.3f}", f"{self.encode:.3f}", f"{self.encode_cpu:.3f}", f"{self.sequential:.3f}",
+                f"{self.streamed:.3f}",
+                f"{self.ideal:.3f}", f"{self.sequential / self.streamed:.2f}x", f"{self.sequential / self.ideal:.2f}x",
+                f"{self.achieved:.0%}"]  # fmt: skip
+
+
+HEADERS = ["video", "decode s", "encode s", "encode CPU s", "sequential s", "streamed s", "ideal s",
+           "speed-up", "ideal speed-up", "overlap achieved"]  # fmt: skip
+LEGEND = ("decode s, encode s: each alone, in the sequential path; encode CPU s: x264's threads, all cores' time; "
+          "ideal s: max(decode, encode); overlap achieved: (sequential - streamed) / min(decode, encode), the share "
+          "of the most the overlap could save (per video, then the median).")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    if (args.frames - 1) % 4 or args.height % 8 or args.width % 8:
-        raise SystemExit("--frames must be 4k+1, --height and --width multiples of 8")
-    model = make_model(args)
-    # Untiled, as the worker decodes a video within the spec's tile_above_pixels and tile_above_frames (64), or
+    spec = dataclasses.replace(BUILTIN_MODELS[args.model], source=None, config=vae_config(args))
+    factor = spec.spatial_factor
+    if (args.frames - 1) % 4 or args.height % factor or args.width % factor:
+        raise SystemExit(f"--frames must be 4k+1, --height and --width multiples of {factor} for {args.model}")
+    model = load_model(spec, args.device)
+    # Untiled, as the worker decodes a video within the spec's tile_above_pixels and tile_above_frames, or
     # any video a job asks untiled (tile=false): streamed only then (Wan's tiles are spatial and blended).
-    request = DecodeRequest(model="wan", output_format="mp4", quality=args.quality, tile=False)
-    latent = torch.randn(1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8,
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    request = DecodeRequest(model=args.model, output_format="mp4", quality=args.quality, tile=False)
+    latent = torch.randn(1, spec.latent_channels, (args.frames - 1) // 4 + 1, args.height // factor,
+                         args.width // factor, generator=torch.Generator().manual_seed(0))  # fmt: skip
     if not streamable(model, [request], [latent]):
         raise SystemExit("this model does not decode chunk by chunk: nothing to stream")
     pool = ThreadPoolExecutor(1, thread_name_prefix="encode")
-    reference, _, _ = decode_then_encode(model, request, latent)  # warm-up, both paths
-    if streamed(model, request, latent, pool) != reference:
-        raise SystemExit("the streamed MP4 differs from the unstreamed one")
+    # Warm-up, both paths, and the check: the streamed encoder is given the very frames of the whole decode.
+    pixels = decode_group(model, [request], [latent])[0].pixels.cpu()
+    reference = encode_output(None, pixels, request)[0].data
+    if not torch.equal(streamed_frames(model, request, latent, pool), pixels):
+        raise SystemExit("the streamed path's frames differ from the whole decode's")
 
-    plain_s, decode_s, encode_s, stream_s = [], [], [], []
+    videos: list[Video] = []
+    same = {"sequential": 0, "streamed": 0}  # MP4s identical to the warm-up's, byte for byte
     for _ in range(args.videos):  # alternated: drift on a shared machine hits both alike
-        _sync(model)
         started = time.perf_counter()
-        data, decode, encode = decode_then_encode(model, request, latent)
-        plain_s.append(time.perf_counter() - started)
-        decode_s.append(decode)
-        encode_s.append(encode)
+        data, decode, encode, encode_cpu = decode_then_encode(model, request, latent)
+        sequential = time.perf_counter() - started
+        same["sequential"] += data == reference
         started = time.perf_counter()
-        same = streamed(model, request, latent, pool) == data
-        stream_s.append(time.perf_counter() - started)
-        if not same:
-            raise SystemExit("the streamed MP4 differs from the unstreamed one")
+        data = streamed(model, request, latent, pool)
+        videos.append(Video(decode, encode, encode_cpu, sequential, time.perf_counter() - started))
+        same["streamed"] += data == reference
     pool.shutdown()
 
-    plain, stream = statistics.median(plain_s), statistics.median(stream_s)
-    decode, encode = statistics.median(decode_s), statistics.median(encode_s)
+    median = Video(*(statistics.median(getattr(v, f.name) for v in videos) for f in dataclasses.fields(Video)))
+    achieved = statistics.median(v.achieved for v in videos)
     where = f"{args.device}, torch threads {torch.get_num_threads()}"
-    title = (f"Wan 2.1 VAE ({'released architecture' if args.full else 'tiny config'}, random weights), "
-             f"{args.frames} frames {args.width}x{args.height}, MP4 quality {args.quality}, {where}; "
-             f"median of {args.videos} videos")  # fmt: skip
-    table = markdown_table(
-        ["path", "wall s / video", "decode s", "encode s", "speed-up"],
-        [["decode, then encode", f"{plain:.3f}", f"{decode:.3f}", f"{encode:.3f}", "1.00x"],
-         ["streamed (encode beside the decode)", f"{stream:.3f}", "", "", f"{plain / stream:.2f}x"],
-         ["ideal overlap: max(decode, encode)", f"{max(decode, encode):.3f}", "", "", f"{plain / max(decode, encode):.2f}x"]],
-    )  # fmt: skip
-    text = f"{title}\n\n{table}\n\nSame MP4 bytes on both paths: yes ({len(reference)} bytes).\n"
+    title = (f"{describe(args)}, {args.frames} frames {args.width}x{args.height}, MP4 quality {args.quality} "
+             f"(x264 veryfast), {where}; median of {args.videos} videos, the paths alternated")  # fmt: skip
+    summary = median.row("median")
+    summary[-1] = f"{achieved:.0%}"  # the median of the per-video shares
+    table = markdown_table(HEADERS, [summary])
+    runs = markdown_table(HEADERS, [v.row(str(i + 1)) for i, v in enumerate(videos)])
+    text = (f"{title}\n\n{table}\n\n{LEGEND}\n\nEach video:\n\n{runs}\n\n"
+            f"Same frames given to x264 on both paths: yes ({pixels.shape[0]} frames, byte for byte). MP4 bytes "
+            f"identical to the warm-up's ({len(reference)} bytes): sequential {same['sequential']} of {args.videos}, "
+            f"streamed {same['streamed']} of {args.videos} (x264 on its own threads is not always bit-reproducible: "
+            f"the same frames, encoded twice, can differ).\n")  # fmt: skip
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
