@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DevicePath", "Pending", "PinnedPool", "Streams", "Timer", "unit_to_uint8"]
+__all__ = ["DevicePath", "Pending", "PendingSample", "PinnedPool", "Streams", "Timer", "unit_to_uint8"]
 
 
 def unit_to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -102,6 +102,21 @@ class Pending:
             event.synchronize()
             self._event = None
         return self._tensor
+
+
+class PendingSample(Pending):
+    """Sample ``index`` (the first dimension) of a batch's pending copy: one job's share of it."""
+
+    def __init__(self, batch: Pending, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    @property
+    def done(self) -> bool:
+        return self._batch.done
+
+    def wait(self) -> torch.Tensor:
+        return self._batch.wait()[self._index]
 
 
 class PinnedPool:

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InvalidLatent
 from ..models import chunked
-from ..models.device_path import Pending, Timer
+from ..models.device_path import Pending, PendingSample, Timer
 from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
 from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
@@ -150,24 +150,9 @@ def _split(model: LoadedModel, images: torch.Tensor, requests: list[DecodeReques
         timer.stop()
     out = []
     for i in range(images.shape[0]):
-        image = _Index(floats, i) if floats is not None else None
-        out.append(DecodedImage(image, _Index(batch_pixels, i), len(requests), timer, tiled))
+        image = PendingSample(floats, i) if floats is not None else None
+        out.append(DecodedImage(image, PendingSample(batch_pixels, i), len(requests), timer, tiled))
     return out
-
-
-class _Index(Pending):
-    """Sample ``index`` of a batch's pending copy."""
-
-    def __init__(self, batch: Pending, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    @property
-    def done(self) -> bool:
-        return self._batch.done
-
-    def wait(self) -> torch.Tensor:
-        return self._batch.wait()[self._index]
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import LatentqError
-from ..models.device_path import DevicePath, Pending, Timer
+from ..models.device_path import DevicePath, Pending, PendingSample, Timer
 from ..spec import DecodeRequest
 from .encode import EXTENSIONS, EncodedObject, Mp4Writer
 
@@ -99,21 +99,6 @@ class FrameStream:
                 chunk = self._chunks.popleft()
                 self._changed.notify_all()
             yield chunk
-
-
-class _Row(Pending):
-    """Sample ``index`` of a chunk's pending copy (B, f, H, W, 3)."""
-
-    def __init__(self, chunk: Pending, index: int) -> None:
-        self._chunk = chunk
-        self._index = index
-
-    @property
-    def done(self) -> bool:
-        return self._chunk.done
-
-    def wait(self) -> torch.Tensor:
-        return self._chunk.wait()[self._index]
 
 
 class StreamedVideo:
@@ -192,7 +177,7 @@ class GroupStream:
         """A chunk (B, 3, f, H, W) in [0, 1] where it was decoded -> uint8 there -> host (pending) -> each job."""
         pixels = self.path.to_host(self.path.to_uint8(images))
         for index, video in enumerate(self.videos):
-            video.stream.put(_Row(pixels, index))
+            video.stream.put(PendingSample(pixels, index))
 
     def decoded(self, timer: Timer | float) -> list[StreamedVideo]:
         """The decode completed: every chunk was fed. The streams close at ``end``."""
