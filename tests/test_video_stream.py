@@ -263,7 +263,8 @@ def test_a_worker_with_encode_threads_streams_mp4s_with_the_unstreamed_frames(en
     assert 'latentq_decode_seconds_count{model="wan"} 3' in text  # one decode per batch, streamed or not
     assert 'latentq_batch_size_sum{model="wan"} 6' in text
     inline_mp4s, streamed_mp4s = _mp4s(tmp_path, inline), _mp4s(tmp_path, streamed)
-    assert _mp4s(tmp_path, narrow) == inline_mp4s
+    for whole, narrow_mp4 in zip(inline_mp4s, _mp4s(tmp_path, narrow)):  # frames: x264's threads may vary bytes
+        assert np.array_equal(_frames(whole), _frames(narrow_mp4))
     for whole, chunked_mp4 in zip(inline_mp4s, streamed_mp4s):
         assert np.array_equal(_frames(whole), _frames(chunked_mp4))
         assert whole == chunked_mp4
