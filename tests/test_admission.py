@@ -91,6 +91,26 @@ def test_tenant_cap_counts_only_jobs_still_queued(redis_url, models_file):
     other.submit(LATENT, model="taef2")  # another tenant is not limited by it
 
 
+def test_the_tenant_count_of_queued_jobs_stays_bounded_under_steady_traffic(redis_url, models_file):
+    """The count behind a tenant's cap holds job ids until they are met again at the cap: an uncapped tenant
+    keeps none (its key was refreshed by every submit and grew by every job, forever), a capped one at most
+    its cap plus one submit's jobs, however many of its jobs have come and gone."""
+    from latentq import keys
+
+    plain = client(redis_url, models_file)
+    for _ in range(30):
+        for job in plain.submit_many(torch.zeros(4, 32, 4, 4), model="taef2"):
+            job.cancel()  # gone from the queue, as a finished job is
+    assert not plain.connection.exists(keys.tenant_queued_key("default"))
+
+    TenantDirectory(plain.connection).create_key("capped", max_queued=5)
+    capped = client(redis_url, models_file, "capped")
+    for _ in range(30):
+        for job in capped.submit_many(torch.zeros(4, 32, 4, 4), model="taef2"):
+            job.cancel()
+        assert capped.connection.zcard(keys.tenant_queued_key("capped")) <= 5 + 4
+
+
 def test_rate_limit_refuses_with_a_retry_after(redis_url, models_file):
     c = client(redis_url, models_file)
     tenant = Tenant("slow", rate=1.0)

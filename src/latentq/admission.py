@@ -137,11 +137,11 @@ for _, id in ipairs(ids) do
       end
     end
   end
-  redis.call('ZADD', tqueued, now, id)
+  if tcap > 0 then redis.call('ZADD', tqueued, now, id) end  -- only a capped tenant's jobs are counted
 end
 redis.call('HSET', rounds, tenant, round)
 for _, key in ipairs({order, rounds, seq}) do redis.call('EXPIRE', key, order_ttl) end
-redis.call('EXPIRE', tqueued, order_ttl)
+if tcap > 0 then redis.call('EXPIRE', tqueued, order_ttl) end
 if idem ~= '' then redis.call('SET', idem, idem_value, 'EX', idem_ttl) end
 return {'ok'}
 """
