@@ -386,15 +386,15 @@ def memory_run(stack: BenchStack, total: int, first: int, args, record_ttl: int)
         if failed:
             raise RuntimeError(f"{failed} jobs failed in the memory run:\n{worker.log_tail()}")
 
-    def sample() -> tuple[int, int, int]:
+    def sample() -> tuple[int, int, int, int]:
         time.sleep(settle_s)
         keys = conn.dbsize()
-        return redis_used_memory(conn), rss_bytes(worker.pid), keys
+        return redis_used_memory(conn), rss_bytes(worker.pid), keys, bounded_index_bytes(conn)
 
     run(tiny[:first], 0)
-    redis_first, rss_first, keys_first = sample()
+    redis_first, rss_first, keys_first, indexes_first = sample()
     run(tiny[first:], first)
-    redis_all, rss_all, keys_all = sample()
+    redis_all, rss_all, keys_all, indexes_all = sample()
     answered = sum(client.job_info(job_id).status.value == "finished" for job_id in job_ids)
     in_redis = sum(conn.exists(f"rq:job:{job_id}") for job_id in job_ids)
     client.close()
@@ -402,7 +402,18 @@ def memory_run(stack: BenchStack, total: int, first: int, args, record_ttl: int)
     return {"record_ttl": record_ttl, "settle_s": settle_s, "redis_empty": redis_empty, "redis_first": redis_first,
             "redis_all": redis_all, "rss_first": rss_first, "rss_all": rss_all, "keys_first": keys_first,
             "keys_all": keys_all, "per_job_bytes": (redis_all - redis_first) / max(1, total - first),
+            "indexes_first": indexes_first, "indexes_all": indexes_all,
             "statuses_answered": answered, "records_in_redis": in_redis, "jobs": len(job_ids)}  # fmt: skip
+
+
+def bounded_index_bytes(conn) -> int:
+    """Bytes of the indexes that grow with jobs up to a bound, not for ever: each tenant's recent jobs (GET
+    /v1/jobs: at most RECENT_JOBS_LIMIT ids) and each queue's fair-share order (at most the queue's length at
+    its last submit; dropped at the next submit to an empty queue, or after the latent TTL)."""
+    from latentq import keys
+
+    patterns = (keys.recent_jobs_key("*"), keys.fair_order_key("*"))
+    return sum(conn.memory_usage(key) or 0 for pattern in patterns for key in conn.scan_iter(match=pattern))
 
 
 # --------------------------------------------------------------------------------------------- a shared machine
