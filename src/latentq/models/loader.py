@@ -191,8 +191,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
     (half precision is slow there and the fidelity tests compare in fp32).
 
     ``channels_last``: the module's 2-D convolutions in channels_last (None: on CUDA, where cuDNN's NHWC
-    kernels are faster, and on the CPU, where oneDNN's are: TAEF2 decodes 1.3x faster, the full-size VAEs
-    the same or a little faster (bench/README.md); never for a model with 3-D convolutions). ``compile``: ``torch.compile`` the
+    kernels are faster, and on the CPU, where oneDNN's are: 1.11-1.16x for TAEF2, AutoencoderTiny and the
+    SD 1.5 / FLUX.1 VAEs at 256 px, bench/channels_last_cpu.py; never for a model with 3-D convolutions). ``compile``: ``torch.compile`` the
     decoder, warmed up now for the spec's ``warmup_shapes``. On CUDA, cuDNN autotunes its kernels."""
     device = torch.device(device)
     torch_dtype = _DTYPES[dtype or (spec.dtype if device.type != "cpu" else "float32")]
