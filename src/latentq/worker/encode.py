@@ -80,8 +80,9 @@ def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
 class Mp4Writer:
     """An H.264 MP4 made as its frames come: ``write`` (F, H, W, 3) uint8 chunks in order, then ``finish()`` ->
     the file's bytes. The container opens at the first chunk (its size sets the stream's); each chunk is encoded
-    and muxed at once, so a long video is never held whole. ``close()`` drops an unfinished file. The options
-    (and so the bytes, for the same frames) are ``encode_mp4``'s, which is this writer given every frame at once."""
+    and muxed at once, so a long video's frames are never held whole. ``close()`` drops an unfinished file. The
+    options are ``encode_mp4``'s, which is this writer given every frame at once (x264 on its own threads may
+    still make other bytes for the same frames, encode to encode; the frames it decodes to are the same)."""
 
     def __init__(self, fps: int, quality: int, audio: torch.Tensor | None = None, sample_rate: int | None = None,
                  audio_codec: str = "aac") -> None:  # fmt: skip
