@@ -111,6 +111,24 @@ def test_the_tenant_count_of_queued_jobs_stays_bounded_under_steady_traffic(redi
         assert capped.connection.zcard(keys.tenant_queued_key("capped")) <= 5 + 4
 
 
+def test_a_submit_at_the_tenant_cap_checks_a_bounded_number_of_its_oldest_jobs(redis_url, models_file):
+    """Each submit at the cap looks at the oldest TENANT_PRUNE_SCAN counted jobs only (a refusal must not
+    cost Redis a walk over all of a tenant's jobs); what it finds gone is forgotten, a little per submit."""
+    from latentq import keys
+    from latentq.admission import TENANT_PRUNE_SCAN
+
+    cap = TENANT_PRUNE_SCAN + 100
+    TenantDirectory(Client(redis_url).connection).create_key("busy", max_queued=cap)
+    c = client(redis_url, models_file, "busy", max_queued=10 * cap)
+    jobs = c.submit_many(torch.zeros(cap, 32, 4, 4), model="taef2")
+    with pytest.raises(QueueFull):  # all still queued: nothing to forget
+        c.submit(LATENT, model="taef2")
+    for job in jobs:
+        job.cancel()
+    c.submit(LATENT, model="taef2")  # the oldest TENANT_PRUNE_SCAN forgotten: room again
+    assert c.connection.zcard(keys.tenant_queued_key("busy")) == cap - TENANT_PRUNE_SCAN + 1
+
+
 def test_rate_limit_refuses_with_a_retry_after(redis_url, models_file):
     c = client(redis_url, models_file)
     tenant = Tenant("slow", rate=1.0)

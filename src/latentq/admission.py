@@ -38,6 +38,7 @@ __all__ = ["Admission", "IDEMPOTENCY_KEY_MAX", "ROUND_SPAN", "admit", "check_ide
 ROUND_SPAN = 10_000_000  # score = round * ROUND_SPAN + arrival (mod ROUND_SPAN): exact in a double to round 9e8
 IDEMPOTENCY_TTL_S = 24 * 3600
 IDEMPOTENCY_KEY_MAX = 255  # characters, as the IETF draft's examples and common APIs allow
+TENANT_PRUNE_SCAN = 256  # a submit at a tenant's cap checks at most this many of its oldest counted jobs
 
 # ARGV: see ``admit``. Returns {"ok"} | {"idem", first submit's JSON} | {"full", queued}
 # | {"tenant", queued} | {"rate", ms to wait}.
@@ -63,8 +64,10 @@ if cap > 0 and waiting + n > cap then return {'full', tostring(waiting)} end
 if tcap > 0 then
   local queued = redis.call('ZCARD', tqueued)
   if queued + n > tcap then
-    -- at the cap: forget the jobs that started or ended since (nothing else removes them)
-    for _, id in ipairs(redis.call('ZRANGE', tqueued, 0, -1)) do
+    -- at the cap: forget the jobs that started or ended since (nothing else removes them), looking at the
+    -- oldest few only: a tenant's jobs leave about in submit order, and a tenant at its cap that keeps
+    -- submitting must not make each refusal walk all its jobs (Redis would serve no one else meanwhile)
+    for _, id in ipairs(redis.call('ZRANGE', tqueued, 0, PRUNE_SCAN - 1)) do
       if redis.call('HGET', job_prefix .. id, 'status') ~= 'queued' then redis.call('ZREM', tqueued, id) end
     end
     queued = redis.call('ZCARD', tqueued)
@@ -144,7 +147,7 @@ for _, key in ipairs({order, rounds, seq}) do redis.call('EXPIRE', key, order_tt
 if tcap > 0 then redis.call('EXPIRE', tqueued, order_ttl) end
 if idem ~= '' then redis.call('SET', idem, idem_value, 'EX', idem_ttl) end
 return {'ok'}
-"""
+""".replace("PRUNE_SCAN", str(TENANT_PRUNE_SCAN))
 
 
 @dataclass(frozen=True)
