@@ -332,3 +332,52 @@ def test_a_batch_failing_half_way_is_decoded_again_one_by_one_and_finished_whole
     assert [info.status.value for info in infos] == ["finished"] * 2
     assert [(info.batch_size, info.results[0].frames) for info in infos] == [(1, 9), (1, 9)]
     assert worker._pending._value == worker._pending._initial_value
+
+
+# --- real worker processes: a signal while a streamed batch decodes --------------------------------------
+def _delayed(seconds: float) -> dict[str, str]:
+    import json
+
+    return {"LATENTQ_FAULTS": json.dumps({"decode_delay_s": seconds})}  # the decode starts late: its streams wait
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_while_a_streamed_batch_decodes_finishes_its_videos_then_exits(procs, wan_models):
+    import signal
+
+    from helpers import wait_until
+
+    from latentq import JobStatus
+
+    worker = procs.worker("wan", name="streamer", max_wait_ms=0, extra=("--encode-threads", "2"), env=_delayed(3))
+    jobs = Client().submit_many(torch.randn(2, 16, 3, 4, 4), model="wan", output_format="mp4")
+    wait_until(lambda: all(job.status() is JobStatus.STARTED for job in jobs), 60)
+    worker.send_signal(signal.SIGTERM)  # the encoders are waiting for frames: the warm shutdown waits for them
+    assert worker.wait(90) == 0
+    infos = [job.info() for job in jobs]
+    assert [info.status.value for info in infos] == ["finished", "finished"], infos
+    assert [info.results[0].frames for info in infos] == [9, 9]
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_while_a_streamed_batch_decodes_leaves_no_part_video_and_another_worker_finishes_it(
+        procs, wan_models, redis_conn):  # fmt: skip
+    import signal
+
+    from helpers import wait_until
+
+    from latentq import JobStatus
+
+    doomed = procs.worker("wan", name="doomed", max_wait_ms=0, extra=("--encode-threads", "2"), env=_delayed(30))
+    jobs = Client().submit_many(torch.randn(2, 16, 3, 4, 4), model="wan", output_format="mp4")
+    wait_until(lambda: all(job.status() is JobStatus.STARTED for job in jobs), 60)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    procs.worker("wan", name="rescuer", max_wait_ms=0, extra=("--encode-threads", "2"))
+    for job in jobs:
+        job.wait(timeout=90)
+    infos = [job.info() for job in jobs]
+    assert [(info.status.value, info.worker) for info in infos] == [("finished", "rescuer")] * 2
+    assert [len(info.results) for info in infos] == [1, 1]  # one MP4 each, whole
+    assert [_frames(job.read()).shape[0] for job in jobs] == [9, 9]
+    assert list(redis_conn.scan_iter("latentq:latent:*")) == []
