@@ -44,6 +44,7 @@ from ..records import write_record
 from ..spec import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
 from . import upkeep
+from .commands import CommandChannel
 from .completion import Committer, Completed
 from .decode_metrics import DecodeMetrics
 from .defaults import BATCH_DEFAULTS, gpu_encode_threads
@@ -98,6 +99,7 @@ class DecodeWorker(SimpleWorker):
         url_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._last_beat = 0.0
+        self._commands: CommandChannel | None = None  # RQ's command channel, ours from bootstrap to teardown
         self._suspension_checked = -SUSPENSION_CHECK_S
         # A dict is every model loaded and kept; a ModelCache (latentq worker) may hold only some at a time.
         models = models if isinstance(models, ModelCache) else ModelCache.of(models)
@@ -160,6 +162,16 @@ class DecodeWorker(SimpleWorker):
         self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch,
                                                       **upkeep.device_stats(self.models)})  # fmt: skip
         self._heartbeat_thread.start()
+
+    def subscribe(self) -> None:
+        # RQ's own listener stops with a join that redis-py may stretch to its 60 s poll: ours is bounded.
+        self._commands = CommandChannel(self.connection, self.pubsub_channel_name, self.handle_payload)
+        self._commands.start()
+
+    def unsubscribe(self) -> None:
+        if self._commands is not None and not self._commands.stop():
+            log.warning("worker %s: the command listener did not stop in time; left to exit with the process",
+                        self.name)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         # RQ beats before and after every job, three round trips each time. The worker key
