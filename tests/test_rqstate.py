@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import StockWorker
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq import Client, keys, metrics
@@ -47,7 +48,7 @@ def run_job(connection: Redis, worker_kind: str, break_latent: bool, tmp_path) -
         connection.delete(keys.latent_key(job.id))
     if worker_kind == "stock":
         queue = Queue(keys.queue_name("taef2"), connection=connection, serializer=JSONSerializer)
-        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer, name="stock")
+        worker = StockWorker([queue], connection=connection, serializer=JSONSerializer, name="stock")
     else:
         model = load_model(load_registry(Settings.from_env().models_file).get("taef2"))
         worker = DecodeWorker({"taef2": model}, connection, LocalStore(tmp_path / "store"), name="ours")

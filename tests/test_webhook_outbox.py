@@ -16,9 +16,9 @@ import time
 import httpx
 import pytest
 import torch
-from helpers import wait_until
+from helpers import StockWorker, wait_until
 from redis import Redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.serializers import JSONSerializer
 from webhook_receiver import SECRET, Receiver
 
@@ -170,7 +170,7 @@ def test_a_job_run_by_rqs_own_worker_queues_its_webhook_too(env, redis_conn):
     client = Client()
     job = client.submit(latent(), model="taef2", callback_url="http://127.0.0.1:9/hook")
     queue = Queue(keys.queue_name("taef2"), connection=redis_conn, serializer=JSONSerializer)
-    SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)
+    StockWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)
     assert client.job_info(job.id).status.value == "finished"
     ((_, fields),) = redis_conn.xrange(keys.WEBHOOK_OUTBOX)
     payload = json.loads(fields[b"body"])
