@@ -13,8 +13,22 @@ from latentq.models.registry import BUILTIN_MODELS
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def readme_version() -> tuple[int, ...]:
+    version = table.table_diffusers_version(README.read_text())
+    assert version, "README's model table names no diffusers version"
+    return tuple(int(part) for part in version.split("."))
+
+
+def installed_version() -> tuple[int, ...]:
+    import diffusers
+
+    return tuple(int(part) for part in diffusers.__version__.split(".")[:2])
+
+
 @pytest.mark.timeout(120)
 def test_readme_table_is_the_generators_output():
+    if installed_version() != readme_version():  # the lowest-versions CI run: an older diffusers lists fewer classes
+        pytest.skip(f"README's table is of diffusers {readme_version()}, this is {installed_version()}")
     text = README.read_text()
     assert table.BEGIN in text and table.END in text
     current = text[text.index(table.BEGIN) + len(table.BEGIN) : text.index(table.END)].strip("\n")
@@ -26,7 +40,8 @@ def test_every_diffusers_autoencoder_and_every_model_has_a_row():
     classes = table.autoencoder_classes()
     assert {"AutoencoderKL", "AutoencoderTiny", "AutoencoderDC", "AutoencoderKLQwenImage", "VQModel",
             "ConsistencyDecoderVAE", "AutoencoderOobleck"} <= set(classes)  # fmt: skip
-    assert set(table.NOT_SERVED) <= set(classes), "a reason for a class diffusers no longer exports"
+    if installed_version() >= readme_version():  # an older diffusers has not added them all yet
+        assert set(table.NOT_SERVED) <= set(classes), "a reason for a class diffusers no longer exports"
     rows = table.render().splitlines()
     for cls in classes:
         assert any(row.startswith(f"| `{cls}` |") for row in rows), cls

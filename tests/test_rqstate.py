@@ -16,7 +16,7 @@ from latentq.models.registry import load_registry
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.dependency_ends]
 
 
 def rq_state(connection: Redis, job_id: str, worker_name: str) -> dict[str, tuple[str, str]]:

@@ -22,7 +22,7 @@ from redis import Redis
 from latentq import Client, JobStatus
 from latentq.stack import worker_command
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.dependency_ends]
 
 STOP_BOUND_S = 10.0
 
@@ -98,7 +98,7 @@ def test_rqs_shutdown_command_reaches_the_worker(procs):
     assert worker.returncode == 0
 
 
-def test_the_command_listener_survives_a_bad_message_and_stops_within_its_bound(redis_conn):
+def test_the_command_listener_holds_commands_until_accepted_survives_a_bad_one_and_stops_in_bound(redis_conn):
     from latentq.worker.commands import CommandChannel
 
     seen: list[bytes] = []
@@ -113,8 +113,12 @@ def test_the_command_listener_survives_a_bad_message_and_stops_within_its_bound(
     try:
         assert channel.subscribed.wait(10)
         redis_conn.publish("latentq-test:commands", "bad")
+        redis_conn.publish("latentq-test:commands", "early")
+        time.sleep(0.5)  # (a few polls: nothing is handled before accept, whatever the wait)
+        assert seen == []
+        channel.accept()
         redis_conn.publish("latentq-test:commands", "good")
-        wait_until(lambda: seen == [b"good"], 10)
+        wait_until(lambda: seen == [b"early", b"good"], 10)
     finally:
         stopped = channel.stop()  # True only if the thread ended within STOP_WAIT_S
     assert stopped and not channel.running

@@ -12,12 +12,13 @@ serves it. ``tests/test_model_table.py`` fails when README's copy differs from t
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from .registry import BUILTIN_MODELS, ModelSpec
 
-__all__ = ["BEGIN", "END", "NOT_SERVED", "autoencoder_classes", "render", "replace_in"]
+__all__ = ["BEGIN", "END", "NOT_SERVED", "autoencoder_classes", "render", "replace_in", "table_diffusers_version"]
 
 BEGIN = "<!-- models:begin -->"
 END = "<!-- models:end -->"
@@ -80,8 +81,20 @@ def render(classes: list[str] | None = None, models: dict[str, ModelSpec] | None
         lines.extend(_row(cls, spec) for spec in specs)
     served = sum(1 for cls in classes if any(line.startswith(f"| `{cls}` | `") for line in lines))
     lines.append("")
-    lines.append(f"{served} of the {len(classes)} autoencoder classes diffusers exports are served.")
+    lines.append(f"{served} of the {len(classes)} autoencoder classes diffusers {_diffusers_minor()} exports are served.")
     return "\n".join(lines)
+
+
+def _diffusers_minor() -> str:
+    import diffusers
+
+    return ".".join(diffusers.__version__.split(".")[:2])
+
+
+def table_diffusers_version(text: str) -> str | None:
+    """The diffusers minor version (``0.42``) a rendered table in ``text`` was made from; None if it names none."""
+    found = re.search(r"autoencoder classes diffusers ([0-9]+\.[0-9]+) exports are served", text)
+    return found.group(1) if found else None
 
 
 def replace_in(text: str, table: str) -> str:

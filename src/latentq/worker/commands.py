@@ -5,6 +5,9 @@ redis-py's business: from redis-py 8.2 ``get_message`` waits its whole timeout o
 so a worker's stop took 60 s. Here the listener polls in short steps of its own and its stop is bounded by
 ``STOP_WAIT_S``, whatever the library does; the thread closes its own connection (never another thread,
 which could cut a read in half).
+
+Commands that arrive before ``accept()`` are held: RQ subscribes before it installs its signal handlers, and
+its shutdown command is a SIGINT to the process, which in that window killed the worker with a traceback.
 """
 
 from __future__ import annotations
@@ -36,10 +39,16 @@ class CommandChannel:
         self._handler = handler
         self._stop = threading.Event()
         self.subscribed = threading.Event()  # set while a subscription is confirmed (tests wait on it)
+        self._accepting = threading.Event()
+        self._held: list[dict[str, Any]] = []
         self._thread = threading.Thread(target=self._run, name="latentq-commands", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def accept(self) -> None:
+        """From now on commands are handled (those held so far, on the listener's next poll)."""
+        self._accepting.set()
 
     def stop(self) -> bool:
         """Stop listening; True when the thread ended within ``STOP_WAIT_S`` (it always should: one poll)."""
@@ -63,6 +72,12 @@ class CommandChannel:
                 self._stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
 
+    def _handle(self, message: dict[str, Any]) -> None:
+        try:
+            self._handler(message)
+        except Exception:  # a malformed command never ends the listener
+            log.exception("command channel: could not handle %r", message.get("data"))
+
     def _listen(self) -> None:
         pubsub = self._connection.pubsub(ignore_subscribe_messages=True)
         try:
@@ -71,12 +86,11 @@ class CommandChannel:
                 message = pubsub.get_message(timeout=POLL_S)
                 if pubsub.subscribed:
                     self.subscribed.set()
-                if message is None or message.get("type") != "message":
-                    continue
-                try:
-                    self._handler(message)
-                except Exception:  # a malformed command never ends the listener
-                    log.exception("command channel: could not handle %r", message.get("data"))
+                if message is not None and message.get("type") == "message":
+                    self._held.append(message)
+                if self._accepting.is_set():
+                    while self._held:
+                        self._handle(self._held.pop(0))
         finally:
             self.subscribed.clear()
             try:

@@ -193,6 +193,8 @@ class DecodeWorker(SimpleWorker):
     def check_for_suspension(self, burst: bool) -> None:
         # RQ reads the suspension flag before every pop: one round trip per batch. Once a second is
         # enough for `rq suspend` to take effect.
+        if self._commands is not None:  # RQ's loop has begun: its signal handlers are in place for a shutdown command
+            self._commands.accept()
         if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK_S:
             return
         self._suspension_checked = time.monotonic()
