@@ -27,11 +27,16 @@ RUN python -m venv /opt/venv
 RUN pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_FLAVOR}" \
  && echo "torch==${TORCH_VERSION}" > /opt/torch-constraint.txt
 
-# Only what the build needs (no .venv, .git or results from the checkout).
+# Every other package exactly as locked, hashes checked (requirements.lock; refresh: `bash .ci/lock`),
+# in its own layer: a code change re-installs only latentq itself.
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
+
+# Only what the build needs (no .venv, .git or results from the checkout); its dependencies are in already.
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --constraint /opt/torch-constraint.txt .
+RUN pip install --no-deps --constraint /opt/torch-constraint.txt . && pip check
 
 # ---- runtime: the virtualenv, a non-root user, nothing else --------------------
 FROM python:${PYTHON_VERSION}-slim
