@@ -304,6 +304,36 @@ def test_jpeg_on_the_cpu_is_pillows():
     assert encoded.data == buffer.getvalue()
 
 
+def _pillow_jpeg(image: torch.Tensor, quality: int = 75) -> torch.Tensor:
+    """torchvision.io.encode_jpeg's contract ((3, H, W) uint8 -> 1-D uint8 bytes), by Pillow: a working encoder."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def _import_fails():
+    raise RuntimeError("operator torchvision::nms does not exist")  # torchvision built for another torch
+
+
+def _no_nvjpeg(image: torch.Tensor, quality: int = 75) -> torch.Tensor:
+    raise RuntimeError("encode_jpeg: torchvision not compiled with nvJPEG support")
+
+
+@pytest.mark.parametrize("load, works", [
+    (lambda: _pillow_jpeg, True),
+    (_import_fails, False),  # the import itself fails
+    (lambda: _no_nvjpeg, False),  # imports, has encode_jpeg (hasattr said yes), every call fails
+    (lambda: (lambda image, quality=75: torch.zeros(4, dtype=torch.uint8)), False),  # returns no JPEG
+], ids=["works", "mismatched-torchvision", "built-without-nvjpeg", "not-a-jpeg"])  # fmt: skip
+def test_the_gpu_jpeg_encoder_is_probed_with_a_real_encode_and_falls_back(load, works, caplog):
+    from latentq.worker.encode import probe_jpeg_encoder
+
+    encoder = probe_jpeg_encoder(load, "cpu")
+    assert (encoder is not None) is works
+    if not works:
+        assert "encoded by Pillow" in caplog.text
+
+
 def test_pending_of_a_finished_tensor():
     tensor = torch.zeros(2)
     assert Pending(tensor).done and Pending(tensor).wait() is tensor

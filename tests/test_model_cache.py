@@ -37,6 +37,72 @@ def _loader(sizes: dict[str, int], calls: list[str]):
     return load
 
 
+def test_a_load_does_not_hold_the_lock_the_heartbeat_and_committer_read_under():
+    """A slow load (minutes with --compile) must not stall values() / drain_events(): leases would lapse."""
+    import threading
+
+    from latentq.worker.model_cache import CacheEvent
+
+    read_during_load = threading.Event()
+    reads: list = []
+
+    def slow_load(spec) -> LoadedModel:
+        reader = threading.Thread(target=lambda: (reads.extend([cache.values(), cache.drain_events(),
+                                                               cache.loaded_names(), cache.bytes_loaded]),
+                                                  read_during_load.set()))  # fmt: skip
+        reader.start()
+        # The reader finishes only if the cache's lock is free during this load (else: this test times out).
+        assert read_during_load.wait(30), "values()/drain_events() waited for the load"
+        return LoadedModel(spec, torch.nn.Linear(4, 1, bias=False), torch.device("cpu"), torch.float32)
+
+    cache = ModelCache({"a": _spec("a")}, slow_load, budget_bytes=10**6)
+    cache.get("a")
+    assert reads == [[], [], [], 0]
+    assert [event.kind for event in cache.drain_events()] == ["load"] and isinstance(CacheEvent, type)
+
+
+def test_eviction_waits_for_the_victims_streams_and_drops_its_last_reference():
+    """The victim's queued GPU work (fake streams here) is waited for before the next load can take its memory."""
+    import gc
+    import weakref
+
+    from latentq.models.device_path import DevicePath, PinnedPool, Streams
+
+    log: list = []
+
+    class LoggingStream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def record_event(self, event=None):
+            raise AssertionError("not used here")
+
+        def wait_event(self, event) -> None:
+            pass
+
+        def synchronize(self) -> None:
+            log.append(("synchronize", self.name))
+
+    def load(spec) -> LoadedModel:
+        log.append(("load", spec.name))
+        model = LoadedModel(spec, torch.nn.Linear(1000, 1, bias=False), torch.device("cpu"), torch.float32)
+        streams = Streams(*(LoggingStream(f"{spec.name}.{stage}") for stage in ("in", "compute", "out")))
+        model.path = DevicePath(torch.device("cpu"), staged=True, streams=streams, pool=PinnedPool(enabled=False))
+        return model
+
+    cache = ModelCache({n: _spec(n) for n in "ab"}, load, budget_bytes=5000)  # one 4000-byte model at a time
+    victim = weakref.ref(cache.get("a").module)
+    cache.get("b")  # b's size is not known yet: loaded first, then a is evicted (its memory not reused before)
+    gc.collect()
+    assert log == [("load", "a"), ("load", "b"),
+                   ("synchronize", "a.in"), ("synchronize", "a.compute"), ("synchronize", "a.out")]  # fmt: skip
+    assert victim() is None, "the evicted model is still referenced"
+    log.clear()
+    cache.get("a")  # a's size is known: b is evicted (its streams waited for) before a is loaded
+    assert log == [("synchronize", "b.in"), ("synchronize", "b.compute"), ("synchronize", "b.out"), ("load", "a")]
+    assert cache.loaded_names() == ["a"]
+
+
 def test_parse_memory():
     assert parse_memory("800MiB") == 800 * 2**20
     assert parse_memory("1.5GiB") == int(1.5 * 2**30)

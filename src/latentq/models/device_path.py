@@ -59,6 +59,19 @@ class _HostStream:
     def record_event(self, event: Any = None) -> Any:
         return _DONE
 
+    def synchronize(self) -> None:
+        pass
+
+
+def _record_blocking(stream: Any) -> Any:
+    """An event on ``stream`` that a host thread may wait on: ``Stream.record_event()`` makes a spinning one,
+    so eight encode threads waiting for a copy each kept a core busy for the whole decode."""
+    if isinstance(stream, torch.cuda.Stream):
+        event = torch.cuda.Event(blocking=True)
+        stream.record_event(event)
+        return event
+    return stream.record_event()
+
 
 @dataclass(frozen=True)
 class Streams:
@@ -211,8 +224,8 @@ class Timer:
         return self
 
     def stop(self) -> Timer:
-        if self._cuda:
-            self._end = torch.cuda.Event(enable_timing=True)
+        if self._cuda:  # blocking: ms() is read by a host thread (the committer), which should sleep, not spin
+            self._end = torch.cuda.Event(enable_timing=True, blocking=True)
             self._end.record(self._stream)
         else:
             self._ms = (time.perf_counter() - self._start) * 1000
@@ -280,7 +293,7 @@ class DevicePath:
         with _on(streams.copy_out):
             host = self._host_empty(tuple(tensor.shape), tensor.dtype)
             host.copy_(tensor, non_blocking=True)
-            copied = streams.copy_out.record_event()
+            copied = _record_blocking(streams.copy_out)  # encode threads wait on it
         if tensor.is_cuda:  # made on compute, read on copy-out: not reused before the copy is done
             tensor.record_stream(streams.copy_out)
         return Pending(host, copied)
@@ -289,7 +302,14 @@ class DevicePath:
         """A tensor left on the device (a consumer there, e.g. nvJPEG), ready once compute has made it."""
         if not self.staged:
             return Pending(tensor)
-        return Pending(tensor, self.streams.compute.record_event())
+        return Pending(tensor, _record_blocking(self.streams.compute))
+
+    def synchronize(self) -> None:
+        """Wait until every stage's queued work is done: nothing of this model's reads its weights afterwards."""
+        for stream in (self.streams.copy_in, self.streams.compute, self.streams.copy_out):
+            synchronize = getattr(stream, "synchronize", None)
+            if synchronize is not None:
+                synchronize()
 
 
 def _plain_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from safetensors.torch import save as st_save
 
 from ..spec import DecodeRequest
 
+log = logging.getLogger("latentq.worker")
+
 __all__ = ["EXTENSIONS", "EncodedObject", "Mp4Writer", "audio_pcm16", "encode_audio_output", "encode_flac", "encode_mp4",
-           "encode_output", "encode_wav", "gpu_jpeg_available", "jpeg_encoder"]
+           "encode_output", "encode_wav", "gpu_jpeg_available", "jpeg_encoder", "probe_jpeg_encoder"]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "tensor": "safetensors", "uint8": "safetensors",
               "mp4": "mp4", "frames": "png", "wav": "wav", "flac": "flac"}  # fmt: skip
@@ -37,35 +40,62 @@ class EncodedObject:
     duration_s: float | None = None
 
 
-@functools.cache
-def _nvjpeg() -> Callable[..., Any] | None:
-    """torchvision's ``encode_jpeg`` when torchvision imports and was built with CUDA (nvJPEG), else None.
-    Imported on first use only, and guarded: a torchvision built for another torch can fail to import."""
-    try:
-        import torchvision.io
-        from torchvision.io import encode_jpeg
+JpegEncoder = Callable[..., torch.Tensor]  # torchvision.io.encode_jpeg's signature: (3, H, W) uint8 -> bytes tensor
 
-        if not torch.cuda.is_available() or not hasattr(torchvision.io, "encode_jpeg"):
-            return None
-        return encode_jpeg
-    except Exception:
+
+def _torchvision_encode_jpeg() -> JpegEncoder:
+    from torchvision.io import encode_jpeg  # a torchvision built for another torch can fail here
+
+    return encode_jpeg
+
+
+def probe_jpeg_encoder(load: Callable[[], JpegEncoder], device: torch.device | str) -> JpegEncoder | None:
+    """``load()``'s encoder if it encodes a tiny image on ``device`` into a JPEG, else None (logged once).
+
+    An import that works proves little: a torchvision whose compiled ops do not match the installed torch,
+    or one built without nvJPEG, imports and then fails every call. One real encode at first use tells."""
+    try:
+        encode = load()
+        data = encode(torch.zeros(3, 16, 16, dtype=torch.uint8, device=device), quality=90)
+        if not bytes(data.cpu().numpy().tobytes()[:2]) == b"\xff\xd8":
+            raise RuntimeError("the probe's output is not a JPEG")
+        return encode
+    except Exception as exc:
+        log.warning("GPU JPEG encoding (nvJPEG) unavailable on %s: %s: %s; JPEGs are encoded by Pillow on the CPU",
+                    device, type(exc).__name__, exc)  # fmt: skip
         return None
 
 
-def gpu_jpeg_available() -> bool:
-    return _nvjpeg() is not None
+@functools.cache
+def _nvjpeg(device_index: int) -> JpegEncoder | None:
+    if not torch.cuda.is_available():
+        return None
+    return probe_jpeg_encoder(_torchvision_encode_jpeg, torch.device("cuda", device_index))
+
+
+def gpu_jpeg_available(device: torch.device | str | None = None) -> bool:
+    """Whether nvJPEG encodes on ``device`` (a CUDA device; default: the current one), probed once per device."""
+    if not torch.cuda.is_available():
+        return False
+    device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        return False
+    return _nvjpeg(device.index if device.index is not None else torch.cuda.current_device()) is not None
 
 
 def jpeg_encoder(pixels: torch.Tensor) -> str:
     """Which encoder makes a JPEG of ``pixels`` (H, W, 3) uint8: "nvjpeg" for pixels on a CUDA device when
     torchvision can encode there (no copy back, no CPU time), else "pillow"."""
-    return "nvjpeg" if pixels.device.type == "cuda" and gpu_jpeg_available() else "pillow"
+    return "nvjpeg" if pixels.device.type == "cuda" and gpu_jpeg_available(pixels.device) else "pillow"
 
 
 def _image_bytes(pixels: torch.Tensor, fmt: str, quality: int) -> bytes:
-    encode_jpeg = _nvjpeg() if fmt == "jpeg" and jpeg_encoder(pixels) == "nvjpeg" else None
-    if encode_jpeg is not None:
-        return encode_jpeg(pixels.permute(2, 0, 1).contiguous(), quality=quality).cpu().numpy().tobytes()
+    if fmt == "jpeg" and jpeg_encoder(pixels) == "nvjpeg":
+        encode_jpeg = _nvjpeg(pixels.device.index if pixels.device.index is not None else torch.cuda.current_device())
+        try:
+            return encode_jpeg(pixels.permute(2, 0, 1).contiguous(), quality=quality).cpu().numpy().tobytes()
+        except Exception as exc:  # probed fine, failed now (e.g. out of memory): this job's JPEG from Pillow
+            log.warning("nvJPEG failed (%s: %s); this JPEG is encoded by Pillow", type(exc).__name__, exc)
     buffer = io.BytesIO()
     picture = Image.fromarray(pixels.cpu().numpy())
     if fmt == "png":

@@ -81,7 +81,8 @@ class ModelCache:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._sizes: dict[str, int] = {}
         self._events: list[CacheEvent] = []
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the state below: held for moments, never across a load
+        self._load_lock = threading.Lock()  # one load (and its evictions) at a time
         for name, model in (loaded or {}).items():
             self._loaded[name] = model
             self._sizes[name] = module_bytes(model)
@@ -126,19 +127,31 @@ class ModelCache:
 
     # --- loading and eviction -----------------------------------------------------------
     def get(self, name: str) -> LoadedModel:
-        """The model, loaded (evicting the least recently used ones as the budget needs) and marked most recent."""
+        """The model, loaded (evicting the least recently used ones as the budget needs) and marked most recent.
+
+        The state lock is never held across a load (seconds; minutes with --compile's warm-up): the heartbeat
+        and the committer read ``values()`` and ``drain_events()`` meanwhile, and a lease renewal that waited
+        for a load would lapse. Loads themselves are one at a time (``_load_lock``)."""
         with self._lock:
             model = self._loaded.get(name)
             if model is not None:
                 self._loaded.move_to_end(name)
                 return model
-            spec = self.specs[name]  # KeyError: not a model this worker serves
+        spec = self.specs[name]  # KeyError: not a model this worker serves
+        with self._load_lock:
+            with self._lock:  # loaded by another thread while this one waited for the load lock
+                model = self._loaded.get(name)
+                if model is not None:
+                    self._loaded.move_to_end(name)
+                    return model
             self._evict_until(self._sizes.get(name, 0), keep=name)
             model, seconds, size = self._timed_load(spec)
-            self._loaded[name] = model
-            self._sizes[name] = size
-            self._events.append(CacheEvent("load", name, seconds))
-            log.info("loaded %s in %.2f s (%.0f MiB; %d model(s) loaded)", name, seconds, size / 2**20, len(self._loaded))
+            with self._lock:
+                self._loaded[name] = model
+                self._sizes[name] = size
+                self._events.append(CacheEvent("load", name, seconds))
+                count = len(self._loaded)
+            log.info("loaded %s in %.2f s (%.0f MiB; %d model(s) loaded)", name, seconds, size / 2**20, count)
             self._evict_until(0, keep=name)
             return model
 
@@ -166,22 +179,39 @@ class ModelCache:
         return model, time.perf_counter() - started, max(module_bytes(model), measured)
 
     def _evict_until(self, incoming: int, *, keep: str) -> None:
-        """Evict least recently used models (never ``keep``) until the loaded ones plus ``incoming`` fit."""
+        """Evict least recently used models (never ``keep``) until the loaded ones plus ``incoming`` fit.
+
+        A victim's last batch may still be running: ``decode_group`` returns once its GPU work is queued. Its
+        streams are synchronized before it is dropped, or the next load (on the default stream) could be given
+        the memory of weights a queued kernel has yet to read. Called with ``_load_lock`` held."""
         if self.budget_bytes is None:
             return
         evicted = False
-        while self.bytes_loaded + incoming > self.budget_bytes:
-            victim = next((name for name in self._loaded if name != keep), None)
-            if victim is None:
-                break
-            model = self._loaded.pop(victim)
+        while True:
+            with self._lock:
+                if self.bytes_loaded + incoming <= self.budget_bytes:
+                    break
+                victim = next((name for name in self._loaded if name != keep), None)
+                if victim is None:
+                    break
+                model = self._loaded.pop(victim)
+            _wait_for_device_work(model)
             compiled = getattr(model, "compiled", None)
-            self._events.append(CacheEvent("evict", victim, eager_calls=compiled.drain_eager_calls() if compiled else 0))
+            event = CacheEvent("evict", victim, eager_calls=compiled.drain_eager_calls() if compiled else 0)
+            del model, compiled  # the last reference: _release_memory() can free its weights
+            with self._lock:
+                self._events.append(event)
             log.info("evicted %s (least recently used) to fit the %.0f MiB model budget", victim,
                      self.budget_bytes / 2**20)  # fmt: skip
             evicted = True
         if evicted:
             _release_memory()
+
+
+def _wait_for_device_work(model: LoadedModel) -> None:
+    path = getattr(model, "path", None)
+    if path is not None:
+        path.synchronize()
 
 
 def _cannot_reload(spec: ModelSpec) -> LoadedModel:

@@ -141,7 +141,7 @@ def _split(model: LoadedModel, images: torch.Tensor, requests: list[DecodeReques
     images are; only the uint8 pixels (and the float ones, when a request needs them) are copied back."""
     path = model.path
     pixels = path.to_uint8(images)
-    if pixels.device.type == "cuda" and all(r.output_format == "jpeg" for r in requests) and gpu_jpeg_available():
+    if pixels.device.type == "cuda" and all(r.output_format == "jpeg" for r in requests) and gpu_jpeg_available(pixels.device):
         batch_pixels = path.on_device(pixels)  # nvJPEG encodes them where they are
     else:
         batch_pixels = path.to_host(pixels)

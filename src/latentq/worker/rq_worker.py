@@ -255,6 +255,7 @@ class DecodeWorker(SimpleWorker):
                 self._fail(*context, _reason(exc), permanent=True)
 
         for model_name, ready in by_model.items():
+            model = None  # not the previous model's: under a budget the load below may evict it, and must free it
             try:  # under --model-memory-budget an evicted model is loaded again here, which can fail
                 model = self.models[model_name]
             except Exception as exc:
