@@ -142,3 +142,34 @@ def test_an_in_process_burst_run_returns_promptly(env, redis_conn, tmp_path):
         assert job.status() is JobStatus.FINISHED
         took = returned - last_ended_at(redis_conn, [job.id])
         assert took < STOP_BOUND_S, f"work(burst=True) returned {took:.1f} s after its last job"
+
+
+def test_ctrl_c_on_a_worker_per_device_finishes_every_childs_batch(procs, redis_conn):
+    """``--device cuda:all``'s supervisor (here over two CPU devices): a terminal's Ctrl-C (SIGINT to the
+    foreground process group) reaches each child once, forwarded, so each warm-stops and finishes its batch.
+    Children sharing the group got it twice, which RQ reads as a cold shutdown that abandons the batch."""
+    import os
+    import sys
+
+    from rq import Worker
+
+    from latentq.stack import wait_for_workers
+
+    argv = worker_command(["taef2"], max_batch=2, max_wait_ms=200, log_level="INFO")[3:]  # after `python -m latentq`
+    script = ("import argparse, sys; from latentq.cli_worker import _worker_per_device; "
+              "sys.exit(_worker_per_device(argparse.Namespace(argv=sys.argv[1:], name=None), ['cpu', 'cpu']))")
+    log = open(procs.tmp_path / "per-device.log", "wb")
+    supervisor = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**procs.env, **faults(decode_delay_s=2)}, start_new_session=True)  # fmt: skip
+    procs.started.append(supervisor)
+    wait_for_workers(redis_conn, "taef2", 2, 90)
+    children = [worker.pid for worker in Worker.all(connection=redis_conn)]
+    assert len(children) == 2 and all(os.getpgid(pid) != os.getpgid(supervisor.pid) for pid in children)
+    jobs = Client().submit_many(torch.randn(6, 32, 4, 4), model="taef2")
+    wait_until(lambda: sum(job.status() is JobStatus.STARTED for job in jobs) >= 2, 30)
+    os.killpg(supervisor.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    exit_time(supervisor, timeout=90)
+    assert supervisor.returncode == 0, (procs.tmp_path / "per-device.log").read_text()[-3000:]
+    statuses = [job.status() for job in jobs]
+    assert JobStatus.STARTED not in statuses, statuses  # no batch abandoned mid-way
+    assert statuses.count(JobStatus.FINISHED) >= 2

@@ -45,12 +45,17 @@ def _with_device(argv: list[str], device: str, name: str | None) -> list[str]:
 
 
 def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
-    """``--device cuda:all``: one worker process per GPU; stop signals are passed on, the worst exit code returned."""
+    """``--device cuda:all``: one worker process per GPU; stop signals are passed on, the worst exit code returned.
+
+    Each child runs in a session of its own, so a terminal's Ctrl-C reaches this process only and each child
+    gets it once, forwarded: twice (the terminal's and ours) RQ reads as a cold shutdown, which abandons the
+    batch in flight. A child is sent SIGTERM if this process dies first (Linux), so none is left orphaned."""
     import subprocess
 
     log = logging.getLogger("latentq")
     argv = args.argv if args.argv is not None else sys.argv[1:]
-    children = [subprocess.Popen([sys.executable, "-m", "latentq", *_with_device(argv, device, args.name)])
+    children = [subprocess.Popen([sys.executable, "-m", "latentq", *_with_device(argv, device, args.name)],
+                                 start_new_session=True, preexec_fn=_terminate_with_parent)  # fmt: skip
                 for device in devices]  # fmt: skip
     log.info("started %d workers, one per GPU (%s)", len(children), ", ".join(devices))
 
@@ -66,6 +71,18 @@ def _worker_per_device(args: argparse.Namespace, devices: list[str]) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return max(codes, key=abs)
+
+
+def _terminate_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the parent exits (Linux's PR_SET_PDEATHSIG; elsewhere nothing)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def add_gpu_options(parser: argparse.ArgumentParser) -> None:

@@ -140,7 +140,10 @@ class DecodeWorker(SimpleWorker):
         if encode_threads is None:
             encode_threads = gpu_encode_threads() if on_gpu else defaults["encode_threads"]
         self.encode_threads = encode_threads
-        self._pool = (ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode")
+        # Encode threads use this worker's GPU: CUDA's current device is per thread, and a thread left on
+        # device 0 (nvJPEG, events) would open a context there in every `--device cuda:N` worker.
+        self._pool = (ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="latentq-encode",
+                                         initializer=use_device, initargs=(models.device,))
                       if encode_threads > 0 else InlineExecutor())  # fmt: skip
         # Bounds decoded-but-not-yet-stored outputs held in memory.
         self._pending = threading.BoundedSemaphore(max(2 * max_batch, 2 * encode_threads))
@@ -512,6 +515,14 @@ class InlineExecutor(Executor):
 def log_fields(job: RQJob) -> dict[str, Any]:
     """Fields the JSON log formatter adds to a line about this job."""
     return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
+
+
+def use_device(device: str) -> None:
+    """Make ``device`` this thread's current CUDA device (a CPU device: nothing to do)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(torch.device(device))
 
 
 def _free_memory() -> None:
