@@ -270,6 +270,52 @@ def test_warmup_shapes_in_a_spec():
             ModelSpec(name="x", loader="taef2", latent_channels=32, config={}, warmup_shapes=bad)
 
 
+def test_compile_bounds_are_summed_over_decoders_sharing_code_and_a_refused_call_runs_eager(monkeypatch):
+    """Every AutoencoderKL shares Decoder.forward: dynamo's per-code bound must cover all of their shapes."""
+    import torch._dynamo.config as dynamo_config
+
+    from latentq.models import compiled as compiled_module
+    from latentq.models.compiled import CompiledDecoder
+
+    monkeypatch.setattr(compiled_module, "_reserved", {})
+    names = ("recompile_limit", "accumulated_recompile_limit", "fail_on_recompile_limit_hit")
+    saved = {name: getattr(dynamo_config, name) for name in names}
+    try:
+        decoders = [CompiledDecoder(torch.nn.Conv2d(2, 2, 1), limit=6) for _ in range(3)]  # three models, one class
+        assert dynamo_config.recompile_limit >= 3 * 6
+        assert dynamo_config.accumulated_recompile_limit >= 3 * 6
+        assert dynamo_config.fail_on_recompile_limit_hit is True  # refused loudly, never eager in silence
+    finally:
+        for name, value in saved.items():
+            setattr(dynamo_config, name, value)
+
+    class Refuses(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise compiled_module._RECOMPILE_LIMIT_HIT[0]("recompile limit hit")
+
+    wrapper = decoders[0]
+    wrapper.compiled = Refuses()
+    sample = torch.randn(1, 2, 3, 3)
+    assert torch.equal(wrapper(sample), wrapper.eager(sample))
+    assert wrapper.eager_calls == 1 and wrapper.drain_eager_calls() == 1 and not wrapper.shapes
+
+
+def test_config_constants_are_built_once_per_device_and_dtype():
+    """Wan's mean/std were a pageable host copy on every decode (a stall of the compute stream on CUDA)."""
+    model = tiny_taef2()
+    builds: list[int] = []
+
+    def build() -> torch.Tensor:
+        builds.append(1)
+        return torch.tensor([0.5, 0.25])
+
+    like = torch.zeros(1)
+    first = model.device_constant(("k",), like, build)
+    assert model.device_constant(("k",), like, build) is first and len(builds) == 1
+    half = model.device_constant(("k",), like.half(), build)
+    assert half.dtype == torch.float16 and len(builds) == 2 and torch.equal(half.float(), first)
+
+
 def _can_compile() -> bool:
     return hasattr(torch, "compile") and bool(shutil.which("gcc") or shutil.which("cc"))
 

@@ -90,9 +90,10 @@ def add_gpu_options(parser: argparse.ArgumentParser) -> None:
                         help="the decoders' 2-D convolutions in channels_last memory format (auto, the default: "
                              "on CUDA and CPU devices; never for 3-D video VAEs)")  # fmt: skip
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each model's decoder, compiled at start for the models file's "
-                             "warmup_shapes; at most 8 latent shapes (or as many as declared) run compiled, "
-                             "others eager (slower start; faster decodes on GPUs)")  # fmt: skip
+                        help="torch.compile each model's decoder: the models file's warmup_shapes are compiled "
+                             "at start and only they run compiled, others eager (counted); a model without "
+                             "warmup_shapes compiles its first 8 shapes as they come (slower start; faster "
+                             "decodes on GPUs)")  # fmt: skip
 
 
 def gpu_options(args: argparse.Namespace) -> dict:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,7 +27,7 @@ __all__ = ["LoadedModel", "load_model", "to_uint8"]
 TAEF2_FILENAME = "taef2.safetensors"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where --channels-last auto turns it on (measured faster on both)
-COMPILE_LIMIT = 8  # --compile: distinct decoder input shapes compiled at most (more when warmup_shapes declare more)
+COMPILE_LIMIT = 8  # --compile without warmup_shapes: the first shapes seen compiled (with them: those only)
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +52,17 @@ class LoadedModel:
         self.path = DevicePath(device)  # pinned copies and a stream per stage on CUDA; plain tensors elsewhere
         self.channels_last = channels_last  # module in channels_last; 4-D inputs follow it
         self.compiled = compiled  # the CompiledDecoder under --compile (its shapes and eager_calls), else None
+        self._constants: dict[tuple, torch.Tensor] = {}
+
+    def device_constant(self, key: tuple, like: torch.Tensor, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()`` (a small CPU tensor, e.g. a config's per-channel mean) on ``like``'s device and dtype,
+        made once per (key, device, dtype): built per decode it was a pageable host copy that stalled the
+        compute stream every time."""
+        full_key = (key, like.device, like.dtype)
+        tensor = self._constants.get(full_key)
+        if tensor is None:
+            tensor = self._constants.setdefault(full_key, build().to(like.device, like.dtype))
+        return tensor
 
     def _request(self, scaling_factor: float | None = None, shift_factor: float | None = None,
                  height: int | None = None, width: int | None = None) -> DecodeRequest:  # fmt: skip
@@ -220,7 +231,9 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
     if compile:
         from .compiled import compile_decoder
 
-        compiled = compile_decoder(module, max(COMPILE_LIMIT, len(spec.warmup_shapes)))
+        # Declared warm-up shapes are compiled at start and are the only ones: nothing compiles on the decode
+        # thread later. Without any, the first COMPILE_LIMIT shapes compile on first use.
+        compiled = compile_decoder(module, len(spec.warmup_shapes) or COMPILE_LIMIT)
     model = LoadedModel(spec, module, device, torch_dtype, channels_last=use_channels_last, compiled=compiled)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the weights' copies (default stream) are done before any compute stream

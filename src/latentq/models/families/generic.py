@@ -109,9 +109,9 @@ def _encode_video_image(model: LoadedModel, images: torch.Tensor) -> torch.Tenso
     z = encode_mode(model, images)
     if spec.normalization == "latents_mean_std":
         config = model.module.config
-        mean = torch.tensor(config.latents_mean, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
-        std = torch.tensor(config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
-        return ((z - mean) / std).cpu()
+        mean = model.device_constant(("latents_mean",), z, lambda: torch.tensor(config.latents_mean, dtype=z.dtype))
+        std = model.device_constant(("latents_std",), z, lambda: torch.tensor(config.latents_std, dtype=z.dtype))
+        return ((z - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).cpu()
     return ((z - spec.shift_factor) * spec.scaling_factor).cpu()
 
 
@@ -132,9 +132,11 @@ def unscale(model: LoadedModel, latents: torch.Tensor, scaling_factor: float | N
     if spec.normalization == "latents_mean_std":
         config = model.module.config
         shape = (1, -1) + (1,) * (latents.ndim - 2)
-        mean = torch.tensor(config.latents_mean, dtype=latents.dtype, device=latents.device).view(shape)
-        std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device).view(shape)
-        return latents * std + mean  # Wan: latents / (1 / std) + mean
+        mean = model.device_constant(("latents_mean",), latents,
+                                     lambda: torch.tensor(config.latents_mean, dtype=latents.dtype))  # fmt: skip
+        std = model.device_constant(("latents_std",), latents,
+                                    lambda: torch.tensor(config.latents_std, dtype=latents.dtype))  # fmt: skip
+        return latents * std.view(shape) + mean.view(shape)  # Wan: latents / (1 / std) + mean
     if spec.normalization == "batch_norm":
         return latents  # already denormalised in unpack
     scaling = spec.scaling_factor if scaling_factor is None else scaling_factor

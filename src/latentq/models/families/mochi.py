@@ -31,9 +31,9 @@ class MochiFamily(VideoFamily):
         config = model.module.config
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         if mean is not None and std is not None:
-            channels = latents.shape[1]
-            mean = torch.tensor(mean).view(1, channels, 1, 1, 1).to(latents.device, latents.dtype)
-            std = torch.tensor(std).view(1, channels, 1, 1, 1).to(latents.device, latents.dtype)
+            shape = (1, latents.shape[1], 1, 1, 1)
+            mean = model.device_constant(("mochi.mean", shape), latents, lambda: torch.tensor(mean).view(shape))
+            std = model.device_constant(("mochi.std", shape), latents, lambda: torch.tensor(std).view(shape))
             return latents * std / scaling_of(model, request) + mean
         return latents / scaling_of(model, request)
 

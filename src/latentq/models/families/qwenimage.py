@@ -31,8 +31,9 @@ def _stats(model: LoadedModel, like: torch.Tensor) -> tuple[torch.Tensor, torch.
     """(mean, 1 / std) shaped (1, z_dim, 1, 1, 1), as the pipeline builds them."""
     config = model.module.config
     shape = (1, config.z_dim, 1, 1, 1)
-    mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
-    inv_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
+    mean = model.device_constant(("qwenimage.mean",), like, lambda: torch.tensor(config.latents_mean).view(shape))
+    inv_std = model.device_constant(("qwenimage.inv_std",), like,
+                                    lambda: 1.0 / torch.tensor(config.latents_std).view(shape).to(like.dtype))  # fmt: skip
     return mean, inv_std
 
 

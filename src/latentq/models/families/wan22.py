@@ -25,8 +25,10 @@ __all__ = ["FAMILY", "Wan22Family"]
 def _statistics(model: LoadedModel, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents_mean, 1 / latents_std) as the Wan pipelines build them."""
     config = model.module.config
-    mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(like.device, like.dtype)
-    std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(like.device, like.dtype)
+    shape = (1, config.z_dim, 1, 1, 1)
+    mean = model.device_constant(("wan22.mean",), like, lambda: torch.tensor(config.latents_mean).view(shape))
+    std = model.device_constant(("wan22.inv_std",), like,
+                                lambda: 1.0 / torch.tensor(config.latents_std).view(shape).to(like.dtype))  # fmt: skip
     return mean, std
 
 
