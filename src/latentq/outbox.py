@@ -56,6 +56,7 @@ log = logging.getLogger("latentq.webhooks")
 MAX_ENTRIES = 100_000  # the stream's cap (MAXLEN ~): bounds Redis's memory under a dead receiver
 MAX_BACKOFF_S = 3600.0
 RECLAIM_EVERY_S = 15.0
+STOP_READ_WAIT_S = 0.25  # how long stop() waits for the reading loop (a daemon thread) before leaving it
 RECLAIM_IDLE_MS = 60_000  # a pending entry this long untouched may have lost its schedule
 CONSUMER_IDLE_MS = 3_600_000  # a consumer with nothing pending, unheard of this long, is removed
 READ_COUNT = 100
@@ -168,13 +169,16 @@ class Drainer:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_READ_WAIT_S) -> None:
+        """Attempts in flight end (each within the sender's timeout); the reading loop is not waited for past
+        ``timeout``: it may sit in a blocking read (up to 1 s), and what it reads then is only scheduled in
+        Redis (``_read_new``), for any drainer to deliver. A worker's stop stays quick."""
         self._stop.set()
         with self._slots:
             self._slots.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._pool.shutdown(wait=True)  # attempts in flight end (each within the sender's timeout)
+        self._pool.shutdown(wait=True)
         self.sender.close()
 
     def backoff(self, attempt: int) -> float:
@@ -227,11 +231,16 @@ class Drainer:
         free = self._free_slots(wait_s=1.0)
         if not free:
             return
+        if self._stop.is_set():  # stopping: take nothing more (the pool no longer accepts attempts)
+            return
         taken = self._take(free)
         for entry in taken:
             with self._slots:
                 self._in_flight += 1
-            self._pool.submit(self._attempt, entry)
+            try:
+                self._pool.submit(self._attempt, entry)
+            except RuntimeError:  # stop() shut the pool while this loop took them: their leases run out, and
+                return  # another drainer (or this one's next start) attempts them then
         if len(taken) == free:
             return  # perhaps more are due: take again once a slot frees
         self._read_new(self._wait_ms())
