@@ -83,7 +83,7 @@ class DoneMessages:
     def _run(self) -> None:
         from redis import Redis
 
-        from latentq import keys
+        from latentq.state import keys
 
         prefix = keys.job_done_channel("")
         while not self._stop.is_set():
@@ -109,7 +109,7 @@ def ask_api_during_outage(api: str, job_id: str) -> dict[str, str]:
     import httpx
     import torch
 
-    from latentq.wire import latent_to_bytes
+    from latentq.core.wire import latent_to_bytes
 
     body = latent_to_bytes(torch.randn(1, 32, 4, 4))
     requests = {
@@ -145,8 +145,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     from latentq.errors import Unavailable
     from latentq.models.loader import load_model, to_uint8
     from latentq.models.registry import load_registry
-    from latentq.redis_server import EmbeddedRedis, free_port
-    from latentq.stack import wait_for_workers
+    from latentq.local.redis_server import EmbeddedRedis, free_port
+    from latentq.local.stack import wait_for_workers
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)

@@ -4,7 +4,7 @@ Nothing here is part of the ``latentq`` package: the benchmarks drive latentq
 the way a user does (real Redis server, worker processes started through
 ``python -m latentq worker``, the public ``latentq.Client``) and time it.
 
-- :class:`BenchStack`: a private Redis (``latentq.redis_server.EmbeddedRedis``),
+- :class:`BenchStack`: a private Redis (``latentq.local.redis_server.EmbeddedRedis``),
   a models file, a result-store directory, and the worker processes.
 - timing: :class:`Stopwatch`, :func:`percentile`, :func:`summarize_ms`.
 - :func:`markdown_table`, :func:`rss_bytes`, :func:`redis_used_memory`.
@@ -27,7 +27,7 @@ from typing import Any
 
 from redis import Redis
 
-from latentq.stack import stop_processes
+from latentq.local.stack import stop_processes
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -155,7 +155,7 @@ class BenchStack:
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> BenchStack:
-        from latentq.redis_server import EmbeddedRedis, redis_server_binary
+        from latentq.local.redis_server import EmbeddedRedis, redis_server_binary
 
         if self.redis_url is None:
             try:
@@ -244,7 +244,7 @@ class BenchStack:
                      max_wait_ms: float = 5.0, dtype: str | None = None, log_level: str | None = None,
                      extra: Sequence[str] = (), env: dict[str, str] | None = None) -> Worker:  # fmt: skip
         """``python -m latentq worker ...`` as ``latentq up`` starts it (its log goes to a file in the stack's directory)."""
-        from latentq.stack import worker_command
+        from latentq.local.stack import worker_command
 
         args = worker_command([model], device=device, max_batch=max_batch, max_wait_ms=max_wait_ms, dtype=dtype,
                               name=name, log_level=log_level, extra=[*extra, *self.worker_args])  # fmt: skip
@@ -253,7 +253,7 @@ class BenchStack:
     def spawn_rq_worker(self, name: str, *, model: str = "taef2", burst: bool = True,
                         env: dict[str, str] | None = None) -> Worker:  # fmt: skip
         """A stock RQ ``SimpleWorker`` (no fork per job) that runs ``latentq.worker.tasks.decode_job``."""
-        from latentq import keys
+        from latentq.state import keys
 
         args = [sys.executable, "-c", "from rq.cli import main; main()", "worker",
                 "--worker-class", "rq.worker.SimpleWorker", "--serializer", "rq.serializers.JSONSerializer",
@@ -274,7 +274,7 @@ class BenchStack:
 
     def wait_for_workers(self, count: int, model: str = "taef2", timeout: float = 120.0) -> float:
         """Block until ``count`` workers listen on the model's queue; return the seconds waited."""
-        from latentq.stack import wait_for_workers
+        from latentq.local.stack import wait_for_workers
 
         def exited() -> None:
             for worker in self.workers:
@@ -290,7 +290,7 @@ class BenchStack:
         self.workers = []
 
     def worker_stats(self, name: str) -> dict[str, int]:
-        from latentq import keys
+        from latentq.state import keys
 
         raw = self.conn.hgetall(keys.worker_stats_key(name))
         stats = {}
@@ -336,7 +336,7 @@ def wait_worker_counts(stack: BenchStack, names: Sequence[str], expected: int, t
     Unlike job records or RQ's registries, these counters do not expire with the record TTL.
     Returns (finished, failed).
     """
-    from latentq import keys
+    from latentq.state import keys
 
     deadline = time.monotonic() + timeout
     while True:

@@ -410,7 +410,7 @@ def bounded_index_bytes(conn) -> int:
     """Bytes of the indexes that grow with jobs up to a bound, not for ever: each tenant's recent jobs (GET
     /v1/jobs: at most RECENT_JOBS_LIMIT ids) and each queue's fair-share order (at most the queue's length at
     its last submit; dropped at the next submit to an empty queue, or after the latent TTL)."""
-    from latentq import keys
+    from latentq.state import keys
 
     patterns = (keys.recent_jobs_key("*"), keys.fair_order_key("*"))
     return sum(conn.memory_usage(key) or 0 for pattern in patterns for key in conn.scan_iter(match=pattern))

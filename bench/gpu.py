@@ -360,7 +360,7 @@ def through_latentq(case: Case, stack: BenchStack, worker, args, limit: Row, dea
     """Q: ``submit_many`` of N latents, timed from the first submit to the last job finished (worker warm)."""
     import torch
 
-    from latentq import keys
+    from latentq.state import keys
 
     latent = case.small_latent if args.small else case.latent
     frames = (case.small_frames if args.small else case.frames) if case.video else 1

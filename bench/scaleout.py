@@ -57,7 +57,7 @@ from common import (  # noqa: E402
 )
 from netns import NetnsUnavailable, Network, netns_unavailable_reason  # noqa: E402
 
-from latentq.stack import wait_for_workers, worker_command  # noqa: E402
+from latentq.local.stack import wait_for_workers, worker_command  # noqa: E402
 
 __all__ = ["SIM_MODEL", "main", "sim_models"]
 
@@ -110,7 +110,7 @@ class Cluster:
     def start_redis(self) -> None:
         from redis import Redis
 
-        from latentq.redis_server import EmbeddedRedis, free_port, redis_server_binary
+        from latentq.local.redis_server import EmbeddedRedis, free_port, redis_server_binary
 
         if self.net is None:
             self.embedded = EmbeddedRedis().start()
@@ -139,7 +139,7 @@ class Cluster:
     def start_api(self) -> None:
         import httpx
 
-        from latentq.redis_server import free_port
+        from latentq.local.redis_server import free_port
 
         port = free_port()
         self.api_url = f"http://{self.host('api')}:{port}"
@@ -205,8 +205,9 @@ def produce(spec: dict[str, Any]) -> None:
     from redis import Redis
     from rq import Queue
 
-    from latentq import Client, keys
-    from latentq.wire import latent_to_bytes
+    from latentq import Client
+    from latentq.state import keys
+    from latentq.core.wire import latent_to_bytes
 
     conn = Redis.from_url(spec["redis_url"])
     queue_key = Queue(keys.queue_name(spec["model"]), connection=conn).key
@@ -264,7 +265,7 @@ def machine_busy_seconds() -> float:
 
 
 def worker_stats(cluster: Cluster) -> dict[str, int]:
-    from latentq import keys
+    from latentq.state import keys
 
     totals = {"finished": 0, "decode_calls": 0, "decoded_jobs": 0}
     with cluster.conn.pipeline(transaction=False) as pipe:
@@ -306,7 +307,7 @@ def job_records(cluster: Cluster, ids: list[str]) -> list[dict[str, Any]]:
 def run_k(cluster: Cluster, k: int) -> dict[str, Any]:
     from rq import Queue
 
-    from latentq import keys
+    from latentq.state import keys
 
     a = cluster.args
     while len(cluster.workers) < k:

@@ -50,7 +50,7 @@ from common import RESULTS_DIR, VAE_CONFIGS, markdown_table  # noqa: E402
 
 from latentq.models.loader import LoadedModel, load_model  # noqa: E402
 from latentq.models.registry import BUILTIN_MODELS  # noqa: E402
-from latentq.spec import DecodeRequest  # noqa: E402
+from latentq.core.request import DecodeRequest  # noqa: E402
 from latentq.worker import video_stream  # noqa: E402
 from latentq.worker.encode import Mp4Writer, encode_output  # noqa: E402
 from latentq.worker.pipeline import decode_group, streamable  # noqa: E402

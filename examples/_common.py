@@ -75,7 +75,7 @@ def deployment(args: argparse.Namespace, models: list[str]) -> Iterator[Deployme
     if args.api:
         yield Deployment(args.api.rstrip("/"), None, started=False)
         return
-    from latentq.stack import Stack, StackOptions
+    from latentq.local.stack import Stack, StackOptions
 
     if args.redis_url:
         # Someone else's workers decode; we only add an API (for the HTTP examples) on that Redis.

@@ -29,7 +29,7 @@ import torch
 from _common import IMAGES_DIR, TAEF2_DIR, add_flags, deployment
 from PIL import Image
 
-from latentq.demo import psnr
+from latentq.cli.demo import psnr
 
 
 def photos(count: int, size: int) -> list[tuple[str, torch.Tensor]]:

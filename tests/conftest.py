@@ -12,9 +12,9 @@ import httpx
 import pytest
 from redis import Redis
 
-from latentq.connection import redis_from_url
-from latentq.redis_server import EmbeddedRedis, free_port
-from latentq.stack import stop_processes, wait_for_workers, worker_command
+from latentq.state.connection import redis_from_url
+from latentq.local.redis_server import EmbeddedRedis, free_port
+from latentq.local.stack import stop_processes, wait_for_workers, worker_command
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -86,7 +86,7 @@ class Processes:
 
     def worker(self, *models: str, max_batch: int = 8, max_wait_ms: float = 5, name: str | None = None,
                extra: tuple[str, ...] = (), wait: bool = True, env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
-        """A decode worker, started as ``latentq up`` starts them (``latentq.stack.worker_command``)."""
+        """A decode worker, started as ``latentq up`` starts them (``latentq.local.stack.worker_command``)."""
         models = models or ("taef2",)
         command = worker_command(models, max_batch=max_batch, max_wait_ms=max_wait_ms, name=name, log_level="INFO",
                                  extra=extra)  # fmt: skip

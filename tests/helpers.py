@@ -12,7 +12,7 @@ from conftest import IMAGES_DIR, TAEF2_DIR
 from PIL import Image
 from rq import SimpleWorker
 
-from latentq.demo import load_image, psnr
+from latentq.cli.demo import load_image, psnr
 from latentq.models.loader import LoadedModel, load_model, to_uint8
 from latentq.models.registry import load_registry
 

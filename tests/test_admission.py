@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from latentq import Client
 from latentq.config import Settings
 from latentq.errors import QueueFull, RateLimited
-from latentq.tenants import Tenant, TenantDirectory
+from latentq.state.tenants import Tenant, TenantDirectory
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,7 +95,7 @@ def test_the_tenant_count_of_queued_jobs_stays_bounded_under_steady_traffic(redi
     """The count behind a tenant's cap holds job ids until they are met again at the cap: an uncapped tenant
     keeps none (its key was refreshed by every submit and grew by every job, forever), a capped one at most
     its cap plus one submit's jobs, however many of its jobs have come and gone."""
-    from latentq import keys
+    from latentq.state import keys
 
     plain = client(redis_url, models_file)
     for _ in range(30):
@@ -114,8 +114,8 @@ def test_the_tenant_count_of_queued_jobs_stays_bounded_under_steady_traffic(redi
 def test_a_submit_at_the_tenant_cap_checks_a_bounded_number_of_its_oldest_jobs(redis_url, models_file):
     """Each submit at the cap looks at the oldest TENANT_PRUNE_SCAN counted jobs only (a refusal must not
     cost Redis a walk over all of a tenant's jobs); what it finds gone is forgotten, a little per submit."""
-    from latentq import keys
-    from latentq.admission import TENANT_PRUNE_SCAN
+    from latentq.state import keys
+    from latentq.state.admission import TENANT_PRUNE_SCAN
 
     cap = TENANT_PRUNE_SCAN + 100
     TenantDirectory(Client(redis_url).connection).create_key("busy", max_queued=cap)
@@ -140,7 +140,7 @@ def test_rate_limit_refuses_with_a_retry_after(redis_url, models_file):
 
 
 def _request():
-    from latentq.spec import DecodeRequest
+    from latentq.core.request import DecodeRequest
 
     return DecodeRequest(model="taef2", output_format="png")
 

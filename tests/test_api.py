@@ -4,7 +4,7 @@ import httpx
 import pytest
 import torch
 
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(120)
 

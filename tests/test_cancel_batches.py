@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from latentq import Client, JobStatus
 from latentq.errors import JobConflict
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 
 def finished_status(url: str, timeout: float = 60) -> dict:

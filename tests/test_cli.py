@@ -17,7 +17,7 @@ import torch
 from conftest import IMAGES_DIR, REPO
 from safetensors.torch import save_file
 
-from latentq.redis_server import free_port
+from latentq.local.redis_server import free_port
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.integration]
 

@@ -32,8 +32,8 @@ from redis import Redis
 from safetensors.torch import save as safetensors_bytes
 from tiny_configs import CONFIGS
 
-from latentq.keys import recent_jobs_key
-from latentq.redis_server import free_port
+from latentq.state.keys import recent_jobs_key
+from latentq.local.redis_server import free_port
 
 pytestmark = pytest.mark.integration  # latentq up, the API, a browser
 
@@ -205,7 +205,7 @@ def _encode_photo(origin: str, name: str) -> bytes:
 # ------------------------------------------------------------------------------------------ GET /v1/jobs
 @pytest.mark.timeout(60)
 def test_recent_index_pages_newest_first_through_ties_and_keeps_its_bound(redis_conn, monkeypatch):
-    from latentq import recent
+    from latentq.state import recent
 
     monkeypatch.setattr(recent, "RECENT_JOBS_LIMIT", 6)
     submitted = [("a1", 100.0), ("a2", 100.0), ("a3", 100.0), ("b", 101.5), ("c1", 102.0), ("c2", 102.0),
@@ -366,7 +366,7 @@ def test_console_submits_shows_round_trips_and_stays_offline(up, chromium, tmp_p
 @browser_test
 @pytest.mark.timeout(150)
 def test_console_asks_for_a_key_and_shows_that_tenants_jobs_only(deployment, chromium):
-    from latentq.tenants import TenantDirectory
+    from latentq.state.tenants import TenantDirectory
 
     up, redis_url = deployment
     connection = Redis.from_url(redis_url)

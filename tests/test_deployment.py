@@ -1,4 +1,4 @@
-"""The deployment describes itself (latentq.deployment): signed result URLs that work anywhere for a
+"""The deployment describes itself (latentq.state.deployment): signed result URLs that work anywhere for a
 while, `latentq up` found without flags, and cleanup that the job records agree with."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from safetensors.torch import save_file
 from webhook_receiver import Receiver
 
 from latentq import Client
-from latentq.deployment import sign_result, signature_problem
+from latentq.state.deployment import sign_result, signature_problem
 from latentq.errors import JobNotFound
 from latentq.producer.http import HttpClient
-from latentq.records import RecordReader, record_key, write_record
-from latentq.redis_server import free_port
-from latentq.spec import JobInfo, JobStatus
+from latentq.state.records import RecordReader, record_key, write_record
+from latentq.local.redis_server import free_port
+from latentq.core.request import JobInfo, JobStatus
 from latentq.store import LocalStore
 
 pytestmark = pytest.mark.integration  # starts processes

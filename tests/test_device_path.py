@@ -23,7 +23,7 @@ from latentq.models.device_path import DevicePath, Pending, PinnedPool, Streams,
 from latentq.models.loader import load_model, to_uint8
 from latentq.models.modelspec import ModelSpec
 from latentq.models.registry import load_registry
-from latentq.spec import DecodeRequest
+from latentq.core.request import DecodeRequest
 from latentq.worker.encode import _image_bytes, encode_output, gpu_jpeg_available, jpeg_encoder
 from latentq.worker.pipeline import decode_group, store_output
 
@@ -387,8 +387,8 @@ def test_pending_of_a_finished_tensor():
 
 def test_worker_and_up_flags_reach_load_model_and_the_workers():
     from latentq.cli import build_parser
-    from latentq.cli_worker import gpu_flags as _gpu_flags
-    from latentq.cli_worker import gpu_options as _gpu_options
+    from latentq.cli.worker import gpu_flags as _gpu_flags
+    from latentq.cli.worker import gpu_options as _gpu_options
 
     parser = build_parser()
     args = parser.parse_args(["worker", "--compile", "--channels-last", "on"])

@@ -37,7 +37,7 @@ from tiny_configs import CONFIGS
 
 import latentq
 from latentq import Client, HttpClient, RemoteDecodeQueue, RemoteVAE
-from latentq.wire import latent_to_bytes as latent_bytes
+from latentq.core.wire import latent_to_bytes as latent_bytes
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -255,8 +255,8 @@ def test_submit_pipeline_latents_takes_the_size_from_the_pipeline(tiny, procs, e
 
 def test_vae_input_requests_are_checked_as_the_vae_takes_them():
     from latentq.models.registry import load_registry
-    from latentq.spec import DecodeRequest, Limits
-    from latentq.validate import validate_image, validate_latent
+    from latentq.core.request import DecodeRequest, Limits
+    from latentq.core.validate import validate_image, validate_latent
 
     with pytest.raises(latentq.InvalidRequest) as caught:
         DecodeRequest(model="sd15", vae_input="yes")

@@ -13,7 +13,7 @@ import torch
 from helpers import decode_png, photo_latent, psnr, reference_pixels, taef2, wait_until
 
 from latentq import Client, JobStatus
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 
 @pytest.mark.timeout(180)

@@ -14,9 +14,10 @@ from rq.job import Job as RQJob
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from latentq import Client, keys
+from latentq import Client
+from latentq.state import keys
 from latentq.errors import JobConflict
-from latentq.lifecycle import Ending, end_jobs
+from latentq.state.lifecycle import Ending, end_jobs
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
 from latentq.store import LocalStore

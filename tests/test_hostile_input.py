@@ -24,9 +24,9 @@ from webhook_receiver import Receiver
 
 from latentq import Client
 from latentq.errors import InvalidRequest
-from latentq.spec import METADATA_MAX_BYTES
-from latentq.webhooks import WebhookSender
-from latentq.wire import latent_to_bytes
+from latentq.core.request import METADATA_MAX_BYTES
+from latentq.webhooks.sender import WebhookSender
+from latentq.core.wire import latent_to_bytes
 
 GOOD = latent_to_bytes(torch.randn(32, 4, 4))
 BODY_TIMEOUT_S = 2

@@ -13,7 +13,7 @@ from helpers import decode_png, reference_pixels
 from test_observability import metric
 
 from latentq import Client
-from latentq.cli_worker import _with_device, expand_devices
+from latentq.cli.worker import _with_device, expand_devices
 from latentq.errors import ConfigError
 from latentq.models.loader import LoadedModel, load_model
 from latentq.models.registry import load_registry

@@ -14,7 +14,7 @@ from helpers import decode_png, photo_latent, psnr, taef2
 from test_families import CONFIGS, H, W, make_flux2_weights
 
 from latentq import Client, JobStatus
-from latentq.demo import load_image
+from latentq.cli.demo import load_image
 from latentq.models.loader import to_uint8
 
 pytestmark = pytest.mark.timeout(300)
@@ -91,7 +91,7 @@ def test_preview_is_published_before_the_full_result(procs, tmp_path, models_fil
     assert preview.shape == (H, W, 3) and decode_png(job.read()).shape == (H, W, 3)
     # The preview is TAEF2's decode of FLUX.2's unpacked, denormalised latent.
     diffusers_vae = diffusers.AutoencoderKLFlux2.from_pretrained(tmp_path / "flux2", subfolder="vae")
-    from latentq.layouts import unpack
+    from latentq.core.layouts import unpack
 
     bn = diffusers_vae.bn
     z = unpack("flux2", latent, spatial_factor=8, height=H, width=W, bn_mean=bn.running_mean,

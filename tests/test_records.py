@@ -20,8 +20,8 @@ from webhook_receiver import SECRET, Receiver
 
 from latentq import Client
 from latentq.errors import JobConflict, JobNotFound
-from latentq.records import RecordReader, read_record, record_key, write_record
-from latentq.spec import JobInfo, JobStatus, ResultObject
+from latentq.state.records import RecordReader, read_record, record_key, write_record
+from latentq.core.request import JobInfo, JobStatus, ResultObject
 from latentq.store import LocalStore
 
 

@@ -20,9 +20,9 @@ from redis.exceptions import RedisError
 
 from latentq import Client, HttpClient
 from latentq.errors import Unavailable
-from latentq.redis_server import EmbeddedRedis
-from latentq.spec import JobStatus
-from latentq.wire import latent_to_bytes
+from latentq.local.redis_server import EmbeddedRedis
+from latentq.core.request import JobStatus
+from latentq.core.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ from helpers import decode_png, reference_pixels, taef2, wait_until
 
 from latentq import Client, JobStatus, QueueFull
 from latentq.config import Settings
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(180)
 

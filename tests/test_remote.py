@@ -28,7 +28,7 @@ from tiny_configs import CONFIGS
 
 import latentq
 from latentq import Client
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 H, W = 48, 64  # decoded size: SD latents of 6x8, FLUX tokens of 3x4
 SD15 = dict(scaling_factor=0.18215)

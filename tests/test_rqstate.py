@@ -9,7 +9,8 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from latentq import Client, keys, metrics
+from latentq import Client
+from latentq.state import keys, metrics
 from latentq.config import Settings
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry

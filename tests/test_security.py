@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from latentq import HttpClient
 from latentq.errors import InvalidRequest
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -115,7 +115,7 @@ INTERNAL_NETWORKS = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", 
 
 
 def test_netguard_sorts_known_addresses():
-    from latentq.netguard import forbidden_reason
+    from latentq.core.netguard import forbidden_reason
 
     for address in PUBLIC:
         assert forbidden_reason(ipaddress.ip_address(address)) is None, address
@@ -142,7 +142,7 @@ def hypothesis_test(**kwargs):
 def test_netguard_refuses_every_address_of_internal_networks(data):
     from hypothesis import strategies as st  # run only where hypothesis is installed
 
-    from latentq.netguard import WebhookPolicy, forbidden_reason
+    from latentq.core.netguard import WebhookPolicy, forbidden_reason
     network = ipaddress.ip_network(data.draw(st.sampled_from(INTERNAL_NETWORKS)))
     address = network[data.draw(st.integers(0, network.num_addresses - 1))]
     assert forbidden_reason(address) is not None
@@ -159,7 +159,7 @@ def test_netguard_refuses_every_address_of_internal_networks(data):
 
 @hypothesis_test(value=lambda st: st.integers(0, 2**32 - 1))
 def test_netguard_v4_and_its_mapped_v6_agree(value):
-    from latentq.netguard import forbidden_reason
+    from latentq.core.netguard import forbidden_reason
 
     v4 = ipaddress.IPv4Address(value)
     mapped = ipaddress.IPv6Address(f"::ffff:{v4}")
@@ -168,7 +168,7 @@ def test_netguard_v4_and_its_mapped_v6_agree(value):
 
 
 def test_netguard_urls():
-    from latentq.netguard import WebhookPolicy
+    from latentq.core.netguard import WebhookPolicy
 
     policy = WebhookPolicy()
     for url in ("http://localhost/", "http://127.1/", "http://0x7f000001/", "http://2130706433/",

@@ -13,7 +13,7 @@ from helpers import decode_png, photo_latent, psnr, wait_until
 
 from latentq import Client
 from latentq.store import open_store
-from latentq.wire import latent_to_bytes
+from latentq.core.wire import latent_to_bytes
 
 
 def expected_url_start(store_env: dict[str, str], api: str) -> str:

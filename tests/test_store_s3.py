@@ -21,7 +21,7 @@ from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
 from helpers import fetch_while_fresh, wait_until_expired  # noqa: E402
 
 from latentq.errors import ConfigError, StoreError  # noqa: E402
-from latentq.redis_server import free_port  # noqa: E402
+from latentq.local.redis_server import free_port  # noqa: E402
 from latentq.store.base import make_key  # noqa: E402
 from latentq.store.s3 import S3Store  # noqa: E402
 

@@ -22,11 +22,12 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from webhook_receiver import SECRET, Receiver
 
-from latentq import Client, keys
-from latentq.lifecycle import Ending, end_jobs
-from latentq.outbox import Drainer, pending
-from latentq.redis_server import EmbeddedRedis
-from latentq.webhooks import WebhookSender
+from latentq import Client
+from latentq.state import keys
+from latentq.state.lifecycle import Ending, end_jobs
+from latentq.webhooks.outbox import Drainer, pending
+from latentq.local.redis_server import EmbeddedRedis
+from latentq.webhooks.sender import WebhookSender
 
 
 @pytest.fixture(autouse=True)
@@ -243,7 +244,7 @@ def test_an_attempt_whose_drainer_died_is_made_again_after_its_lease(env, redis_
 @pytest.mark.timeout(60)
 def test_entries_a_dead_consumer_read_but_never_scheduled_are_reclaimed(env, redis_conn, receiver, monkeypatch):
     """A drainer that died between reading new entries and scheduling them: XAUTOCLAIM adopts them."""
-    import latentq.outbox as outbox
+    import latentq.webhooks.outbox as outbox
 
     client = Client()
     jobs = [client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/{i}") for i in range(3)]

@@ -16,10 +16,11 @@ from helpers import wait_until
 from standardwebhooks import Webhook
 from webhook_receiver import SECRET, Receiver
 
-from latentq import Client, JobFailed, keys
+from latentq import Client, JobFailed
+from latentq.state import keys
 from latentq.errors import ConfigError
-from latentq.outbox import pending
-from latentq.webhooks import (
+from latentq.webhooks.outbox import pending
+from latentq.webhooks.sender import (
     ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -34,7 +35,7 @@ from latentq.webhooks import (
 
 @pytest.fixture(autouse=True)
 def allow_local_receiver(monkeypatch):
-    """The receiver listens on 127.0.0.1, which webhooks may not reach unless allowed (see latentq.netguard).
+    """The receiver listens on 127.0.0.1, which webhooks may not reach unless allowed (see latentq.core.netguard).
 
     Autouse fixtures come first, so the ``env`` the processes get carries it too.
     """
@@ -191,7 +192,7 @@ def test_one_attempt_and_what_it_tells_the_outbox(receiver):
 
 @pytest.mark.timeout(30)
 def test_without_a_secret_deliveries_are_unsigned_with_one_warning(receiver, monkeypatch, caplog):
-    import latentq.webhooks as webhooks
+    import latentq.webhooks.sender as webhooks
 
     monkeypatch.delenv("LATENTQ_WEBHOOK_SECRET", raising=False)
     monkeypatch.setattr(webhooks, "_warned_unsigned", type(webhooks._warned_unsigned)())  # a fresh process's

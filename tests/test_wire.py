@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from latentq.errors import InvalidLatent, LatentTooLarge
-from latentq.spec import Limits
-from latentq.wire import latent_from_bytes, latent_to_bytes
+from latentq.core.request import Limits
+from latentq.core.wire import latent_from_bytes, latent_to_bytes
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -111,7 +111,7 @@ def test_generated_headers_raise_only_invalid_latent_or_too_large():
 
 
 def test_video_and_audio_latents_round_trip():
-    from latentq.wire import latents_from_bytes
+    from latentq.core.wire import latents_from_bytes
 
     video, audio = torch.randn(1, 4, 2, 3, 5), torch.randn(1, 2, 7, 4).to(torch.bfloat16)
     got_video, got_audio = latents_from_bytes(latent_to_bytes(video, audio), Limits())
@@ -124,7 +124,7 @@ def test_video_and_audio_latents_round_trip():
 def test_video_and_audio_bodies_checked_like_one_tensor_bodies():
     from safetensors.torch import save
 
-    from latentq.wire import latents_from_bytes
+    from latentq.core.wire import latents_from_bytes
 
     limits = Limits(max_latent_elements=100)
     with pytest.raises(LatentTooLarge) as too_large:

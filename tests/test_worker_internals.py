@@ -7,7 +7,8 @@ import torch
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from latentq import Client, keys, metrics
+from latentq import Client
+from latentq.state import keys, metrics
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
 from latentq.store import LocalStore

@@ -12,7 +12,7 @@ from rq import Worker
 
 from latentq import Client
 from latentq.config import Settings
-from latentq.redis_server import EmbeddedRedis
+from latentq.local.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -20,7 +20,7 @@ from helpers import wait_until
 from redis import Redis
 
 from latentq import Client, JobStatus
-from latentq.stack import worker_command
+from latentq.local.stack import worker_command
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.dependency_ends]
 
@@ -153,10 +153,10 @@ def test_ctrl_c_on_a_worker_per_device_finishes_every_childs_batch(procs, redis_
 
     from rq import Worker
 
-    from latentq.stack import wait_for_workers
+    from latentq.local.stack import wait_for_workers
 
     argv = worker_command(["taef2"], max_batch=2, max_wait_ms=200, log_level="INFO")[3:]  # after `python -m latentq`
-    script = ("import argparse, sys; from latentq.cli_worker import _worker_per_device; "
+    script = ("import argparse, sys; from latentq.cli.worker import _worker_per_device; "
               "sys.exit(_worker_per_device(argparse.Namespace(argv=sys.argv[1:], name=None), ['cpu', 'cpu']))")
     log = open(procs.tmp_path / "per-device.log", "wb")
     supervisor = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=log, stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from latentq.webhooks import standard_secret
+from latentq.webhooks.sender import standard_secret
 
 __all__ = ["SECRET", "Delivery", "Receiver"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequest
-from .netguard import WebhookPolicy
-from .spec import Limits
+from .core.netguard import WebhookPolicy
+from .core.request import Limits
 
 __all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "api_key_from_env", "default_up_store", "faults_from_env",
            "child_environment", "limits_from_env", "log_json_from_env", "models_file_from_env", "read_up_state",
@@ -71,9 +71,9 @@ class Settings:
     max_retries: int = 2  # re-runs of a job whose worker died or whose store write kept failing
     limits: Limits = field(default_factory=Limits)
     api_keys: tuple[str, ...] = ()  # bearer tokens the API accepts; empty: no authentication
-    # Hosts and CIDR networks webhooks may go to besides public addresses (see latentq.netguard).
+    # Hosts and CIDR networks webhooks may go to besides public addresses (see latentq.core.netguard).
     webhook_allow: tuple[str, ...] = ()
-    # Webhooks (latentq.outbox): the signing secret (whsec_<base64> or any string; None: unsigned),
+    # Webhooks (latentq.webhooks.outbox): the signing secret (whsec_<base64> or any string; None: unsigned),
     # attempts per delivery, the first retry's delay (doubling, up to an hour) and one attempt's timeout.
     webhook_secret: str | None = field(default=None, repr=False)  # never in a log line
     webhook_attempts: int = 8

@@ -20,9 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, metrics
+from .. import __version__
+from ..state import metrics
 from ..config import Settings
-from ..connection import REDIS_DOWN, redis_from_url
+from ..state.connection import REDIS_DOWN, redis_from_url
 from ..errors import (
     InvalidRequest,
     JobConflict,
@@ -33,12 +34,12 @@ from ..errors import (
     StoreError,
     Unavailable,
 )
-from ..outbox import Drainer
+from ..webhooks.outbox import Drainer
 from ..producer.client import Client
-from ..records import is_record_key
-from ..spec import DecodeRequest, JobInfo
+from ..state.records import is_record_key
+from ..core.request import DecodeRequest, JobInfo
 from ..store import LocalStore, ObjectStore, check_key
-from ..tenants import TenantDirectory
+from ..state.tenants import TenantDirectory
 from .auth import check_owner, install_tenants, request_tenant
 from .batches import install_batch_routes
 from .console import install_console
@@ -114,7 +115,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         client.listener().start(keep=True)  # subscribed before the first long-poll arrives, and stays
         await run_in_threadpool(publish)
-        # This process's share of the webhook deliveries (latentq.outbox), on a connection of its own.
+        # This process's share of the webhook deliveries (latentq.webhooks.outbox), on a connection of its own.
         drainer = Drainer.from_settings(redis_from_url(settings.redis_url, max_connections=8), settings).start()
         yield
         await long_polls.aclose()

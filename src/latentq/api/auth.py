@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import JobNotFound
-from ..tenants import DEFAULT_TENANT, Tenant, TenantDirectory
+from ..state.tenants import DEFAULT_TENANT, Tenant, TenantDirectory
 
 __all__ = ["OPEN_PATHS", "OPEN_PREFIXES", "check_owner", "install_tenants", "request_tenant"]
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from ..config import Settings
 from ..errors import InvalidLatent
 from ..producer.client import Client
-from ..spec import DecodeRequest
+from ..core.request import DecodeRequest
 from .auth import request_tenant
 from .openapi import errors
 from .params import IdempotencyKey, decode_params, read_latents

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from rq import Worker
 
-from .. import keys, metrics
+from ..state import keys, metrics
 from ..producer.client import Client
 from .openapi import errors
 

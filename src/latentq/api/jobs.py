@@ -1,6 +1,6 @@
 """``GET /v1/jobs``: the tenant's recent jobs, newest first, paged by cursor (the console's gallery, scripts).
 
-The list comes from the tenant's recent-jobs index (``latentq.recent``); each job's status is read as
+The list comes from the tenant's recent-jobs index (``latentq.state.recent``); each job's status is read as
 ``GET /v1/jobs/{id}`` reads it. Filters (model, status) are applied to what is read, so one page scans
 at most ``SCAN_LIMIT`` index entries and hands back a cursor where it stopped: a sparse filter still
 answers quickly, in several pages.
@@ -18,8 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InvalidRequest, JobNotFound
 from ..producer.client import Client
-from ..recent import DEFAULT_TENANT, Cursor, forget_recent_jobs, recent_job_ids
-from ..spec import JobInfo, JobStatus
+from ..state.recent import DEFAULT_TENANT, Cursor, forget_recent_jobs, recent_job_ids
+from ..core.request import JobInfo, JobStatus
 from .openapi import errors
 
 __all__ = ["MAX_LIMIT", "SCAN_LIMIT", "install_job_listing", "list_jobs", "tenant_of"]

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry
-from ..spec import DecodeRequest, Limits, parse_metadata
+from ..core.request import DecodeRequest, Limits, parse_metadata
 from ..store.base import KEY_PATTERN
-from ..wire import latents_from_bytes
+from ..core.wire import latents_from_bytes
 
 __all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latents"]
 

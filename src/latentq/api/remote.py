@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from ..config import Settings
 from ..errors import InvalidLatent, InvalidRequest, JobTimeout
 from ..producer.client import Client
-from ..remote import (
+from ..integrations.remote_decode import (
     DEFAULT_TIMEOUT_S,
     PendingReply,
     RemoteResult,
@@ -38,7 +38,7 @@ from ..remote import (
     tensor_from_body,
     tensor_to_bytes,
 )
-from ..wire import MAX_DIMS
+from ..core.wire import MAX_DIMS
 from .auth import request_tenant
 from .openapi import errors
 from .params import read_body

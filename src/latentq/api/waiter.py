@@ -15,7 +15,7 @@ import time
 from redis import asyncio as aioredis
 from rq.job import Job as RQJob
 
-from ..connection import async_redis_from_url
+from ..state.connection import async_redis_from_url
 from ..producer.waiter import RECHECK_S, DoneListener, has_ended
 
 __all__ = ["ASYNC_CONNECTIONS", "LongPolls"]

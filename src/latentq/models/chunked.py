@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ..spec import DecodeRequest
+    from ..core.request import DecodeRequest
     from .loader import LoadedModel
 
 __all__ = ["STREAMED_CLASSES", "decode_chunks", "streams"]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError, ModelLoadError
-from ..spec import DecodeRequest
+from ..core.request import DecodeRequest
 from .device_path import DevicePath
 from .families import get_family
 from .families.generic import unscale

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..layouts import LAYOUTS
+from ..core.layouts import LAYOUTS
 from .families import get_family
 
 __all__ = ["FRAMEWISE", "LOADERS", "NORMALIZATIONS", "OUTPUT_RANGES", "ModelSpec"]
@@ -45,7 +45,7 @@ class ModelSpec:
     name: str
     loader: str  # "taef2" (our module) or "diffusers" (a diffusers class)
     latent_channels: int
-    layout: str = "image"  # the generic family's layouts (latentq.layouts); a family may name its own
+    layout: str = "image"  # the generic family's layouts (latentq.core.layouts); a family may name its own
     scaling_factor: float = 1.0
     shift_factor: float = 0.0
     output_range: str = "-1,1"  # range the decoder's raw output lives in

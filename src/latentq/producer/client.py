@@ -18,23 +18,23 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from .. import keys
-from ..admission import admit, check_idempotency_key
+from ..state import keys
+from ..state.admission import admit, check_idempotency_key
 from ..config import TASK_FUNCTION, Settings
-from ..connection import redis_from_url, redis_unavailable
-from ..deployment import Deployment
+from ..state.connection import redis_from_url, redis_unavailable
+from ..state.deployment import Deployment
 from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobNotFound, JobTimeout
-from ..fence import capture, captured
-from ..lifecycle import Ending, end_jobs
+from ..state.fence import capture, captured
+from ..state.lifecycle import Ending, end_jobs
 from ..models.registry import Registry, load_registry
-from ..payload import JobPayload
-from ..recent import index_recent_job
-from ..records import RecordReader
-from ..spec import DecodeRequest, JobInfo, JobStatus, ResultObject
+from ..core.payload import JobPayload
+from ..state.recent import index_recent_job
+from ..state.records import RecordReader
+from ..core.request import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore
-from ..tenants import DEFAULT_TENANT, Tenant, TenantDirectory, digest
-from ..validate import validate_audio_latents, validate_image, validate_latent
-from ..wire import latent_to_bytes
+from ..state.tenants import DEFAULT_TENANT, Tenant, TenantDirectory, digest
+from ..core.validate import validate_audio_latents, validate_image, validate_latent
+from ..core.wire import latent_to_bytes
 from .status import job_info
 from .waiter import RECHECK_S, DoneListener, has_ended
 
@@ -300,7 +300,7 @@ class Client:
             )
             for job_id, tensor, _ in payloads
         ]
-        # The latents, the jobs and the checks that admit them: one atomic script (latentq.admission).
+        # The latents, the jobs and the checks that admit them: one atomic script (latentq.state.admission).
         submitted_at = time.time()
         pipe = capture(self.connection)
         for job_id, tensor, audio in payloads:

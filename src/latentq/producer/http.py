@@ -33,8 +33,8 @@ from ..errors import (
     UnknownModel,
     UnsupportedFormat,
 )
-from ..spec import JobInfo, JobStatus, ResultObject
-from ..wire import latent_to_bytes
+from ..core.request import JobInfo, JobStatus, ResultObject
+from ..core.wire import latent_to_bytes
 
 __all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob", "auth_headers", "result_request"]
 

@@ -7,7 +7,7 @@ from typing import Callable
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
-from ..spec import JobInfo, JobStatus, ResultObject
+from ..core.request import JobInfo, JobStatus, ResultObject
 
 __all__ = ["job_info", "STATUS_FROM_RQ"]
 

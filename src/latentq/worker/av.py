@@ -1,6 +1,6 @@
 """Video with its sound from one job: a video latent and its ``audio_latents`` (LTX-2) -> one MP4.
 
-The job's body holds two tensors (``latentq.wire``); the worker keeps them together as ``AVLatents``
+The job's body holds two tensors (``latentq.core.wire``); the worker keeps them together as ``AVLatents``
 through grouping (same video *and* audio shapes only), decodes the video as any job of the model,
 the audio with the model's ``audio_model`` (loaded beside it by its family, on the first such job),
 and muxes both: H.264 with an AAC track, or a lossless ALAC one at quality 100 (where the luma is
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..spec import DecodeRequest, Limits
-from ..validate import validate_audio_latents, validate_image, validate_latent
-from ..wire import latent_from_bytes, latents_from_bytes
+from ..core.request import DecodeRequest, Limits
+from ..core.validate import validate_audio_latents, validate_image, validate_latent
+from ..core.wire import latent_from_bytes, latents_from_bytes
 
 if TYPE_CHECKING:
     from ..models.loader import LoadedModel

@@ -27,9 +27,9 @@ from typing import Any
 
 from rq.job import Job as RQJob
 
-from ..fence import capture, captured
-from ..lifecycle import Ending, end_jobs
-from ..spec import JobInfo
+from ..state.fence import capture, captured
+from ..state.lifecycle import Ending, end_jobs
+from ..core.request import JobInfo
 
 __all__ = ["Completed", "Committer"]
 

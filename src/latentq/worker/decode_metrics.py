@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .. import metrics
+from ..state import metrics
 from .model_cache import ModelCache
 
 __all__ = ["DecodeMetrics"]

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as st_save
 
-from ..spec import DecodeRequest
+from ..core.request import DecodeRequest
 
 log = logging.getLogger("latentq.worker")
 

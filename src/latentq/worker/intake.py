@@ -23,9 +23,9 @@ from rq import Queue
 from rq.executions import Execution
 from rq.job import Job as RQJob
 
-from .. import keys, rqstate
-from ..fence import APPLIED, GONE, Fenced, apply, capture, captured
-from ..payload import latent_key_of
+from ..state import keys, rqstate
+from ..state.fence import APPLIED, GONE, Fenced, apply, capture, captured
+from ..core.payload import latent_key_of
 from .reliable_queue import ReliableQueue
 
 __all__ = ["Batch", "Intake"]

@@ -19,9 +19,9 @@ from ..models import chunked
 from ..models.device_path import Pending, PendingSample, Timer
 from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
-from ..spec import IMAGE_FORMATS, DecodeRequest, Limits
+from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
-from ..validate import output_geometry
+from ..core.validate import output_geometry
 from .av import AVLatents, DecodedAV, decode_av_group, encode_av_output, parse_job_input, shape_key, video_of
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
@@ -93,7 +93,7 @@ def encode_group(model: LoadedModel, tensors: list[torch.Tensor],
 
 def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor, *,
                  token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    from ..wire import latent_to_bytes
+    from ..core.wire import latent_to_bytes
 
     data = latent_to_bytes(latent)
     key = make_key(job_id, "safetensors", token=token)

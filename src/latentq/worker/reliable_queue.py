@@ -29,8 +29,8 @@ from rq import Queue
 from rq.exceptions import DequeueTimeout
 from rq.utils import as_text
 
-from .. import keys
-from ..fence import run_script
+from ..state import keys
+from ..state.fence import run_script
 
 __all__ = ["ReliableQueue", "IDLE_BLOCK_S", "LEASE_TTL_MS"]
 

@@ -34,14 +34,14 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from .. import keys, rqstate
+from ..state import keys, rqstate
 from ..errors import InvalidRequest
-from ..lifecycle import Ending, end_jobs
+from ..state.lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
-from ..payload import JobPayload, request_field
+from ..core.payload import JobPayload, request_field
 from ..producer.status import job_info
-from ..records import write_record
-from ..spec import DecodeRequest, JobInfo, Limits
+from ..state.records import write_record
+from ..core.request import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore
 from . import upkeep
 from .commands import CommandChannel

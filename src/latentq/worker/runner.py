@@ -8,7 +8,7 @@ one held end through their leases: committed if Redis came back in time,
 else re-queued by recovery once their leases lapse. SIGTERM or SIGINT ends
 it: during a batch RQ's warm shutdown finishes the batch first.
 
-Beside the worker, the process drains the webhook outbox (``latentq.outbox``)
+Beside the worker, the process drains the webhook outbox (``latentq.webhooks.outbox``)
 for its whole life, across those restarts: deliveries of jobs that any
 process ended, this one's included.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from redis import Redis
 
-from .. import rqstate
+from ..state import rqstate
 
 __all__ = ["serve", "wait_for_redis"]
 

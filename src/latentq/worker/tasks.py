@@ -17,15 +17,15 @@ from typing import Any
 
 from rq import get_current_job
 
-from .. import rqstate
+from ..state import rqstate
 from ..config import Settings
-from ..deployment import Deployment
-from ..lifecycle import announce_finished
+from ..state.deployment import Deployment
+from ..state.lifecycle import announce_finished
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
 from ..producer.status import job_info
-from ..records import write_record
-from ..spec import DecodeRequest
+from ..state.records import write_record
+from ..core.request import DecodeRequest
 from .pipeline import decode_group, load_latent, store_output
 
 __all__ = ["decode_job"]

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
-from .. import keys, rqstate
-from ..fence import renew_leases
+from ..state import keys, rqstate
+from ..state.fence import renew_leases
 from .reliable_queue import ReliableQueue
 
 __all__ = ["device_stats", "recover_abandoned", "renew", "run"]

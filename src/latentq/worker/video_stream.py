@@ -29,7 +29,7 @@ import torch
 
 from ..errors import LatentqError
 from ..models.device_path import DevicePath, Pending, PendingSample, Timer
-from ..spec import DecodeRequest
+from ..core.request import DecodeRequest
 from .encode import EXTENSIONS, EncodedObject, Mp4Writer
 
 __all__ = ["MAX_CHUNKS", "FrameStream", "GroupStream", "StreamAborted", "StreamedVideo"]

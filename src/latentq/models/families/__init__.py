@@ -9,7 +9,7 @@ temporal decoder, patchified or packed video tokens, audio) has a module
 
 Who calls what:
 
-- producers, the API and the worker validate with ``check`` (through ``latentq.validate``), and ask
+- producers, the API and the worker validate with ``check`` (through ``latentq.core.validate``), and ask
   ``output_kind`` / ``output_formats`` / ``latent_ndims`` / ``has_encoder``: a family module is imported
   by every process, so it imports only torch at its top, diffusers inside its methods;
 - the worker decodes a batch of same-shape latents with ``to_vae`` then ``decode``, previews with
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch and the loader only where a family is used
     import torch
 
-    from ...layouts import OutputGeometry
-    from ...spec import DecodeRequest
+    from ...core.layouts import OutputGeometry
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
@@ -53,7 +53,7 @@ class Family:
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
         """The job output formats offered (``DecodeRequest.output_format`` values)."""
-        from ...spec import ARRAY_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS
+        from ...core.request import ARRAY_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS
 
         kind = self.output_kind(spec)
         if kind in ("video", "video+audio"):

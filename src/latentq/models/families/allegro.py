@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...errors import InvalidLatent
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from .videobase import VideoFamily, scaling_of, to_video01, vae_call
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

@@ -21,7 +21,7 @@ from ...errors import InvalidRequest
 from .videobase import VideoFamily, encode_mode, scaling_of
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

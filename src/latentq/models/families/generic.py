@@ -1,7 +1,7 @@
 """The generic family: models that ``ModelSpec``'s fields describe (SD 1.x/XL/3, FLUX.1, FLUX.2, HunyuanVideo,
 Wan 2.1 and the tiny autoencoders).
 
-Layouts (``latentq.layouts``): ``image`` (B, C, h, w); ``packed`` FLUX.1 tokens (B, (H/16)*(W/16), 4C) with
+Layouts (``latentq.core.layouts``): ``image`` (B, C, h, w); ``packed`` FLUX.1 tokens (B, (H/16)*(W/16), 4C) with
 the image height and width, or the same latents unpacked, (B, C, h, w), as Hugging Face's FLUX endpoint
 also takes them; ``flux2`` (B, (H/16)*(W/16), 4C) with height and width; ``video`` (B, C, f, h, w).
 Normalisation: ``spec.normalization`` (scale and shift, Wan's per-channel mean/std, FLUX.2's batch norm).
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InvalidLatent, InvalidRequest
-from ...layouts import OutputGeometry, describe_shape, geometry, packed_grid, unpack
+from ...core.layouts import OutputGeometry, describe_shape, geometry, packed_grid, unpack
 from . import Family
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

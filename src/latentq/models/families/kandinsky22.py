@@ -18,7 +18,7 @@ import torch
 from .generic import GenericFamily, encode_scaled
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
 
 __all__ = ["FAMILY", "KandinskyFamily"]

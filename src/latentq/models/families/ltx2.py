@@ -21,7 +21,7 @@ import torch
 from .videobase import VideoFamily, pipeline_noise, scaling_of, timestep_kwargs, to_video01, vae_call
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
 
 __all__ = ["FAMILY", "LTX2Family"]
@@ -39,7 +39,7 @@ class LTX2Family(VideoFamily):
     def audio_decoder(self, model: LoadedModel) -> LoadedModel:
         """The spec's ``audio_model`` (the registry's, from the worker's models file), loaded on the video
         model's device in its dtype on the first job with audio_latents, then kept with it."""
-        from ...validate import audio_spec_of
+        from ...core.validate import audio_spec_of
         from ..loader import load_model
 
         with self._loading:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InvalidLatent, ModelLoadError
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from . import Family
 from .videobase import check_options, vae_call
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
@@ -63,7 +63,7 @@ class LTX2AudioFamily(Family):
         return "audio"
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
-        from ...spec import AUDIO_FORMATS
+        from ...core.request import AUDIO_FORMATS
 
         return [*AUDIO_FORMATS, "tensor"]
 

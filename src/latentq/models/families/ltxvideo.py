@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InvalidLatent, InvalidRequest
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from .videobase import (
     VideoFamily,
     check_options,
@@ -37,7 +37,7 @@ from .videobase import (
 )
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

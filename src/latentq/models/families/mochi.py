@@ -18,7 +18,7 @@ import torch
 from .videobase import VideoFamily, encode_mode, scaling_of
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
 
 __all__ = ["FAMILY", "MochiFamily"]

@@ -21,7 +21,7 @@ import torch
 from .generic import GenericFamily
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
 
 __all__ = ["FAMILY", "QwenImageFamily"]

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InvalidRequest
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from .generic import GenericFamily, encode_scaled
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InvalidLatent, InvalidRequest
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from . import Family
 from .videobase import check_options, vae_call
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
@@ -47,7 +47,7 @@ class StableAudioFamily(Family):
         return "audio"
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
-        from ...spec import AUDIO_FORMATS
+        from ...core.request import AUDIO_FORMATS
 
         return [*AUDIO_FORMATS, "tensor"]
 

@@ -20,7 +20,7 @@ import torch
 from .videobase import VideoFamily, encode_mode, scaling_of, to_video01, vae_call
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

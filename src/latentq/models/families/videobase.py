@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InvalidLatent, InvalidRequest
-from ...layouts import OutputGeometry
+from ...core.layouts import OutputGeometry
 from . import Family
 
 if TYPE_CHECKING:
-    from ...spec import DecodeRequest
+    from ...core.request import DecodeRequest
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .cli_submit import cmd_submit
-from .cli_worker import add_gpu_options, cmd_worker
-from .logs import configure_logging
+from .submit import cmd_submit
+from .worker import add_gpu_options, cmd_worker
+from ..logs import configure_logging
 
 __all__ = ["main"]
 
@@ -43,7 +43,7 @@ def _add_store(parser: argparse.ArgumentParser) -> None:
 
 def _apply_flags(args: argparse.Namespace) -> None:
     # Flags win over the environment, here and in the processes this one starts (config.set_overrides).
-    from .config import set_overrides
+    from ..config import set_overrides
 
     set_overrides(redis_url=getattr(args, "redis_url", None), store=getattr(args, "store", None),
                   models_file=getattr(args, "models_file", None))  # fmt: skip
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(demo)
     _add_store(demo)
 
-    from .cli_keys import add_keys_parser  # torch-free, as every parser is
+    from .keys import add_keys_parser  # torch-free, as every parser is
 
     add_keys_parser(sub, _add_redis)
     return parser
@@ -157,7 +157,7 @@ def public_url_for(host: str, port: int) -> str:
     wildcard address named by this machine's host name)."""
     import socket
 
-    from .config import Settings
+    from ..config import Settings
 
     configured = Settings.from_env().public_url
     if configured:
@@ -170,8 +170,8 @@ def public_url_for(host: str, port: int) -> str:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import create_app
-    from .config import Settings
+    from ..api import create_app
+    from ..config import Settings
 
     # Published in Redis at start: every process of the deployment makes its result URLs with it.
     settings = Settings.from_env(public_url=public_url_for(args.host, args.port))
@@ -180,9 +180,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .cli_worker import expand_devices, gpu_flags
-    from .config import default_up_store
-    from .stack import Stack, StackOptions
+    from .worker import expand_devices, gpu_flags
+    from ..config import default_up_store
+    from ..local.stack import Stack, StackOptions
 
     expand_devices(args.device)  # cuda:all without a GPU fails here, before anything starts
     # Several CPU workers each running torch's one-thread-per-core would oversubscribe the cores.
@@ -239,10 +239,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Results and finished jobs' stored records live LATENTQ_RESULT_TTL seconds: delete what is older."""
     import math
 
-    from .config import Settings
-    from .errors import ConfigError
-    from .store import LocalStore, open_store
-    from .store.s3 import S3Store
+    from ..config import Settings
+    from ..errors import ConfigError
+    from ..store import LocalStore, open_store
+    from ..store.s3 import S3Store
 
     settings = Settings.from_env()
     ttl = settings.result_ttl if args.older_than is None else args.older_than
@@ -279,8 +279,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _reachable_deployment(settings):
     """The deployment in Redis, or None when Redis cannot be reached (cleanup of a store alone still works)."""
-    from .connection import REDIS_DOWN, redis_from_url
-    from .deployment import Deployment
+    from ..state.connection import REDIS_DOWN, redis_from_url
+    from ..state.deployment import Deployment
 
     connection = redis_from_url(settings.redis_url)
     try:
@@ -295,7 +295,7 @@ def _reachable_deployment(settings):
 
 def _forget_deleted(deployment, keys: list[str]) -> None:
     """Jobs whose outputs were deleted read as gone: their RQ records go, every process's cache is dropped."""
-    from .records import forget_finished, job_of_record
+    from ..state.records import forget_finished, job_of_record
 
     jobs = [job for job in map(job_of_record, keys) if job]
     forget_finished(deployment.connection, jobs)
@@ -307,8 +307,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rq import Worker
 
-    from . import keys, metrics
-    from .producer import Client
+    from ..state import keys, metrics
+    from ..producer import Client
 
     client = Client()
     if args.job_id:
@@ -338,7 +338,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _deployment_line(client) -> str:
     """Which deployment this is and how it was found (a flag or variable, a running `latentq up`, the default)."""
-    from .config import DEFAULT_REDIS_URL, read_up_state
+    from ..config import DEFAULT_REDIS_URL, read_up_state
 
     if (state := read_up_state()) and state.get("redis_url") == client.settings.redis_url:
         found = f"latentq up, pid {state['pid']}"
@@ -363,7 +363,7 @@ COMMANDS = {"up": cmd_up, "worker": cmd_worker, "api": cmd_api, "submit": cmd_su
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from .cli_keys import cmd_keys
+    from .keys import cmd_keys
 
     return cmd_keys(args)
 
@@ -371,11 +371,11 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `worker --device cuda:all` starts this command again, once per GPU
-    from .config import log_json_from_env
+    from ..config import log_json_from_env
 
     configure_logging(args.log_level, json_lines=bool(args.log_json or log_json_from_env()))
     _apply_flags(args)
-    from .errors import LatentqError
+    from ..errors import LatentqError
 
     try:
         code = COMMANDS[args.command](args)

@@ -11,9 +11,9 @@ key is the decoded bytes) or any other string (the key is its UTF-8 bytes);
 ``standard_secret`` turns the latter into the former for receivers'
 libraries (``standardwebhooks.Webhook(standard_secret(secret))``).
 
-This module makes one attempt at a time; the outbox (``latentq.outbox``)
+This module makes one attempt at a time; the outbox (``latentq.webhooks.outbox``)
 keeps deliveries in Redis and retries them. Each attempt resolves the URL's
-host, checks every address against the webhook policy (``latentq.netguard``:
+host, checks every address against the webhook policy (``latentq.core.netguard``:
 public addresses, plus ``LATENTQ_WEBHOOK_ALLOW``) and connects to a checked
 address (the URL's host still goes in ``Host`` and TLS SNI), so a DNS answer
 that changed since submit cannot send the POST to Redis or a metadata
@@ -37,9 +37,9 @@ from typing import Any
 
 import httpx
 
-from .config import webhook_policy, webhook_secret_from_env
-from .errors import ConfigError, InvalidRequest
-from .netguard import Destination, WebhookPolicy
+from ..config import webhook_policy, webhook_secret_from_env
+from ..errors import ConfigError, InvalidRequest
+from ..core.netguard import Destination, WebhookPolicy
 
 __all__ = [
     "ID_HEADER",

@@ -1,0 +1,7 @@
+"""Webhooks: the outbox in Redis (written in each job's end) and its sender.
+
+``latentq.webhooks`` was the sender's module: its names stay importable from here for one release.
+"""
+
+from .sender import *  # noqa: F403
+from .sender import __all__  # noqa: F401
