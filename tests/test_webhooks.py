@@ -207,3 +207,27 @@ def test_without_a_secret_deliveries_are_unsigned_with_one_warning(receiver, mon
         assert SIGNATURE_HEADER not in delivery.headers
         assert delivery.headers[ID_HEADER] and delivery.headers[TIMESTAMP_HEADER]
         assert not delivery.verifies()
+
+
+def test_the_same_settings_decide_a_callback_at_submit_and_at_delivery(env, monkeypatch):
+    """Settings(webhook_allow=...) given to a Client (or create_app) was ignored at submit, where only the
+    environment was read, and used at delivery: now one Settings decides both."""
+    import dataclasses
+
+    import torch
+
+    from latentq import Client
+    from latentq.config import Settings
+    from latentq.errors import InvalidRequest
+    from latentq.webhooks.sender import WebhookSender
+
+    monkeypatch.delenv("LATENTQ_WEBHOOK_ALLOW", raising=False)
+    url = "http://127.0.0.1:9/hook"
+    allowing = dataclasses.replace(Settings.from_env(), webhook_allow=("127.0.0.1",))
+    with Client(settings=allowing) as client:
+        job = client.submit(torch.randn(32, 4, 4), model="taef2", callback_url=url)  # accepted: allowed
+        assert job.id
+    WebhookSender(allow=allowing.webhook_allow).policy.check(url)  # and allowed at delivery
+    with Client(settings=Settings.from_env()) as client, pytest.raises(InvalidRequest) as refused:
+        client.submit(torch.randn(32, 4, 4), model="taef2", callback_url=url)
+    assert refused.value.field == "callback_url"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest
 
-__all__ = ["Address", "WebhookPolicy", "Destination", "forbidden_reason"]
+__all__ = ["Address", "WebhookPolicy", "Destination", "forbidden_reason", "host_port"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -99,7 +99,7 @@ class WebhookPolicy:
 
         ``resolve=False`` checks literal addresses only (no DNS): a host name passes with no addresses.
         """
-        host, port = _host_port(url)
+        host, port = host_port(url)
         literal = _literal(host)
         if literal is None and host in self.hosts:  # an allowed name: trusted whatever it resolves to
             return Destination(url, host, port, _resolve(host, port) if resolve else ())
@@ -118,7 +118,8 @@ class WebhookPolicy:
         return Destination(url, host, port, addresses)
 
 
-def _host_port(url: str) -> tuple[str, int]:
+def host_port(url: str) -> tuple[str, int]:
+    """A webhook URL's host and port; InvalidRequest(field="callback_url") if it is not an http(s) URL with a host."""
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequest, UnsupportedFormat
+from .netguard import host_port
 
 __all__ = [
     "ACCEPTED_DTYPES",
@@ -121,8 +122,8 @@ class DecodeRequest:
     decode_chunk_size: int | None = None  # Stable Video Diffusion: frames per temporal-decoder call
     audio_start_in_s: float | None = None  # Stable Audio: the requested clip, in seconds
     audio_end_in_s: float | None = None
-    # False where a stored request is read back (from_dict): its callback_url was checked at submit,
-    # and the sender checks it again, with a fresh DNS answer, before every delivery.
+    # Kept for callers that pass it (from_dict did). callback_url's form is checked here; its destination
+    # at submit (Client, under the deployment's Settings) and again by the sender before every delivery.
     check_callback: dataclasses.InitVar[bool] = True
 
     def __post_init__(self, check_callback: bool = True) -> None:
@@ -158,7 +159,7 @@ class DecodeRequest:
                 raise InvalidRequest("deadline must be a finite unix time", field="deadline")
             object.__setattr__(self, "deadline", deadline)
         if self.callback_url is not None:
-            _check_callback(self.callback_url, resolve=check_callback)
+            _check_callback(self.callback_url)
         if not isinstance(self.vae_input, bool):
             raise InvalidRequest(f"vae_input must be true or false, got {self.vae_input!r}", field="vae_input")
         if self.scaling_factor == 0.0:
@@ -216,13 +217,12 @@ def _check_family_options(request: DecodeRequest) -> None:
                              field="audio_end_in_s")  # fmt: skip
 
 
-def _check_callback(url: object, *, resolve: bool) -> None:
-    """The webhook destination policy (``latentq.core.netguard``) at submit: 422 naming callback_url."""
+def _check_callback(url: object) -> None:
+    """callback_url's form; its destination is checked against the deployment's webhook policy at submit
+    (``Client``, with its own ``Settings``), and again at delivery with the same settings."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise InvalidRequest("callback_url must be an http(s) URL", field="callback_url")
-    from ..config import webhook_policy  # config imports this module
-
-    webhook_policy().check(url, resolve=resolve)
+    host_port(url)  # a host and a port (no DNS here): 422 naming callback_url
 
 
 _ESCAPE = re.compile(r"\\.", re.S)

@@ -263,6 +263,8 @@ class Client:
                  tenant: Tenant | None, idempotency_key: str | None,
                  audio_latents: list[torch.Tensor] | None = None) -> list[Job]:  # fmt: skip
         """``audio_latents``: each latent's (a video's sound), or None."""
+        if request.callback_url is not None:  # this deployment's policy (its Settings), as at delivery
+            self.settings.webhook_policy.check(request.callback_url, resolve=True)
         spec = self.registry.get(request.model)
         payloads: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
         for index, latent in enumerate(latents):
