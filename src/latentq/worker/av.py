@@ -10,6 +10,7 @@ lossless too), so that the sound comes back sample for sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,13 +81,17 @@ class DecodedAV:
         return self.video.tiled
 
 
-def decode_av_group(model: LoadedModel, requests: list[DecodeRequest], latents: list[AVLatents],
-                    **options: Any) -> list[DecodedAV]:  # fmt: skip
-    """The video as ``decode_group`` decodes any group of the model (``options`` passed on), then the audio
-    in one call of the model's audio decoder (its family's ``audio_decoder``)."""
-    from .pipeline import decode_group, output_sample_rate  # pipeline imports this module
+def output_sample_rate(model: LoadedModel) -> int:
+    """The sample rate of an audio model's decoded output (a vocoder's may differ from its VAE's)."""
+    family = model.family
+    return int(family.output_sample_rate(model) if hasattr(family, "output_sample_rate") else family.sample_rate)
 
-    videos = decode_group(model, requests, [latent.video for latent in latents], **options)
+
+def decode_av_group(model: LoadedModel, requests: list[DecodeRequest], latents: list[AVLatents],
+                    decode_video: Callable[[list[torch.Tensor]], list[Any]]) -> list[DecodedAV]:  # fmt: skip
+    """The video as ``decode_video`` (the pipeline's decode of any group of the model) decodes it, then the
+    audio in one call of the model's audio decoder (its family's ``audio_decoder``)."""
+    videos = decode_video([latent.video for latent in latents])
     audio_model = model.family.audio_decoder(model)
     request = DecodeRequest(model=audio_model.spec.name, output_format="wav")
     audio = audio_model.decode(torch.cat([latent.audio for latent in latents], 0), request=request, tile=False)

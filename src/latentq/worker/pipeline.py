@@ -22,7 +22,8 @@ from ..models.registry import ModelSpec
 from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
 from ..core.validate import output_geometry
-from .av import AVLatents, DecodedAV, decode_av_group, encode_av_output, parse_job_input, shape_key, video_of
+from .av import (AVLatents, DecodedAV, decode_av_group, encode_av_output, output_sample_rate, parse_job_input,
+                 shape_key, video_of)
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
 from .vae_io import encode_vae_input
@@ -166,12 +167,6 @@ class DecodedAudio:
     tiled: bool = False
 
 
-def output_sample_rate(model: LoadedModel) -> int:
-    """The sample rate of an audio model's decoded output (a vocoder's may differ from its VAE's)."""
-    family = model.family
-    return int(family.output_sample_rate(model) if hasattr(family, "output_sample_rate") else family.sample_rate)
-
-
 def _split_audio(model: LoadedModel, audio: torch.Tensor, elapsed_ms: float, tiled: bool) -> list[DecodedAudio]:
     rate = output_sample_rate(model)
     return [DecodedAudio(audio[i], rate, audio.shape[0], elapsed_ms, tiled) for i in range(audio.shape[0])]
@@ -199,7 +194,8 @@ def decode_group(model: LoadedModel, requests: list[DecodeRequest], tensors: lis
     With ``stream`` (the group's jobs' frame streams, ``streamable`` said yes), the frames go to the streams
     chunk by chunk and the jobs' ``StreamedVideo``s come back; a decode that fails aborts the streams."""
     if isinstance(tensors[0], AVLatents):  # video with its sound (worker.av): the video decoded here
-        return decode_av_group(model, requests, tensors, faults=faults, force_tile=force_tile)
+        return decode_av_group(model, requests, tensors, lambda videos: decode_group(
+            model, requests, videos, faults=faults, force_tile=force_tile))
     first = requests[0]
     tile = force_tile or wants_tiling(model, first, tensors[0])
     started = time.perf_counter()

@@ -38,7 +38,7 @@ from ..state import keys, rqstate
 from ..errors import InvalidRequest
 from ..state.lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
-from ..core.payload import JobPayload, request_field
+from ..core.payload import JobPayload
 from ..producer.status import job_info
 from ..state.records import write_record
 from ..core.request import DecodeRequest, JobInfo, Limits
@@ -50,6 +50,7 @@ from .decode_metrics import DecodeMetrics
 from .defaults import BATCH_DEFAULTS, gpu_encode_threads
 from .faults import Faults
 from .intake import Batch, Intake
+from .job_log import log_fields
 from .model_cache import ModelCache
 from .pipeline import (
     DecodedImage,
@@ -510,11 +511,6 @@ class InlineExecutor(Executor):
         except BaseException as exc:
             future.set_exception(exc)
         return future
-
-
-def log_fields(job: RQJob) -> dict[str, Any]:
-    """Fields the JSON log formatter adds to a line about this job."""
-    return {"job_id": job.id, "batch_id": (job.meta or {}).get("batch_id"), "model": request_field(job.kwargs, "model")}
 
 
 def use_device(device: str) -> None:

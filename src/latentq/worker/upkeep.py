@@ -17,6 +17,7 @@ from typing import Any
 
 from ..state import keys, rqstate
 from ..state.fence import renew_leases
+from .job_log import log_fields
 from .reliable_queue import ReliableQueue
 
 __all__ = ["device_stats", "recover_abandoned", "renew", "run"]
@@ -58,7 +59,6 @@ def renew(worker: Any) -> None:
     job is dropped here (marked lost: its outputs are not stored), its execution left to expire, and
     recovery gives it to another worker.
     """
-    from .rq_worker import log_fields
 
     with worker._active_lock:
         active = dict(worker._active)
