@@ -24,7 +24,7 @@ from latentq import Client, HttpClient
 from latentq.errors import InvalidLatent, InvalidRequest, UnsupportedFormat
 from latentq.models.registry import load_registry
 from latentq.core.request import DecodeRequest, Limits
-from latentq.core.validate import validate_audio_latents
+from latentq.models.validate import validate_audio_latents
 from latentq.core.wire import latent_to_bytes
 from latentq.worker.encode import encode_mp4
 

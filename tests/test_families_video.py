@@ -264,7 +264,7 @@ def _check_hf_protocol(api: str, references: dict) -> None:
 def _check(name: str, shape: tuple[int, ...], **options):
     from latentq.models.registry import load_registry
     from latentq.core.request import DecodeRequest, Limits
-    from latentq.core.validate import validate_latent
+    from latentq.models.validate import validate_latent
 
     spec = load_registry().get(name)
     request = DecodeRequest(model=name, output_format=options.pop("output_format", spec.output_formats[0]), **options)
@@ -311,7 +311,7 @@ def test_option_ranges_name_their_field():
 
 @pytest.mark.timeout(60)
 def test_geometry_follows_the_pipelines():
-    from latentq.core.validate import output_geometry
+    from latentq.models.validate import output_geometry
 
     def size(name, shape, **options):
         from latentq.models.registry import load_registry

@@ -1,7 +1,7 @@
-"""Moved to ``latentq.core.payload``; this name stays for one release (the same module object)."""
+"""Moved to ``latentq.state.payload``; this name stays for one release (the same module object)."""
 
 import sys
 
-from .core import payload as _moved
+from .state import payload as _moved
 
 sys.modules[__name__] = _moved

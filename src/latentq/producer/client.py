@@ -27,15 +27,15 @@ from ..errors import InvalidLatent, InvalidRequest, JobConflict, JobFailed, JobN
 from ..state.fence import capture, captured
 from ..state.lifecycle import Ending, end_jobs
 from ..models.registry import Registry, load_registry
-from ..core.payload import JobPayload
+from ..state.payload import JobPayload
 from ..state.recent import index_recent_job
 from ..state.records import RecordReader
 from ..core.request import DecodeRequest, JobInfo, JobStatus, ResultObject
 from ..store import ObjectStore
 from ..state.tenants import DEFAULT_TENANT, Tenant, TenantDirectory, digest
-from ..core.validate import validate_audio_latents, validate_image, validate_latent
+from ..models.validate import validate_audio_latents, validate_image, validate_latent
 from ..core.wire import latent_to_bytes
-from .status import job_info
+from ..state.status import job_info
 from .waiter import RECHECK_S, DoneListener, has_ended
 
 __all__ = ["Client", "Job"]

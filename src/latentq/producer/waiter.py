@@ -31,7 +31,7 @@ from redis import Redis
 from ..state import keys
 from ..state.connection import REDIS_DOWN
 from ..core.request import JobStatus
-from .status import STATUS_FROM_RQ
+from ..state.status import STATUS_FROM_RQ
 
 __all__ = ["RECHECK_S", "DoneListener", "has_ended"]
 

@@ -28,10 +28,10 @@ from rq import Queue
 from rq.job import Job as RQJob
 
 from . import keys, rqstate
-from ..webhooks import outbox
+from . import outbox
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
-from ..core.payload import latent_key_of, request_field
+from .payload import latent_key_of, request_field
 
 __all__ = ["Ending", "end_jobs", "FINAL_STATUSES"]
 

@@ -47,13 +47,13 @@ from ..state import keys
 from ..config import Settings
 from ..state.connection import REDIS_DOWN
 from ..state.fence import run_script
-from .sender import WebhookSender, event_body, message_id
+from ..state.outbox import MAX_ENTRIES, add, event_data, pending  # noqa: F401  (written in state; named here too)
+from .sender import WebhookSender
 
 __all__ = ["MAX_ENTRIES", "Drainer", "add", "event_data", "pending"]
 
 log = logging.getLogger("latentq.webhooks")
 
-MAX_ENTRIES = 100_000  # the stream's cap (MAXLEN ~): bounds Redis's memory under a dead receiver
 MAX_BACKOFF_S = 3600.0
 RECLAIM_EVERY_S = 15.0
 STOP_READ_WAIT_S = 0.25  # how long stop() waits for the reading loop (a daemon thread) before leaving it
@@ -62,32 +62,6 @@ CONSUMER_IDLE_MS = 3_600_000  # a consumer with nothing pending, unheard of this
 READ_COUNT = 100
 REDIS_RETRY_MAX_S = 5.0
 MAX_ERROR_WAIT_S = 60.0
-
-
-# --- writing (inside the job's end transaction) -------------------------------------------------------
-def event_data(job: Any, status: str, url_for: Callable[[str], str | None], result: dict | None = None,
-               reason: str = "") -> dict[str, Any]:  # fmt: skip
-    """The ended job's status JSON (as ``GET /v1/jobs/{id}`` reports it), from the job as its end's writes
-    left it in memory (they are not sent yet)."""
-    from ..producer.status import job_info  # the producer package imports the lifecycle, which imports this
-
-    info = job_info(job, url_for, result=result if status == "finished" else None)
-    data = info.to_dict()
-    if reason and status in ("failed", "expired"):
-        data["error"] = reason
-    return data
-
-
-def add(pipe: Any, job_id: str, model: str, status: str, url: str, data: dict[str, Any]) -> None:
-    """Queue one job event's delivery (into ``pipe``: the caller's transaction)."""
-    fields = {"id": message_id(job_id, status), "url": url, "model": model, "job": job_id,
-              "body": event_body(status, data)}  # fmt: skip
-    pipe.xadd(keys.WEBHOOK_OUTBOX, fields, maxlen=MAX_ENTRIES, approximate=True)
-
-
-def pending(connection: Redis) -> int:
-    """Deliveries not yet made (nor given up)."""
-    return int(connection.xlen(keys.WEBHOOK_OUTBOX))
 
 
 # --- draining -------------------------------------------------------------------------------------------

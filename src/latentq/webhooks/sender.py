@@ -40,6 +40,7 @@ import httpx
 from ..config import webhook_policy, webhook_secret_from_env
 from ..errors import ConfigError, InvalidRequest
 from ..core.netguard import Destination, WebhookPolicy
+from ..state.outbox import event_body, event_type, message_id  # noqa: F401  (this module's names too)
 
 __all__ = [
     "ID_HEADER",
@@ -101,22 +102,6 @@ def verify_signature(secret: str, body: bytes, headers: Mapping[str, str], *, to
         return False
     expected = sign(secret, msg_id, timestamp, body)
     return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split())
-
-
-def event_type(status: str) -> str:
-    return f"job.{status}"
-
-
-def message_id(job_id: str, status: str) -> str:
-    """One id per job event: a job ends once, so its id and final status name the event."""
-    return f"msg_{job_id}_{status}"
-
-
-def event_body(status: str, data: dict[str, Any], occurred: float | None = None) -> bytes:
-    """The delivered JSON, made once when the job ends (every retry sends these same bytes)."""
-    moment = datetime.fromtimestamp(occurred if occurred is not None else time.time(), timezone.utc)
-    payload = {"type": event_type(status), "timestamp": moment.isoformat().replace("+00:00", "Z"), "data": data}
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)

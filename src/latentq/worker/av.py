@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.request import DecodeRequest, Limits
-from ..core.validate import validate_audio_latents, validate_image, validate_latent
+from ..models.validate import validate_audio_latents, validate_image, validate_latent
 from ..core.wire import latent_from_bytes, latents_from_bytes
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from rq.job import Job as RQJob
 
 from ..state import keys, rqstate
 from ..state.fence import APPLIED, GONE, Fenced, apply, capture, captured
-from ..core.payload import latent_key_of
+from ..state.payload import latent_key_of
 from .reliable_queue import ReliableQueue
 
 __all__ = ["Batch", "Intake"]

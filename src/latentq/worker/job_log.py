@@ -6,7 +6,7 @@ from typing import Any
 
 from rq.job import Job as RQJob
 
-from ..core.payload import request_field
+from ..state.payload import request_field
 
 __all__ = ["log_fields"]
 

@@ -21,7 +21,7 @@ from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
 from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
 from ..store import ObjectStore, make_key
-from ..core.validate import output_geometry
+from ..models.validate import output_geometry
 from .av import (AVLatents, DecodedAV, decode_av_group, encode_av_output, output_sample_rate, parse_job_input,
                  shape_key, video_of)
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available

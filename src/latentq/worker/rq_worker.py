@@ -38,8 +38,8 @@ from ..state import keys, rqstate
 from ..errors import InvalidRequest
 from ..state.lifecycle import Ending, end_jobs
 from ..models.loader import LoadedModel
-from ..core.payload import JobPayload
-from ..producer.status import job_info
+from ..state.payload import JobPayload
+from ..state.status import job_info
 from ..state.records import write_record
 from ..core.request import DecodeRequest, JobInfo, Limits
 from ..store import ObjectStore

@@ -23,7 +23,7 @@ from ..state.deployment import Deployment
 from ..state.lifecycle import announce_finished
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
-from ..producer.status import job_info
+from ..state.status import job_info
 from ..state.records import write_record
 from ..core.request import DecodeRequest
 from .pipeline import decode_group, load_latent, store_output

@@ -9,7 +9,7 @@ temporal decoder, patchified or packed video tokens, audio) has a module
 
 Who calls what:
 
-- producers, the API and the worker validate with ``check`` (through ``latentq.core.validate``), and ask
+- producers, the API and the worker validate with ``check`` (through ``latentq.models.validate``), and ask
   ``output_kind`` / ``output_formats`` / ``latent_ndims`` / ``has_encoder``: a family module is imported
   by every process, so it imports only torch at its top, diffusers inside its methods;
 - the worker decodes a batch of same-shape latents with ``to_vae`` then ``decode``, previews with

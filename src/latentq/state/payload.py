@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from ..state import keys
-from .request import DecodeRequest
+from . import keys
+from ..core.request import DecodeRequest
 
 __all__ = ["PAYLOAD_VERSION", "JobPayload"]
 

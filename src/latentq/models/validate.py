@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
-from .layouts import OutputGeometry
-from ..models.modelspec import ModelSpec
-from .request import DecodeRequest, Limits
-from .wire import check_tensor
+from ..core.layouts import OutputGeometry
+from .modelspec import ModelSpec
+from ..core.request import DecodeRequest, Limits
+from ..core.wire import check_tensor
 
 if TYPE_CHECKING:
-    from ..models.registry import Registry
+    from .registry import Registry
 
 __all__ = ["audio_spec_of", "output_geometry", "validate_audio_latents", "validate_image", "validate_latent"]
 
@@ -102,7 +102,7 @@ def audio_spec_of(spec: ModelSpec, registry: Registry | None = None) -> ModelSpe
         raise InvalidRequest(f"model {spec.name} takes no audio_latents (it decodes {spec.output_kind} alone)",
                              field="audio_latents")  # fmt: skip
     if registry is None:
-        from ..models.registry import load_registry  # the registry imports the families, which import this
+        from .registry import load_registry  # the registry imports the families, which import this
 
         registry = load_registry()
     return registry.get(spec.audio_model)
