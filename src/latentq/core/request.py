@@ -18,6 +18,7 @@ from ..errors import InvalidRequest, UnsupportedFormat
 from .netguard import host_port
 
 __all__ = [
+    "JobResult",
     "ACCEPTED_DTYPES",
     "ARRAY_FORMATS",
     "AUDIO_FORMATS",
@@ -306,6 +307,39 @@ class ResultObject:
     def from_dict(cls, data: dict[str, Any]) -> ResultObject:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job's result record: RQ's return value and the store's record carry it as JSON (``to_dict``).
+
+    Written by the worker (and the plain RQ task), read by ``state.status``; the URLs of its outputs are made
+    when it is read (``results`` hold ResultObject fields without ``url``)."""
+
+    results: list[dict[str, Any]]
+    batch_size: int | None = None
+    decode_ms: float | None = None
+    tiled: bool | None = None
+    encode_ms: float | None = None
+    store_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; fields not known for this job (an encode job has no decode_ms) are left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | JobResult | None) -> JobResult:
+        if isinstance(data, JobResult):
+            return data
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in (data or {}).items() if k in names}
+        values.setdefault("results", [])
+        return cls(**values)
+
+    def timings_ms(self) -> dict[str, float]:
+        """Milliseconds by stage, for the stages this record carries."""
+        return {stage: float(ms) for stage, ms in (("decode", self.decode_ms), ("encode", self.encode_ms),
+                                                   ("store", self.store_ms)) if ms is not None}  # fmt: skip
 
 
 @dataclass(frozen=True)

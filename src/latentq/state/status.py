@@ -7,7 +7,8 @@ from typing import Callable
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
-from ..core.request import JobInfo, JobStatus, ResultObject
+from ..core.request import JobInfo, JobResult, JobStatus, ResultObject
+from .payload import request_field
 
 __all__ = ["job_info", "STATUS_FROM_RQ"]
 
@@ -28,19 +29,17 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _timings(rq_job: RQJob, record: dict) -> dict[str, float]:
+def _timings(rq_job: RQJob, record: JobResult) -> dict[str, float]:
     """A finished job's time, in ms, by stage (a stage the record does not carry is left out)."""
     timings = {}
     if rq_job.started_at is not None and rq_job.enqueued_at is not None:
         timings["waiting"] = round(max(0.0, (rq_job.started_at - rq_job.enqueued_at).total_seconds()) * 1000, 3)
-    for stage in ("decode", "encode", "store"):
-        if record.get(f"{stage}_ms") is not None:
-            timings[stage] = float(record[f"{stage}_ms"])
+    timings.update(record.timings_ms())
     return timings
 
 
 def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, workers: int | None = None,
-             *, result: dict | None = None) -> JobInfo:  # fmt: skip
+             *, result: JobResult | dict | None = None) -> JobInfo:  # fmt: skip
     """Build a JobInfo; ``url_for(key)`` turns a result key into a URL.
 
     ``result``: the finished job's result record, when the caller holds it (the worker, before it
@@ -50,22 +49,21 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
     status = STATUS_FROM_RQ.get(rq_status.value if rq_status else "queued", JobStatus.QUEUED)
     if result is not None:
         status = JobStatus.FINISHED
-    request = (rq_job.kwargs or {}).get("request", {})
     meta = rq_job.meta or {}
     if meta.get("expired") and status in (JobStatus.FAILED, JobStatus.CANCELED):
         status = JobStatus.EXPIRED
     info: dict = {
         "id": rq_job.id,
-        "model": request.get("model", ""),
+        "model": request_field(rq_job.kwargs, "model", ""),
         "status": status,
         "batch_id": meta.get("batch_id"),
-        "metadata": request.get("metadata") or {},
+        "metadata": request_field(rq_job.kwargs, "metadata") or {},
         "enqueued_at": _iso(rq_job.enqueued_at),
         "started_at": _iso(rq_job.started_at),
         "ended_at": _iso(rq_job.ended_at),
         "worker": rq_job.worker_name,
         "workers": workers,
-        "deadline": request.get("deadline"),
+        "deadline": request_field(rq_job.kwargs, "deadline"),
         "tenant": meta.get("tenant"),
     }
     if meta.get("preview"):
@@ -73,14 +71,12 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
     if status is JobStatus.QUEUED and queue is not None:
         info["queue_position"] = queue.get_job_position(rq_job.id)
         if workers == 0:
-            info["waiting_reason"] = f"no live worker serves model {request.get('model', '')!r}"
+            info["waiting_reason"] = f"no live worker serves model {info['model']!r}"
     elif status is JobStatus.FINISHED:
-        record = result if result is not None else rq_job.return_value(refresh=True) or {}
-        info["results"] = [
-            ResultObject.from_dict({**item, "url": url_for(item["key"])}) for item in record.get("results", [])
-        ]
-        info["batch_size"] = record.get("batch_size")
-        info["tiled"] = record.get("tiled")
+        record = JobResult.from_dict(result if result is not None else rq_job.return_value(refresh=True))
+        info["results"] = [ResultObject.from_dict({**item, "url": url_for(item["key"])}) for item in record.results]
+        info["batch_size"] = record.batch_size
+        info["tiled"] = record.tiled
         info["timings"] = _timings(rq_job, record)
     elif status in (JobStatus.FAILED, JobStatus.EXPIRED):
         result = rq_job.latest_result()
