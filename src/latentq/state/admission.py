@@ -30,7 +30,7 @@ from redis import Redis
 
 from . import keys
 from ..errors import InvalidRequest, QueueFull, RateLimited
-from .fence import run_script
+from .fence import ScriptKeys, run_script
 from .tenants import Tenant
 
 __all__ = ["Admission", "IDEMPOTENCY_KEY_MAX", "ROUND_SPAN", "admit", "check_idempotency_key"]
@@ -40,23 +40,56 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 IDEMPOTENCY_KEY_MAX = 255  # characters, as the IETF draft's examples and common APIs allow
 TENANT_PRUNE_SCAN = 256  # a submit at a tenant's cap checks at most this many of its oldest counted jobs
 
-# ARGV: see ``admit``. Returns {"ok"} | {"idem", first submit's JSON} | {"full", queued}
-# | {"tenant", queued} | {"rate", ms to wait}.
 _ADMIT = """
-local A = ARGV
-local idem, idem_ttl, idem_value = A[1], A[2], A[3]
-local normal, high, cap, n = A[4], A[5], tonumber(A[6]), tonumber(A[7])
-local tenant, tqueued, tcap, job_prefix = A[8], A[9], tonumber(A[10]), A[11]
-local rate_key, rate, burst = A[12], tonumber(A[13]), tonumber(A[14])
-local queue, order, rounds, seq, order_ttl, now = A[15], A[16], A[17], A[18], A[19], tonumber(A[20])
-local span = tonumber(A[21])
-local pos = 22
+-- Admission: the caps, the rate and the idempotency key checked, then the jobs written and placed fairly.
+-- KEYS[1] = the model's normal-priority RQ queue (list rq:queue:latentq.<model>)
+-- KEYS[2] = the model's high-priority RQ queue (list rq:queue:latentq.<model>.high)
+-- KEYS[3] = the queue the jobs go in (KEYS[1] or KEYS[2] again)
+-- KEYS[4] = its fair-share order (sorted set latentq:fair:order:<queue>)
+-- KEYS[5] = its tenants' last rounds (hash latentq:fair:rounds:<queue>)
+-- KEYS[6] = its enqueue counter (latentq:fair:seq:<queue>)
+-- KEYS[7] = the tenant's queued jobs (sorted set latentq:tenant-queued:<tenant>)
+-- KEYS[8] = the tenant's submit token bucket (hash latentq:tenant-rate:<tenant>)
+-- KEYS[9] = the submit's idempotency key (latentq:idempotency:<tenant>:<digest>), only when ARGV[1] is '1'
+-- KEYS[9..n] = the keys the writes name (from KEYS[10] when KEYS[9] is the idempotency key): latents, RQ's
+--              job records, the batch, the recent-jobs index, RQ's set of queues, ...; each distinct key once,
+--              referred to by its index in the writes (a fixed key above is referred to by its own index)
+-- ARGV[1] = '1' when the submit has an idempotency key (KEYS[9]), else '0'
+-- ARGV[2] = the idempotency key's TTL (s)
+-- ARGV[3] = the value it keeps: the first submit's JSON (job ids, batch id, model)
+-- ARGV[4] = the model's cap on queued jobs (0: none)
+-- ARGV[5] = how many jobs this submit adds
+-- ARGV[6] = the tenant's name
+-- ARGV[7] = the tenant's cap on queued jobs (0: none)
+-- ARGV[8] = RQ's job key prefix (rq:job:)
+-- ARGV[9] = the tenant's rate (submits per second, 0: none), ARGV[10] = its burst
+-- ARGV[11] = TTL (s) of the fair-share keys and of the tenant's queued jobs
+-- ARGV[12] = now (s since the epoch): a counted job's score in KEYS[7]
+-- ARGV[13] = ROUND_SPAN
+-- ARGV[14] = the number of job ids, then the ids
+-- ARGV[...] = then the writes: their count; per command its argument count (its name included), how many of
+--             the arguments after its name are keys, its name, those keys as KEYS indexes, the other arguments
+-- Not in KEYS: the job records (ARGV[8] .. id) of the tenant's queued jobs pruned at its cap: their ids
+-- are read here (ZRANGE of KEYS[7]), and which ones and how many only the script knows; passing them all would
+-- mean reading the set first, outside the script's atomicity.
+-- Returns {'ok'} | {'idem', the first submit's JSON} | {'full', queued} | {'tenant', queued} | {'rate', ms to wait}.
+local normal, high, queue, order, rounds, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local tqueued, rate_key = KEYS[7], KEYS[8]
+local has_idem, idem_ttl, idem_value = ARGV[1] == '1', ARGV[2], ARGV[3]
+local cap, n, tenant, tcap, job_prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local rate, burst, order_ttl, now, span = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], tonumber(ARGV[12]),
+  tonumber(ARGV[13])
+local pos = 14
+local function take()
+  local value = ARGV[pos]
+  pos = pos + 1
+  return value
+end
 local ids = {}
-for i = 1, tonumber(A[pos]) do ids[i] = A[pos + i] end
-pos = pos + #ids + 1
+for i = 1, tonumber(take()) do ids[i] = take() end
 
-if idem ~= '' then
-  local first = redis.call('GET', idem)
+if has_idem then
+  local first = redis.call('GET', KEYS[9])
   if first then return {'idem', first} end
 end
 local waiting = redis.call('LLEN', normal) + redis.call('LLEN', high)
@@ -88,11 +121,11 @@ if rate > 0 then
 end
 
 -- the writes: latents, RQ's records (its push excluded: the fair insert below places each id), batch
-while pos <= #A do
-  local argc = tonumber(A[pos])
-  local command = {}
-  for k = 1, argc do command[k] = A[pos + k] end
-  pos = pos + argc + 1
+for _ = 1, tonumber(take()) do
+  local argc, keyc = tonumber(take()), tonumber(take())
+  local command = {take()}
+  for k = 2, keyc + 1 do command[k] = KEYS[tonumber(take())] end
+  for k = keyc + 2, argc do command[k] = take() end
   redis.call(unpack(command))
 end
 
@@ -145,7 +178,7 @@ end
 redis.call('HSET', rounds, tenant, round)
 for _, key in ipairs({order, rounds, seq}) do redis.call('EXPIRE', key, order_ttl) end
 if tcap > 0 then redis.call('EXPIRE', tqueued, order_ttl) end
-if idem ~= '' then redis.call('SET', idem, idem_value, 'EX', idem_ttl) end
+if has_idem then redis.call('SET', KEYS[9], idem_value, 'EX', idem_ttl) end
 return {'ok'}
 """.replace("PRUNE_SCAN", str(TENANT_PRUNE_SCAN))
 
@@ -165,14 +198,6 @@ def check_idempotency_key(key: str) -> None:
         raise InvalidRequest(
             f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable characters", field="idempotency_key"
         )
-
-
-def _flatten(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    out: list[Any] = []
-    for command in commands:
-        out.append(len(command))
-        out.extend(command)
-    return out
 
 
 def admit(
@@ -196,19 +221,24 @@ def admit(
     ``writes``: every command of the enqueue except the push of the ids onto ``queue_key``.
     Raises ``QueueFull`` (the model's or the tenant's cap) or ``RateLimited``.
     """
-    idem_key = keys.idempotency_key(tenant.name, idempotency_digest) if idempotency_digest else ""
     first = json.dumps({"job_ids": job_ids, "batch_id": batch_id, "model": model})
+    fixed = [
+        *model_queue_keys, queue_key,
+        keys.fair_order_key(queue_key), keys.fair_rounds_key(queue_key), keys.fair_sequence_key(queue_key),
+        keys.tenant_queued_key(tenant.name), keys.tenant_rate_key(tenant.name),
+    ]  # fmt: skip
+    if idempotency_digest:
+        fixed.append(keys.idempotency_key(tenant.name, idempotency_digest))
+    slots = ScriptKeys(*fixed)
     argv: list[Any] = [
-        idem_key, IDEMPOTENCY_TTL_S, first,
-        *model_queue_keys, model_cap, len(job_ids),
-        tenant.name, keys.tenant_queued_key(tenant.name), tenant.max_queued, job_key_prefix,
-        keys.tenant_rate_key(tenant.name), repr(float(tenant.rate)), repr(float(tenant.burst)),
-        queue_key, keys.fair_order_key(queue_key), keys.fair_rounds_key(queue_key), keys.fair_sequence_key(queue_key),
+        "1" if idempotency_digest else "0", IDEMPOTENCY_TTL_S, first,
+        model_cap, len(job_ids), tenant.name, tenant.max_queued, job_key_prefix,
+        repr(float(tenant.rate)), repr(float(tenant.burst)),
         order_ttl, repr(float(now)), ROUND_SPAN,
         len(job_ids), *job_ids,
-        *_flatten(writes),
+        *slots.commands(writes),
     ]  # fmt: skip
-    reply = run_script(connection, _ADMIT, 0, *argv)
+    reply = run_script(connection, _ADMIT, len(slots.keys), *slots.keys, *argv)
     verdict = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
     detail = reply[1].decode() if len(reply) > 1 and isinstance(reply[1], bytes) else (reply[1] if len(reply) > 1 else "")
     if verdict == "ok":

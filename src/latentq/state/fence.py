@@ -28,15 +28,24 @@ from redis.exceptions import NoScriptError
 
 from . import keys
 
-__all__ = ["APPLIED", "GONE", "REFUSED", "Fenced", "apply", "capture", "captured", "renew_leases", "run_script"]
+__all__ = [
+    "APPLIED", "GONE", "REFUSED", "Fenced", "ScriptKeys", "apply", "capture", "captured", "renew_leases", "run_script",
+]  # fmt: skip
 
 APPLIED, REFUSED, GONE = 1, 0, -1
 
-# ARGV: item count; per item: kind, job key, lease key, token, lease TTL (ms, for a claim), read count, reads,
-# write count, writes;
-# then the global read count and reads. A command is its argument count and its arguments.
-# Returns per item {code, reads...}; then the global reads' replies.
 _APPLY = """
+-- Fenced writes: per item, check the job's fence, then run its reads and writes, or none of them.
+-- KEYS[1..n] = every key the items name: each job's record (rq:job:<id>) and lease (latentq:lease:<id>), and
+--              each key of their reads and writes (latents, RQ's registries and records, metrics, the
+--              webhook outbox, ...); each distinct key once, referred to below by its index
+-- ARGV[1] = item count; per item: kind ('lease', 'start', 'claim', 'queued' or 'none'), the KEYS index of
+--           the job's record, the KEYS index of its lease (both 0 for 'none'), lease token, lease TTL in ms
+--           (a claim's), its reads, its writes
+-- ARGV[...] = then the global reads
+-- Commands (reads, writes): their count; per command its argument count (its name included), how many
+--           of the arguments after its name are keys, its name, those keys as KEYS indexes, the others.
+-- Returns per item {code, reads' replies...} (code 1 applied, 0 refused, -1 gone); then the global reads' replies.
 local pos = 1
 local function take()
   local value = ARGV[pos]
@@ -46,16 +55,17 @@ end
 local function commands()
   local list = {}
   for _ = 1, tonumber(take()) do
-    local argc = tonumber(take())
-    local command = {}
-    for k = 1, argc do command[k] = take() end
+    local argc, keyc = tonumber(take()), tonumber(take())
+    local command = {take()}
+    for k = 2, keyc + 1 do command[k] = KEYS[tonumber(take())] end
+    for k = keyc + 2, argc do command[k] = take() end
     list[#list + 1] = command
   end
   return list
 end
 local out = {}
 for _ = 1, tonumber(take()) do
-  local kind, job_key, lease_key, token, ttl = take(), take(), take(), take(), take()
+  local kind, job_key, lease_key, token, ttl = take(), KEYS[tonumber(take())], KEYS[tonumber(take())], take(), take()
   local reads, writes = commands(), commands()
   local code = 1
   if kind ~= 'none' then
@@ -86,8 +96,12 @@ out[#out + 1] = globals
 return out
 """
 
-# KEYS: lease keys; ARGV[1]: TTL in ms, ARGV[2..]: each lease's token. Returns 1 (renewed) or 0 (lost) per lease.
 _RENEW = """
+-- Renew leases this worker still holds.
+-- KEYS[1..n] = the leases (latentq:lease:<job id>)
+-- ARGV[1] = lease TTL in ms
+-- ARGV[2..n+1] = each lease's token (ARGV[i + 1] for KEYS[i])
+-- Returns per lease 1 (renewed) or 0 (lost).
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[i + 1] then
@@ -141,12 +155,62 @@ def captured(pipe: Pipeline) -> list[tuple[Any, ...]]:
     return commands
 
 
-def _flatten(commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-    out: list[Any] = [len(commands)]
-    for command in commands:
-        out.append(len(command))
-        out.extend(command)
-    return out
+# Where a command's keys are, for ``ScriptKeys.commands``: how many of its first arguments (after its name)
+# are keys where that is not exactly one (None: all of them); commands whose keys stand elsewhere are refused.
+_LEADING_KEYS: dict[str, int | None] = {
+    "DEL": None, "UNLINK": None, "EXISTS": None, "TOUCH": None, "MGET": None, "PFCOUNT": None,
+    "LMOVE": 2, "RPOPLPUSH": 2, "SMOVE": 2, "RENAME": 2, "RENAMENX": 2, "COPY": 2, "ZRANGESTORE": 2, "LCS": 2,
+    "PUBLISH": 0, "SPUBLISH": 0, "TIME": 0, "PING": 0, "ECHO": 0,
+}  # fmt: skip
+_KEYS_ELSEWHERE = frozenset({
+    "MSET", "MSETNX", "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "SORT", "SORT_RO",
+    "ZUNIONSTORE", "ZINTERSTORE", "ZDIFFSTORE", "ZUNION", "ZINTER", "ZDIFF", "ZINTERCARD", "SINTERCARD",
+    "SUNIONSTORE", "SINTERSTORE", "SDIFFSTORE", "SUNION", "SINTER", "SDIFF", "LMPOP", "ZMPOP", "BLMPOP", "BZMPOP",
+    "XREAD", "XREADGROUP", "BITOP", "OBJECT", "MEMORY", "MIGRATE", "GEORADIUS", "GEORADIUSBYMEMBER",
+    "GEOSEARCHSTORE", "PFMERGE", "BLPOP", "BRPOP", "BZPOPMIN", "BZPOPMAX",
+})  # fmt: skip
+
+
+class ScriptKeys:
+    """The KEYS of one script call: each distinct key once (in the order first named), by its 1-based index.
+
+    ``commands`` encodes Redis commands for a script that runs them (``redis.call(unpack(command))``) with
+    their keys passed as KEYS: per command its argument count (its name included), how many of the
+    arguments after its name are keys, its name, those keys as KEYS indexes, then its other arguments.
+    """
+
+    def __init__(self, *fixed: Any) -> None:
+        """``fixed``: keys at KEYS[1], KEYS[2], ... in this order, repeats included (a script's fixed slots)."""
+        self.keys: list[Any] = []
+        self._index: dict[Any, int] = {}
+        for key in fixed:
+            self.keys.append(key)
+            self._index.setdefault(key, len(self.keys))
+
+    def index(self, key: Any) -> int:
+        """The key's KEYS index, adding it if new."""
+        found = self._index.get(key)
+        if found is None:
+            self.keys.append(key)
+            found = self._index[key] = len(self.keys)
+        return found
+
+    def command(self, command: Sequence[Any]) -> list[Any]:
+        name = command[0]
+        upper = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+        if upper in _KEYS_ELSEWHERE:
+            raise ValueError(f"{upper}: its keys are not its first arguments, so ScriptKeys cannot pass them as KEYS")
+        args = command[1:]
+        keyc = _LEADING_KEYS.get(upper, 1)
+        keyc = len(args) if keyc is None else min(keyc, len(args))
+        return [len(command), keyc, name, *[self.index(key) for key in args[:keyc]], *args[keyc:]]
+
+    def commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """The commands' count, then each command as ``command`` encodes it."""
+        out: list[Any] = [len(commands)]
+        for command in commands:
+            out.extend(self.command(command))
+        return out
 
 
 def apply(connection: Redis, items: Sequence[Fenced],
@@ -155,12 +219,17 @@ def apply(connection: Redis, items: Sequence[Fenced],
 
     Returns ``(code, reads)`` per item (``APPLIED``, ``REFUSED`` or ``GONE``) and the global reads' replies.
     """
+    slots = ScriptKeys()
     argv: list[Any] = [len(items)]
     for item in items:
-        argv += [item.kind, item.job_key, keys.lease_key(item.job_id), item.token, item.ttl_ms]
-        argv += _flatten(item.reads) + _flatten(item.writes)
-    argv += _flatten(global_reads)
-    replies = run_script(connection, _APPLY, 0, *argv)
+        if item.kind == "none":  # no fence: no job, nothing of it read
+            argv += [item.kind, 0, 0, item.token, item.ttl_ms]
+        else:
+            job_key, lease_key = slots.index(item.job_key), slots.index(keys.lease_key(item.job_id))
+            argv += [item.kind, job_key, lease_key, item.token, item.ttl_ms]
+        argv += slots.commands(item.reads) + slots.commands(item.writes)
+    argv += slots.commands(global_reads)
+    replies = run_script(connection, _APPLY, len(slots.keys), *slots.keys, *argv)
     results = [(int(reply[0]), list(reply[1:])) for reply in replies[:-1]]
     return results, list(replies[-1])
 

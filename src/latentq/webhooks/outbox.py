@@ -65,8 +65,15 @@ MAX_ERROR_WAIT_S = 60.0
 
 
 # --- draining -------------------------------------------------------------------------------------------
-# KEYS: due, attempts, stream. ARGV: now (ms), lease (ms), count. Returns {id, attempt, fields} per entry taken.
 _TAKE = """
+-- Take due outbox entries: each one's due time pushed a lease ahead and its attempt counted.
+-- KEYS[1] = when each entry is next due (sorted set latentq:webhooks:due)
+-- KEYS[2] = attempts made per entry (hash latentq:webhooks:attempts)
+-- KEYS[3] = the outbox (stream latentq:webhooks)
+-- ARGV[1] = now (ms since the epoch)
+-- ARGV[2] = an attempt's lease (ms)
+-- ARGV[3] = the most entries to take
+-- Returns {id, attempt, fields} per entry taken (an entry gone from the stream is dropped from KEYS[1], KEYS[2]).
 local now = tonumber(ARGV[1])
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do

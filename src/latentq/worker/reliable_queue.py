@@ -38,12 +38,20 @@ LEASE_TTL_MS = 15_000  # the worker sets its own (3 heartbeats) on its queues
 
 IDLE_BLOCK_S = 0.2  # how long an idle worker blocks on one queue before checking the others again
 
-# KEYS: queue, its intermediate list, queue, ...  ARGV: most ids to move, lease token, lease TTL (ms),
-# lease key prefix. Returns id, key index pairs.
 # A lease is only taken, never taken over: an id whose job another pop holds (a copy a recovery put back
 # while its popper was still taking it) is left in the intermediate list, where recovery decides about it
 # once that lease is gone (started by its holder: dropped; still waiting: back in its queue).
 _POP_MANY = """
+-- Pop up to ARGV[1] ids from the queues in order, each moved to its queue's intermediate list with its lease.
+-- KEYS[1..n] = pairs, in priority order, for i = 1, 3, 5, ...: KEYS[i] = an RQ queue (list rq:queue:<name>),
+--              KEYS[i + 1] = its intermediate list (RQ's rq:queue:<name>:intermediate)
+-- ARGV[1] = the most ids to move
+-- ARGV[2] = this pop's lease token
+-- ARGV[3] = lease TTL in ms
+-- ARGV[4] = the lease key prefix (latentq:lease:)
+-- Not in KEYS: each popped job's lease (ARGV[4] .. id): which ids are popped only the LMOVE here decides, so
+-- they cannot be named before the script runs.
+-- Returns id, KEYS index of its queue, per id popped.
 local wanted = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS, 2 do
@@ -59,12 +67,21 @@ end
 return out
 """
 
-# KEYS: queue, its intermediate list. ARGV: lease key prefix, job key prefix, orphan mark prefix, mark TTL
-# (ms). A popped id without a lease, seen so on an earlier look too (a blocking pop takes the lease just
-# after its move), whose job still waits, lost its worker before the start: back to the head of its
-# queue. Ids of jobs that started, ended or vanished are leftovers: dropped. Returns how many went back
-# and how many were seen without a lease for the first time.
+# A popped id without a lease, seen so on an earlier look too (a blocking pop takes the lease just after its
+# move), whose job still waits, lost its worker before the start: back to the head of its queue. Ids of jobs
+# that started, ended or vanished are leftovers: dropped.
 _REQUEUE_ORPHANS = """
+-- Put back popped jobs whose popper died before starting them; drop leftovers of the intermediate list.
+-- KEYS[1] = an RQ queue (list rq:queue:<name>)
+-- KEYS[2] = its intermediate list (RQ's rq:queue:<name>:intermediate)
+-- ARGV[1] = the lease key prefix (latentq:lease:)
+-- ARGV[2] = RQ's job key prefix (rq:job:)
+-- ARGV[3] = the orphan mark prefix (latentq:orphan:)
+-- ARGV[4] = the orphan mark's TTL (ms)
+-- Not in KEYS: per id in KEYS[2], its lease (ARGV[1] .. id), job record (ARGV[2] .. id) and orphan mark
+-- (ARGV[3] .. id): the ids are read here (LRANGE of KEYS[2]), and naming them before the script runs would
+-- mean reading the list outside the script's atomicity (a pop or a start could come between).
+-- Returns {how many went back, how many were seen without a lease for the first time}.
 local requeued, marked = 0, 0
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   if redis.call('EXISTS', ARGV[1] .. id) == 0 then
