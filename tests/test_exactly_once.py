@@ -40,8 +40,7 @@ def make_worker(models_file, redis_conn, tmp_path):
 
     yield make
     for worker in made:
-        worker._committer.close()
-        worker._pool.shutdown()
+        worker.finisher.close()
 
 
 def pop_and_start(worker: DecodeWorker):
@@ -56,8 +55,8 @@ def successes(connection, job_id: str) -> int:
 
 
 def finish(worker: DecodeWorker, batch) -> list[bool]:
-    endings = [Ending(job, "finished", batch.queues[job.id], batch.executions[job.id], job.lease_token,
-                      result={"results": []}) for job in batch.jobs]  # fmt: skip
+    endings = [Ending(item.job, "finished", item.queue, item.execution, item.token, result={"results": []})
+               for item in batch.items]  # fmt: skip
     return end_jobs(worker.connection, endings, worker=worker)
 
 
@@ -72,8 +71,8 @@ def test_a_worker_whose_lease_lapsed_cannot_finish_the_job_that_another_worker_t
 
     # The frozen worker misses its heartbeats: its lease lapses, RQ's cleanup finds its execution expired.
     redis_conn.delete(keys.lease_key(job.id))
-    frozen._renew()
-    assert job.id in frozen._lost and job.id not in frozen._active
+    frozen.upkeep.renew()
+    assert frozen.active.is_lost(job.id) and job.id not in frozen.active
     queue.started_job_registry.cleanup(timestamp=2**40)  # far future: every execution counts as expired
     assert redis_conn.lrange(queue.key, 0, -1) == [job.id.encode()]  # re-queued, once
 
@@ -99,7 +98,7 @@ def test_a_frozen_worker_cannot_start_a_job_recovery_gave_to_another_worker(env,
     batch, _ = pop_and_start(other)
     assert [j.id for j in batch.jobs] == [job.id]
 
-    late = frozen._intake.take(popped, queue)  # it wakes up and starts what it popped
+    late = frozen.intake.take(popped, queue)  # it wakes up and starts what it popped
 
     assert late.jobs == []
     assert redis_conn.hget(f"rq:job:{job.id}", "worker_name") == b"other"
@@ -117,7 +116,7 @@ def test_recovery_requeues_each_abandoned_job_once_however_many_workers_run_it(e
     redis_conn.zadd(queue.started_job_registry.key, {member: 0})
     survivors = [make_worker(f"survivor-{i}") for i in range(4)]
 
-    threads = [threading.Thread(target=worker._recover_abandoned) for worker in survivors for _ in range(3)]
+    threads = [threading.Thread(target=worker.upkeep.recover_abandoned) for worker in survivors for _ in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -134,12 +133,12 @@ def test_a_popped_job_whose_worker_died_before_starting_it_is_back_once_its_leas
     popped, queue = ReliableQueue.dequeue_any(survivor.model_queues("taef2"), None, connection=redis_conn,
                                               serializer=JSONSerializer)  # fmt: skip
     assert popped.id == first.id
-    survivor._recover_abandoned()
+    survivor.upkeep.recover_abandoned()
     assert redis_conn.lrange(queue.key, 0, -1) == [second.id.encode()]  # leased: its popper may still start it
 
     redis_conn.delete(keys.lease_key(first.id))  # the popper died: the lease lapses (at most 3 heartbeats)
     redis_conn.delete(keys.recovery_lock(queue.name))
-    survivor._recover_abandoned()
+    survivor.upkeep.recover_abandoned()
 
     assert redis_conn.lrange(queue.key, 0, -1) == [first.id.encode(), second.id.encode()]  # back at the head
     assert redis_conn.llen(queue.intermediate_queue_key) == 0
@@ -154,13 +153,13 @@ def test_cancel_and_start_exclude_each_other(env, redis_conn, make_worker):
                                               serializer=JSONSerializer)  # fmt: skip
     with pytest.raises(JobConflict):  # a worker holds it: it will run
         client.cancel(taken.id)
-    assert [j.id for j in worker._intake.take(popped, queue).jobs] == [taken.id]
+    assert [j.id for j in worker.intake.take(popped, queue).jobs] == [taken.id]
 
     popped, queue = ReliableQueue.dequeue_any(worker.model_queues("taef2"), None, connection=redis_conn,
                                               serializer=JSONSerializer)  # fmt: skip
     redis_conn.delete(keys.lease_key(abandoned.id))  # its popper froze past the lease: cancel wins
     assert client.cancel(abandoned.id).status.value == "canceled"
-    assert worker._intake.take(popped, queue).jobs == []  # the late start is refused
+    assert worker.intake.take(popped, queue).jobs == []  # the late start is refused
     assert client.job_info(abandoned.id).status.value == "canceled"
     assert not redis_conn.exists(keys.latent_key(abandoned.id))
 
@@ -179,7 +178,7 @@ def test_a_pop_never_takes_over_a_lease_another_pop_holds(env, redis_conn, make_
     assert [j.id for j in batch.jobs] == [job.id]
     assert finish(holder, batch) == [True]
     # the copy the other pop left behind is recovery's to drop, once the holder has ended the job
-    holder._recover_abandoned()
+    holder.upkeep.recover_abandoned()
     assert redis_conn.llen(queue.intermediate_queue_key) == 0 and redis_conn.llen(queue.key) == 0
 
 
@@ -206,13 +205,13 @@ def test_a_job_requeued_while_its_dead_workers_lease_still_holds_is_not_lost(env
     batch, queue = pop_and_start(dead)
     member = redis_conn.zrange(queue.started_job_registry.key, 0, -1)[0]
     redis_conn.zadd(queue.started_job_registry.key, {member: 0})  # its execution expired, its lease not yet
-    other._recover_abandoned()
+    other.upkeep.recover_abandoned()
     assert redis_conn.lrange(queue.key, 0, -1) == [job.id.encode()]
     assert ReliableQueue.pop_many(other.model_queues("taef2"), 8, redis_conn, serializer=JSONSerializer) == []
 
     redis_conn.delete(keys.lease_key(job.id))  # ... and now the lease lapses too
     redis_conn.delete(keys.recovery_lock(queue.name))
-    other._recover_abandoned()
+    other.upkeep.recover_abandoned()
 
     rerun, _ = pop_and_start(other)
     assert [j.id for j in rerun.jobs] == [job.id]

@@ -218,8 +218,7 @@ def _worker(models_file, redis_conn, tmp_path, name: str, **options) -> DecodeWo
 
 def _run(worker: DecodeWorker) -> None:
     worker.work(burst=True)
-    worker._committer.close()
-    worker._pool.shutdown()
+    worker.finisher.close()
 
 
 def _mp4s(tmp_path, jobs) -> list[bytes]:
@@ -301,7 +300,7 @@ def test_a_decode_failing_half_way_fails_its_job_once_and_the_worker_serves_on(e
     assert not failed.results
     assert sum(f"job {failing.id} failed" in record.getMessage() for record in caplog.records) == 1
     assert finished.status.value == "finished" and finished.results[0].frames == 9
-    assert worker._pending._value == worker._pending._initial_value  # every slot given back
+    assert worker.finisher.pending._value == worker.finisher.pending._initial_value  # every slot given back
 
 
 def test_an_out_of_memory_half_way_falls_back_to_the_tiled_decode_and_finishes_whole(env, wan_models, redis_conn,
@@ -332,7 +331,7 @@ def test_a_batch_failing_half_way_is_decoded_again_one_by_one_and_finished_whole
     assert fault.calls == 2 + 3 + 3  # the streamed batch stopped at its second chunk; each job then alone, whole
     assert [info.status.value for info in infos] == ["finished"] * 2
     assert [(info.batch_size, info.results[0].frames) for info in infos] == [(1, 9), (1, 9)]
-    assert worker._pending._value == worker._pending._initial_value
+    assert worker.finisher.pending._value == worker.finisher.pending._initial_value
 
 
 # --- real worker processes: a signal while a streamed batch decodes --------------------------------------

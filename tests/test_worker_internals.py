@@ -45,8 +45,7 @@ def cpu_worker(models_file, redis_conn, tmp_path, name: str, **options) -> Decod
 
 
 def close(worker: DecodeWorker) -> None:
-    worker._committer.close()
-    worker._pool.shutdown()
+    worker.finisher.close()
 
 
 def test_intake_starts_the_popped_job_and_what_waits_behind_it_in_four_round_trips(env, models_file, redis_conn,
@@ -80,12 +79,12 @@ def test_intake_starts_the_popped_job_and_what_waits_behind_it_in_four_round_tri
     redis_conn.eval, redis_conn.evalsha = counted(original_eval), counted(original_evalsha)
     redis_conn.pipeline = counting_pipeline
     try:
-        batch = worker._intake.take(first, queue)
+        batch = worker.intake.take(first, queue)
     finally:
         redis_conn.eval, redis_conn.evalsha, redis_conn.pipeline = original_eval, original_evalsha, original_pipeline
 
     assert [job.id for job in batch.jobs] == [job.id for job in jobs]
-    assert all(blob for blob in batch.blobs) and first.kwargs["request"]["model"] == "taef2"
+    assert all(item.blob for item in batch.items) and first.kwargs["request"]["model"] == "taef2"
     assert [client.job_info(job.id).status.value for job in jobs] == ["started"] * 3
     assert first.get_status(refresh=False).value == "started" and first.worker_name == "intake"
     assert redis_conn.llen(queue.intermediate_queue_key) == 0
@@ -103,9 +102,9 @@ def test_intake_skips_a_popped_job_whose_record_is_gone_and_leaves_nothing_behin
     popped, queue = ReliableQueue.dequeue_any(worker.model_queues("taef2"), None, connection=redis_conn,
                                               serializer=JSONSerializer)  # fmt: skip
 
-    batch = worker._intake.take(popped, queue)
+    batch = worker.intake.take(popped, queue)
 
-    assert batch.jobs == [] and batch.blobs == []
+    assert batch.items == []
     assert not redis_conn.exists(f"rq:job:{job.id}", f"latentq:latent:{job.id}")
     assert redis_conn.zcard(queue.started_job_registry.key) == 0
     assert redis_conn.llen(queue.intermediate_queue_key) == 0
@@ -218,7 +217,7 @@ def test_a_decode_loop_waiting_for_a_free_encoder_is_counted(env, models_file, r
     worker = DecodeWorker({"taef2": model}, redis_conn, _GatedStore(tmp_path / "store", gate), name="slow-encoders",
                           max_batch=1, max_wait_ms=0, encode_threads=1)  # fmt: skip
     blocked = threading.Event()
-    pending = worker._pending
+    pending = worker.finisher.pending
 
     class Watched:  # the worker's bound of pending outputs, telling us when the loop blocks on it
         def acquire(self, blocking=True, timeout=-1):
@@ -232,7 +231,7 @@ def test_a_decode_loop_waiting_for_a_free_encoder_is_counted(env, models_file, r
         def release(self):
             pending.release()
 
-    worker._pending = Watched()
+    worker.finisher.pending = Watched()
     opener = threading.Thread(target=lambda: blocked.wait(30) and gate.set(), daemon=True)
     opener.start()
     worker.work(burst=True)

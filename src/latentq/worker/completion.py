@@ -21,17 +21,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from rq.job import Job as RQJob
+from redis import Redis
 
 from ..state.fence import capture, captured
-from ..state.lifecycle import Ending, end_jobs
+from ..state.lifecycle import Ending
 from ..core.request import JobInfo
+from .work_item import WorkItem
 
-__all__ = ["Completed", "Committer"]
+__all__ = ["CommitHost", "Completed", "Committer"]
 
 log = logging.getLogger("latentq.worker")
 
@@ -42,18 +42,32 @@ MAX_COMMIT = 256  # jobs per transaction: bounds one MULTI/EXEC's size under a f
 class Completed:
     """A job whose outputs are stored: what the committer needs to mark it finished."""
 
-    job: RQJob
-    queue: Any
-    execution: Any
-    model: str
+    work: WorkItem  # the job, its queue, its execution and the lease it is fenced by
     result: dict[str, Any]  # RQ's return value
     info: JobInfo  # the status it reports once finished, as written to the store (without URLs)
     timings: dict[str, float] = field(default_factory=dict)
-    token: str = ""  # the lease of the pop that took the job
+
+
+class CommitHost(Protocol):
+    """What the committer uses: a connection (the decode counters are written into a captured pipeline),
+    the decode counters that ride along with each commit, the jobs' ending (``lifecycle.end_jobs`` on the
+    worker's behalf) and where each job goes once committed, refused (lost) or left to recovery."""
+
+    connection: Redis
+
+    def write_decode_metrics(self, pipe: Any) -> None: ...
+
+    def end_jobs(self, endings: list[Ending], extra: list[tuple[Any, ...]]) -> list[bool]: ...
+
+    def committed(self, done: Completed) -> None: ...
+
+    def commit_refused(self, done: Completed) -> None: ...
+
+    def commit_failed(self, items: list[Completed]) -> None: ...
 
 
 class Committer:
-    """Commits finished jobs in batches; ``after(job)`` runs once each is committed.
+    """Commits finished jobs in batches; the host's ``committed`` (or ``commit_refused``) runs once for each.
 
     Threaded (a GPU worker, whose encoder threads finish jobs while the next batch decodes):
     one thread takes whatever has piled up. In line (a CPU worker, which finishes its jobs
@@ -61,11 +75,8 @@ class Committer:
     thread competes with the decode for the cores.
     """
 
-    def __init__(self, worker: Any, after: Callable[[Completed], None], lost: Callable[[Completed], None],
-                 retry_for_s: float = 15.0, *, threaded: bool = True) -> None:  # fmt: skip
-        self.worker = worker
-        self.after = after
-        self.lost = lost
+    def __init__(self, host: CommitHost, retry_for_s: float = 15.0, *, threaded: bool = True) -> None:
+        self.host = host
         self.retry_for_s = retry_for_s
         self._queue: queue.Queue[Completed | None] = queue.Queue()
         self._gathered: list[Completed] = []
@@ -113,11 +124,12 @@ class Committer:
                 return
 
     def _commit_with_retries(self, items: list[Completed]) -> None:
+        host = self.host
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05
         # The decode counters gathered since the last commit ride along (taken once: retries resend them).
-        decode_metrics = capture(self.worker.connection)
-        self.worker.write_decode_metrics(decode_metrics)
+        decode_metrics = capture(host.connection)
+        host.write_decode_metrics(decode_metrics)
         extra = captured(decode_metrics)
         while True:
             try:
@@ -127,18 +139,19 @@ class Committer:
                 if time.monotonic() + delay > deadline:
                     log.error("could not mark %d finished jobs finished (%s); recovery will re-run them",
                               len(items), exc)  # fmt: skip
-                    self.worker.commit_failed(items)
+                    host.commit_failed(items)
                     return
                 log.warning("marking %d jobs finished failed (%s); retrying in %.2f s", len(items), exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         for item, done in zip(items, committed):
             try:
-                (self.after if done else self.lost)(item)
+                (host.committed if done else host.commit_refused)(item)
             except Exception:
-                log.exception("after-commit step of job %s failed", item.job.id)
+                log.exception("after-commit step of job %s failed", item.work.id)
 
     def _commit(self, items: list[Completed], extra: list[tuple[Any, ...]]) -> list[bool]:
-        endings = [Ending(item.job, "finished", item.queue, item.execution, item.token, result=item.result,
-                          ended=item.job.ended_at, timings=item.timings) for item in items]  # fmt: skip
-        return end_jobs(self.worker.connection, endings, worker=self.worker, extra=extra)
+        endings = [Ending(item.work.job, "finished", item.work.queue, item.work.execution, item.work.token,
+                          result=item.result, ended=item.work.job.ended_at, timings=item.timings)
+                   for item in items]  # fmt: skip
+        return self.host.end_jobs(endings, extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["BATCH_DEFAULTS", "gpu_encode_threads"]
+__all__ = ["BATCH_DEFAULTS", "batch_settings", "gpu_encode_threads"]
 
 # Defaults by where the models run (flags override each).
 # GPU: batches of up to 8 within 16M output pixels, encoded by threads while the next batch decodes
@@ -28,3 +28,18 @@ def gpu_encode_threads(cpus: int | None = None) -> int:
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(4, min(16, cpus // 2))
+
+
+def batch_settings(on_gpu: bool, max_batch: int | None, max_batch_pixels: int | None,
+                   encode_threads: int | None) -> tuple[int, int | None, int]:  # fmt: skip
+    """A worker's max_batch, max_batch_pixels and encode_threads: its flags, the device's defaults where a flag
+    is None (``max_batch_pixels``: where it is negative; None there is no pixel budget)."""
+    defaults = BATCH_DEFAULTS["cuda" if on_gpu else "cpu"]
+    max_batch = defaults["max_batch"] if max_batch is None else max_batch
+    if max_batch < 1:
+        raise ValueError("max_batch must be >= 1")
+    if max_batch_pixels is not None and max_batch_pixels < 0:
+        max_batch_pixels = defaults["max_batch_pixels"]
+    if encode_threads is None:
+        encode_threads = gpu_encode_threads() if on_gpu else defaults["encode_threads"]
+    return max_batch, max_batch_pixels, encode_threads

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -43,6 +44,8 @@ __all__ = [
     "streamable",
 ]
 
+T = TypeVar("T")
+
 
 def load_latent(data: bytes | None, spec: ModelSpec, request: DecodeRequest, limits: Limits) -> torch.Tensor:
     """Parse and re-validate a queued latent (or an encode job's image): the worker trusts nothing it pops."""
@@ -59,22 +62,28 @@ def sample_pixels(spec: ModelSpec, request: DecodeRequest, tensor: torch.Tensor 
     return size.width * size.height * size.frames
 
 
-def group_for_decode(items: list[tuple[Any, DecodeRequest, torch.Tensor]], max_batch: int,
-                     spec: ModelSpec | None = None, max_batch_pixels: int | None = None) -> list[list[Any]]:  # fmt: skip
+def _triple(item: Any) -> tuple[DecodeRequest, Any]:
+    return item[1], item[2]
+
+
+def group_for_decode(items: Sequence[T], max_batch: int, spec: ModelSpec | None = None,
+                     max_batch_pixels: int | None = None,
+                     inputs: Callable[[T], tuple[DecodeRequest, Any]] = _triple) -> list[list[T]]:  # fmt: skip
     """Split items into sub-batches sharing latent shape, dtype and options, within a pixel budget.
 
+    ``inputs`` gives an item's request and tensor (by default, items are ``(anything, request, tensor)``).
     The budget keeps a batch of large latents from running out of memory:
     many small images share one decode call, a few large ones get their own.
     """
-    groups: dict[tuple, list] = defaultdict(list)
+    groups: dict[tuple, list[T]] = defaultdict(list)
     for item in items:
-        _, request, tensor = item
+        request, tensor = inputs(item)
         groups[(request.batch_signature(), *shape_key(tensor))].append(item)
     batches = []
     for members in groups.values():
         size = max_batch
         if spec is not None and max_batch_pixels:
-            _, request, tensor = members[0]
+            request, tensor = inputs(members[0])
             size = max(1, min(max_batch, max_batch_pixels // max(1, sample_pixels(spec, request, tensor))))
         for start in range(0, len(members), size):
             batches.append(members[start : start + size])

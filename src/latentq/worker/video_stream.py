@@ -13,7 +13,7 @@ outputs) and put on each job's ``FrameStream``; the encoder muxes the chunks as 
   leaves its job alone (``StreamAborted``): the worker's fallbacks (split, tiled, one by one) decode the job
   again, whole, and decide its outcome; no job is failed twice or finished with part of its video. An encoder
   that fails cancels its stream (the decode goes on without it) and its job fails as a failed encode does.
-- Only on a thread pool with a thread per job of the group (``DecodeWorker._open_streams``): an encoder run
+- Only on a thread pool with a thread per job of the group (``Batcher._open_streams``): an encoder run
   in line, or waiting behind the group's other encoders, would wait for frames the decode cannot make yet.
 """
 
@@ -103,7 +103,7 @@ class FrameStream:
 
 class StreamedVideo:
     """One job's video, arriving on ``stream``: what ``store_output`` encodes (once, by ``encode``) and the
-    worker's ``_finish`` records, in the place of a ``DecodedImage``."""
+    worker's ``Finisher`` records, in the place of a ``DecodedImage``."""
 
     tiled = False
 
