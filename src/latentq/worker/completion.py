@@ -28,7 +28,7 @@ from redis import Redis
 
 from ..state.fence import capture, captured
 from ..state.lifecycle import Ending
-from ..core.request import JobInfo
+from ..core.request import JobInfo, JobResult
 from .work_item import WorkItem
 
 __all__ = ["CommitHost", "Completed", "Committer"]
@@ -43,7 +43,7 @@ class Completed:
     """A job whose outputs are stored: what the committer needs to mark it finished."""
 
     work: WorkItem  # the job, its queue, its execution and the lease it is fenced by
-    result: dict[str, Any]  # RQ's return value
+    result: JobResult  # RQ's return value, as JSON (``to_dict``)
     info: JobInfo  # the status it reports once finished, as written to the store (without URLs)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -152,6 +152,6 @@ class Committer:
 
     def _commit(self, items: list[Completed], extra: list[tuple[Any, ...]]) -> list[bool]:
         endings = [Ending(item.work.job, "finished", item.work.queue, item.work.execution, item.work.token,
-                          result=item.result, ended=item.work.job.ended_at, timings=item.timings)
+                          result=item.result.to_dict(), ended=item.work.job.ended_at, timings=item.timings)
                    for item in items]  # fmt: skip
         return self.host.end_jobs(endings, extra)

@@ -10,6 +10,7 @@ re-queued while it has retries (and the failure may pass), else failed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from redis import Redis
 from rq.executions import Execution
 from rq.job import Job as RQJob
 
-from ..core.request import JobInfo
+from ..core.request import JobInfo, JobResult
 from ..state import rqstate
 from ..state.lifecycle import Ending, end_jobs
 from ..state.records import write_record
@@ -160,10 +161,10 @@ class Finisher:
             if preview is not None:
                 preview.result()  # the preview is published before the full result
             job.ended_at = rqstate.now()
-            result = {"results": records, "batch_size": decoded.batch_size, "decode_ms": round(decoded.decode_ms, 3),
-                      "tiled": decoded.tiled}  # fmt: skip
+            result = JobResult(records, batch_size=decoded.batch_size, decode_ms=round(decoded.decode_ms, 3),
+                               tiled=decoded.tiled)  # fmt: skip
             self.decode_metrics.stored(job.id, decoded.decode_ms)
-            info = self._store_record(job, result, timings)
+            result, info = self._store_record(job, result, timings)
             self.committer.submit(Completed(item, result, info, timings))
         except Exception as exc:
             log.exception("storing the result of job %s failed", job.id)
@@ -181,8 +182,7 @@ class Finisher:
             records = self._retrying(lambda: store_latent(self.store, job.id, latent, token=item.output_token), job)
             job.ended_at = rqstate.now()
             timings = {"encode": 0.0, "store": time.perf_counter() - started}
-            result = {"results": records, "batch_size": 1}
-            info = self._store_record(job, result, timings)
+            result, info = self._store_record(job, JobResult(records, batch_size=1), timings)
             self.committer.submit(Completed(item, result, info, timings))
         except Exception as exc:
             self.fail(item, reason(exc), permanent=False)
@@ -196,16 +196,16 @@ class Finisher:
         self.active.forget(item.id)
         return True
 
-    def _store_record(self, job: RQJob, result: dict[str, Any], timings: dict[str, float]) -> JobInfo:
-        """Write the finished job's record to the store, before Redis says finished: one of them always answers."""
+    def _store_record(self, job: RQJob, result: JobResult, timings: dict[str, float]) -> tuple[JobResult, JobInfo]:
+        """Write the finished job's record to the store, before Redis says finished: one of them always answers.
+        Returns the result with its encode and store times (the record's own write included) and the record."""
         started = time.perf_counter()
-        result["encode_ms"] = round(timings.get("encode", 0.0) * 1000, 3)
-        result["store_ms"] = round(timings.get("store", 0.0) * 1000, 3)  # the outputs' (the record's is added below)
+        result = dataclasses.replace(result, encode_ms=round(timings.get("encode", 0.0) * 1000, 3),
+                                     store_ms=round(timings.get("store", 0.0) * 1000, 3))  # the outputs' store time
         info = job_info(job, lambda key: None, result=result)  # URLs are made when it is read
         self._retrying(lambda: write_record(self.store, info), job)
         timings["store"] = timings.get("store", 0.0) + time.perf_counter() - started
-        result["store_ms"] = round(timings["store"] * 1000, 3)
-        return info
+        return dataclasses.replace(result, store_ms=round(timings["store"] * 1000, 3)), info
 
     # --- the committer's host -----------------------------------------------------
     def write_decode_metrics(self, pipe: Any) -> None:
@@ -218,7 +218,7 @@ class Finisher:
     def committed(self, done: Completed) -> None:
         """A job is marked finished in Redis (the committer's thread, or the decoding one on a CPU)."""
         job = done.work.job
-        log.info("job %s finished (batch of %d)", job.id, done.result.get("batch_size", 1), extra=log_fields(job))
+        log.info("job %s finished (batch of %d)", job.id, done.result.batch_size or 1, extra=log_fields(job))
         self.active.finished(job.id)
 
     def commit_refused(self, done: Completed) -> None:

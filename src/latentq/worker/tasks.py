@@ -25,7 +25,7 @@ from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
 from ..state.status import job_info
 from ..state.records import write_record
-from ..core.request import DecodeRequest
+from ..core.request import DecodeRequest, JobResult
 from .pipeline import decode_group, load_latent, store_output
 
 __all__ = ["decode_job"]
@@ -51,7 +51,7 @@ def decode_job(request: dict[str, Any], latent_key: str, shape: list[int] | None
     store = deployment.open_store()  # its setting, else the deployment's (published by the workers)
     timings: dict[str, float] = {}
     records = store_output(store, job.id, decode_request, decoded, token=output_token, timings=timings)
-    result = {"results": records, "batch_size": 1, "decode_ms": decoded.decode_ms, "tiled": decoded.tiled}
+    result = JobResult(records, batch_size=1, decode_ms=decoded.decode_ms, tiled=decoded.tiled).to_dict()
     job.ended_at = rqstate.now()
     write_record(store, job_info(job, lambda key: None, result=result))
     # Its webhook carries the deployment's result URLs (signed, through the API), never a file:// path.
