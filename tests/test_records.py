@@ -149,3 +149,23 @@ def test_record_reader_caches_ended_jobs_only(tmp_path):
         write_record(store, JobInfo(id=job_id, model="taef2", status=JobStatus.FINISHED))
         reader.read(job_id, str)
     assert reader.read("later", str) is None  # evicted (size 2), then read again: gone from the store
+
+
+def test_result_and_worker_stats_records_round_trip():
+    """The records that cross processes are dataclasses: the same fields written as read."""
+    from latentq.core.request import JobResult
+    from latentq.state.worker_stats import Counter, WorkerStats
+
+    result = JobResult([{"key": "k", "content_type": "image/png", "width": 2, "height": 2, "bytes": 9}], batch_size=3,
+                       decode_ms=1.5, tiled=False, encode_ms=0.5, store_ms=2.0)  # fmt: skip
+    assert JobResult.from_dict(result.to_dict()) == result
+    assert "decode_ms" not in JobResult([], batch_size=1).to_dict()  # an encode job's record has no decode time
+    assert result.timings_ms() == {"decode": 1.5, "encode": 0.5, "store": 2.0}
+    written = {**WorkerStats.identity(["taef2", "sd15"], 8, WorkerStats.device_fields("cuda:0", (3, 10))),
+               Counter.DECODE_CALLS.value: 4, Counter.ENCODE_WAIT_MS.value: "12"}
+    raw = {key.encode(): str(value).encode() for key, value in written.items()}
+    stats = WorkerStats.from_hash(raw)
+    assert stats.models == ("taef2", "sd15") and stats.max_batch == 8 and stats.device == "cuda:0"
+    assert stats.gpu_memory_used == 7 and stats.gpu_memory_total == 10
+    assert stats.decode_calls == 4 and stats.encode_wait_ms == 12 and stats.model_loads == 0
+    assert {field.value for field in Counter} <= {f.name for f in __import__("dataclasses").fields(WorkerStats)}

@@ -32,6 +32,7 @@ from . import outbox
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
 from .payload import latent_key_of, request_field
+from .worker_stats import Counter
 
 __all__ = ["Ending", "end_jobs", "FINAL_STATUSES"]
 
@@ -101,7 +102,7 @@ def _writes(connection: Redis, worker: Any, ending: Ending) -> list[tuple[Any, .
     _webhook(pipe, job, ending.model, status, ending.url_for or getattr(worker, "url_for", None), ending.result,
              ending.reason)
     if worker is not None:
-        pipe.hincrby(worker.stats_key, "finished" if status == "finished" else "failed", 1)
+        pipe.hincrby(worker.stats_key, (Counter.FINISHED if status == "finished" else Counter.FAILED).value, 1)
     pipe.publish(keys.job_done_channel(job.id), status)
     return captured(pipe)
 

@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from ..state import metrics
+from ..state.worker_stats import Counter
 from .model_cache import ModelCache
 
 __all__ = ["DecodeMetrics"]
@@ -22,8 +23,9 @@ class DecodeMetrics:
         self.models = models
         self.stats_key = stats_key
         self._metrics = metrics.MetricsBatch()
-        self._stats = {"decode_calls": 0, "decoded_jobs": 0, "model_loads": 0, "model_evictions": 0,
-                       "compile_eager_calls": 0, "encode_wait_ms": 0}  # fmt: skip
+        self._stats: dict[Counter, int] = dict.fromkeys((Counter.DECODE_CALLS, Counter.DECODED_JOBS, Counter.MODEL_LOADS,
+                                                          Counter.MODEL_EVICTIONS, Counter.COMPILE_EAGER_CALLS,
+                                                          Counter.ENCODE_WAIT_MS), 0)  # fmt: skip
         # job id -> [model, not yet observed], one list shared by the jobs of a batch
         self._batches: dict[str, list] = {}
         self._lock = threading.Lock()
@@ -31,8 +33,8 @@ class DecodeMetrics:
     def decoded(self, model: str, job_ids: list[str]) -> None:
         """One decode call for these jobs was launched (its time is observed by ``stored``)."""
         with self._lock:
-            self._stats["decode_calls"] += 1
-            self._stats["decoded_jobs"] += len(job_ids)
+            self._stats[Counter.DECODE_CALLS] += 1
+            self._stats[Counter.DECODED_JOBS] += len(job_ids)
             self._metrics.observe(model, "batch_size", len(job_ids))
             batch = [model, True]
             self._batches.update((job_id, batch) for job_id in job_ids)
@@ -50,28 +52,28 @@ class DecodeMetrics:
         """The decode loop waited ``seconds`` for a free encoder before handing on a ``model`` output."""
         with self._lock:
             self._metrics.encode_wait(model, seconds)
-            self._stats["encode_wait_ms"] += round(seconds * 1000)
+            self._stats[Counter.ENCODE_WAIT_MS] += round(seconds * 1000)
 
     def write(self, pipe: Any) -> None:
         """Add the counters gathered since the last write to ``pipe``."""
         with self._lock:
             for event in self.models.drain_events():  # model loads and evictions (the model cache)
                 self._metrics.model_event(event.model, event.kind, event.seconds)
-                self._stats["model_loads" if event.kind == "load" else "model_evictions"] += 1
+                self._stats[Counter.MODEL_LOADS if event.kind == "load" else Counter.MODEL_EVICTIONS] += 1
                 if event.eager_calls:
                     self._metrics.compile_eager_calls(event.model, event.eager_calls)
-                    self._stats["compile_eager_calls"] += event.eager_calls
+                    self._stats[Counter.COMPILE_EAGER_CALLS] += event.eager_calls
             for model in self.models.values():  # --compile: decoder calls past the compiled shapes' bound
                 calls = model.compiled.drain_eager_calls() if model.compiled is not None else 0
                 if calls:
                     self._metrics.compile_eager_calls(model.spec.name, calls)
-                    self._stats["compile_eager_calls"] += calls
+                    self._stats[Counter.COMPILE_EAGER_CALLS] += calls
             if self.models.device.startswith("cuda"):
                 pipe.hset(self.stats_key, "gpu_peak_allocated", _peak_allocated(self.models.device))
             self._metrics.write(pipe)
             for field, count in self._stats.items():
                 if count:
-                    pipe.hincrby(self.stats_key, field, count)
+                    pipe.hincrby(self.stats_key, field.value, count)
                     self._stats[field] = 0
 
 

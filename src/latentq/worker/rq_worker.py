@@ -38,6 +38,7 @@ from rq.worker import SimpleWorker
 from ..core.request import Limits
 from ..models.loader import LoadedModel
 from ..state import keys
+from ..state.worker_stats import WorkerStats
 from ..store import ObjectStore
 from .active import ActiveJobs
 from .batching import Batcher
@@ -133,8 +134,8 @@ class DecodeWorker(SimpleWorker):
     # --- RQ hooks -------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)
-        self.connection.hset(self.stats_key, mapping={"models": ",".join(self.models), "max_batch": self.max_batch,
-                                                      **device_stats(self.models)})  # fmt: skip
+        self.connection.hset(self.stats_key, mapping=WorkerStats.identity(list(self.models), self.max_batch,
+                                                                          device_stats(self.models)))  # fmt: skip
         self.upkeep.start()
 
     def subscribe(self) -> None:

@@ -23,6 +23,7 @@ from rq.job import Job as RQJob
 from ..state import keys, rqstate
 from ..state.fence import renew_leases
 from .active import ActiveJobs
+from ..state.worker_stats import WorkerStats
 from .job_log import log_fields
 from .model_cache import ModelCache
 from .reliable_queue import ReliableQueue
@@ -119,11 +120,10 @@ class Upkeep:
 def device_stats(models: ModelCache) -> dict[str, str | int]:
     """The worker's device(s), and on a GPU its memory in bytes (the console's workers table shows them)."""
     devices = sorted({str(model.device) for model in models.values()}) or ["cpu"]
-    stats: dict[str, str | int] = {"device": ",".join(devices)}
     cuda = [device for device in devices if device.startswith("cuda")]
+    memory = None
     if cuda:
         import torch
 
-        free, total = torch.cuda.mem_get_info(torch.device(cuda[0]))
-        stats.update(gpu_memory_used=total - free, gpu_memory_total=total)
-    return stats
+        memory = torch.cuda.mem_get_info(torch.device(cuda[0]))
+    return WorkerStats.device_fields(",".join(devices), memory)
