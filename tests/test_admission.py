@@ -132,9 +132,9 @@ def test_a_submit_at_the_tenant_cap_checks_a_bounded_number_of_its_oldest_jobs(r
 def test_rate_limit_refuses_with_a_retry_after(redis_url, models_file):
     c = client(redis_url, models_file)
     tenant = Tenant("slow", rate=1.0)
-    c.submit_request(LATENT, _request(), tenant=tenant)
+    c.service.submit(LATENT, _request(), tenant=tenant)
     with pytest.raises(RateLimited) as refused:
-        c.submit_request(LATENT, _request(), tenant=tenant)
+        c.service.submit(LATENT, _request(), tenant=tenant)
     assert refused.value.retry_after == 1
     assert isinstance(refused.value, QueueFull)  # callers that handle backpressure handle this too
 

@@ -155,10 +155,10 @@ def test_an_ending_the_fence_refuses_queues_no_webhook(env, redis_conn):
     client = Client()
     job = client.submit(latent(), model="taef2", callback_url="http://127.0.0.1:9/hook")
     redis_conn.set(keys.lease_key(job.id), "a-worker's-token")  # a worker popped it: a cancel is refused
-    assert end_jobs(redis_conn, [Ending(client._fetch(job.id), "canceled")]) == [False]
+    assert end_jobs(redis_conn, [Ending(client.service._fetch(job.id), "canceled")]) == [False]
     assert pending(redis_conn) == 0
     redis_conn.delete(keys.lease_key(job.id))
-    assert end_jobs(redis_conn, [Ending(client._fetch(job.id), "canceled")]) == [True]
+    assert end_jobs(redis_conn, [Ending(client.service._fetch(job.id), "canceled")]) == [True]
     ((_, fields),) = redis_conn.xrange(keys.WEBHOOK_OUTBOX)
     assert fields[b"id"].decode() == f"msg_{job.id}_canceled" and fields[b"url"] == b"http://127.0.0.1:9/hook"
     assert fields[b"model"] == b"taef2" and fields[b"job"].decode() == job.id

@@ -18,7 +18,8 @@
     └── Unavailable             (Redis or another dependency cannot be reached now; retry later)
 
 Callers catch at any level: ``except latentq.InvalidRequest`` for all bad
-input, ``except latentq.LatentqError`` for everything of ours.
+input, ``except latentq.LatentqError`` for everything of ours. ``HTTP_ERRORS``
+(at the end) is the HTTP status and error body the API answers each one with.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
     "UnknownModel",
     "Unavailable",
     "UnsupportedFormat",
-]
+]  # the exceptions; HTTP_ERRORS and http_error (below) are the API's, not the package's
 
 
 class LatentqError(Exception):
@@ -97,6 +98,15 @@ class JobFailed(LatentqError):
         self.job_id = job_id
         self.reason = reason
 
+    @property
+    def status_code(self) -> int:
+        """Its HTTP status: its input (422), someone ended it (409), else the worker's trouble (502)."""
+        if self.reason.startswith(_INPUT_FAILURES):
+            return 422
+        if self.reason.startswith(("DeadlineExpired", "canceled", "expired")):
+            return 409
+        return 502
+
 
 class JobTimeout(LatentqError):
     pass
@@ -120,3 +130,34 @@ class Unavailable(LatentqError):
     def __init__(self, message: str, *, retry_after: int = 2) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# --- how the HTTP API answers each one (latentq.api's one handler reads this table) ----------------------
+_INPUT_FAILURES = ("InvalidRequest", "InvalidLatent", "LatentTooLarge", "UnsupportedFormat", "UnknownModel")
+OWN = "own"  # in HTTP_ERRORS: the exception's own value (its status_code, its class name, its field)
+
+# The first row whose class the exception is an instance of answers: HTTP status, the error body's "type"
+# and "field". An exception with a ``retry_after`` (QueueFull, Unavailable) also gets a Retry-After header.
+HTTP_ERRORS: tuple[tuple[type[LatentqError], int | str, str, str | None], ...] = (
+    (InvalidRequest, OWN, OWN, OWN),  # 422; UnknownModel 404, LatentTooLarge 413 (and the API's 408)
+    (QueueFull, 429, OWN, None),  # QueueFull or RateLimited
+    (JobNotFound, 404, "JobNotFound", "id"),
+    (JobConflict, 409, "JobConflict", "id"),
+    (StoreError, 404, "StoreError", "key"),
+    (JobFailed, OWN, "JobFailed", "id"),  # a protocol route waited for a job that did not finish
+    (Unavailable, 503, "Unavailable", None),
+    (JobTimeout, 504, "JobTimeout", None),  # a protocol route's wait ran out (its queued jobs are canceled)
+    (LatentqError, 500, OWN, None),
+)
+
+
+def http_error(exc: LatentqError) -> tuple[int, str, str | None, dict[str, str] | None]:
+    """How the HTTP API answers ``exc`` (HTTP_ERRORS): status, error type, error field, extra headers."""
+    _, status, kind, field = next(row for row in HTTP_ERRORS if isinstance(exc, row[0]))
+    retry_after = getattr(exc, "retry_after", None)
+    return (
+        exc.status_code if status == OWN else int(status),  # type: ignore[attr-defined]
+        type(exc).__name__ if kind == OWN else kind,
+        exc.field if field == OWN else field,  # type: ignore[attr-defined]
+        {"Retry-After": str(retry_after)} if retry_after is not None else None,
+    )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-__all__ = ["ErrorBody", "ErrorDetail", "errors"]
+__all__ = ["ErrorBody", "ErrorDetail", "error_response", "errors"]
 
 
 class ErrorDetail(BaseModel):
@@ -45,3 +46,10 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: each code with the error body's schema (401, 422 and 503 always)."""
     wanted = sorted({401, 422, 503, *codes})
     return {code: {"model": ErrorBody, "description": _DESCRIPTIONS.get(code, "Error")} for code in wanted}
+
+
+def error_response(status: int, kind: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    """The error body (ErrorBody) as a response."""
+    body = {"error": {"type": kind, "message": message, "field": field}, "detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)

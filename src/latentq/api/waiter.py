@@ -1,7 +1,7 @@
 """Long-polls (``GET /v1/jobs/{id}?wait=S``) that wait in the event loop, not on a thread.
 
 The process's one :class:`~latentq.producer.waiter.DoneListener` (the API's
-``Client`` owns it; the remote-decode routes' waits share it) signals "job X
+job service owns it; the remote-decode routes' waits share it) signals "job X
 ended" into the loop; the re-checks in between are async reads from a bounded,
 reused pool. A waiting request holds no thread and no connection of its own,
 so thousands can wait while threads serve submits.

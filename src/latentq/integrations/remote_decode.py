@@ -1,9 +1,9 @@
 """Hugging Face's remote-VAE protocol (diffusers' ``remote_decode`` / ``remote_encode``) on latentq's queues.
 
-The HTTP routes (``latentq.api.remote``) and :func:`remote_decode` share this
-module: both submit through :class:`~latentq.Client`, so a latent decoded
-either way goes through the same queues, batching and workers as ``/v1/jobs``
-and gives the same pixels.
+The HTTP routes (``latentq.api.routes.remote``) and :func:`remote_decode` share this
+module: both submit through the job service (:class:`~latentq.producer.service.JobService`,
+what :class:`~latentq.Client` fronts), so a latent decoded either way goes through the
+same queues, batching and workers as ``/v1/jobs`` and gives the same pixels.
 
 What diffusers' client expects back, and the job format that produces it::
 
@@ -38,8 +38,11 @@ from safetensors.torch import load as st_load
 
 from ..errors import InvalidLatent, InvalidRequest, JobTimeout, LatentqError, LatentTooLarge, UnsupportedFormat
 from ..models.registry import ModelSpec
-from ..producer.client import Client, Job
-from ..core.request import Limits
+from ..producer.client import Client
+from ..producer.job import Job
+from ..producer.service import JobService
+from ..core.request import DecodeRequest, Limits
+from ..state.tenants import Tenant
 from ..core.wire import TENSOR_NAME, check_shape, check_tensor
 
 __all__ = [
@@ -218,14 +221,14 @@ def _reply_tensor(reply: str, images: list[torch.Tensor], video: bool) -> torch.
     return torch.stack(images)
 
 
-def _wait_all(client: Client, jobs: list[Job], timeout: float) -> list[bytes]:
+def _wait_all(service: JobService, jobs: list[Job], timeout: float) -> list[bytes]:
     """The first result object of every job; on timeout the jobs not started yet are canceled."""
     deadline = time.monotonic() + timeout
     out = []
     try:
         for job in jobs:
             results = job.wait(max(deadline - time.monotonic(), 0.0))
-            out.append(client.store.get(results[0].key))
+            out.append(service.store.get(results[0].key))
     except JobTimeout:
         for job in jobs:
             try:
@@ -252,15 +255,16 @@ class PendingReply:
         return [job.id for job in self.jobs]
 
 
-def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_type: str = "pil",
+def submit_decode(service: JobService, latent: torch.Tensor, model: str, *, tenant: Tenant | str | None = None,
+                  output_type: str = "pil",
                   image_format: str = "jpg", partial_postprocess: bool = False, processor: bool = False,
                   scaling_factor: float | None = None, shift_factor: float | None = None,
                   height: int | None = None, width: int | None = None, quality: int = 90,
                   **family_options: Any) -> PendingReply:  # fmt: skip
-    """Submit a protocol decode: one job per sample of the batch. ``scaling_factor`` / ``shift_factor``
-    are the job's (see :func:`decode_scaling`); ``family_options``: the DecodeRequest fields some families
-    read (num_frames, decode_timestep, audio_end_in_s, ...), None ones left out."""
-    spec = client.registry.get(model)
+    """Submit a protocol decode for ``tenant``: one job per sample of the batch. ``scaling_factor`` /
+    ``shift_factor`` are the job's (see :func:`decode_scaling`); ``family_options``: the DecodeRequest fields
+    some families read (num_frames, decode_timestep, audio_end_in_s, ...), None ones left out."""
+    spec = service.registry.get(model)
     plan = plan_decode(spec, output_type, image_format, partial_postprocess, processor)
     # FLUX.1 takes packed (B, seq, 64) and unpacked (B, 16, h, w) latents: the family says which ndims.
     ndims = spec.family_impl.latent_ndims(spec)
@@ -273,19 +277,20 @@ def submit_decode(client: Client, latent: torch.Tensor, model: str, *, output_ty
     options: dict[str, Any] = dict(output_format=plan.output_format, scaling_factor=scaling_factor,
                                    shift_factor=shift_factor, height=height, width=width, quality=quality)  # fmt: skip
     options.update({name: value for name, value in family_options.items() if value is not None})
+    request = DecodeRequest(model=model, **options)
     if batch > 1:  # slices keep their batch dimension: an unbound FLUX.1 (16, h, w) would read as packed
-        jobs = client.submit_many([latent[i : i + 1] for i in range(batch)], model, **options)
+        jobs = service.submit_many([latent[i : i + 1] for i in range(batch)], request, tenant=tenant)
     else:
-        jobs = [client.submit(latent, model, **options)]
+        jobs = [service.submit(latent, request, tenant=tenant)]
     return PendingReply(jobs, "decode", plan=plan, video=spec.is_video)
 
 
-def collect_reply(client: Client, pending: PendingReply, timeout: float) -> RemoteResult:
+def collect_reply(service: JobService, pending: PendingReply, timeout: float) -> RemoteResult:
     """Wait (at most ``timeout`` s; 0 once the jobs have ended) and shape the reply as the protocol's endpoint does."""
-    datas = _wait_all(client, pending.jobs, timeout)
+    datas = _wait_all(service, pending.jobs, timeout)
     ids = pending.job_ids
     if pending.kind == "encode":
-        spec = client.registry.get(pending.jobs[0].model)
+        spec = service.registry.get(pending.jobs[0].model)
         latents = torch.cat([st_load(data)[TENSOR_NAME] for data in datas]).float()
         return RemoteResult(ids, tensor=_rescale(latents, spec, *pending.scaling))
     plan = pending.plan
@@ -298,10 +303,10 @@ def collect_reply(client: Client, pending: PendingReply, timeout: float) -> Remo
     return RemoteResult(ids, tensor=_reply_tensor(plan.reply, images, pending.video))
 
 
-def decode_latent(client: Client, latent: torch.Tensor, model: str, *, timeout: float = DEFAULT_TIMEOUT_S,
+def decode_latent(service: JobService, latent: torch.Tensor, model: str, *, timeout: float = DEFAULT_TIMEOUT_S,
                   **options: Any) -> RemoteResult:  # fmt: skip
-    """Submit, wait, and shape the answer (``options``: those of :func:`submit_decode`)."""
-    return collect_reply(client, submit_decode(client, latent, model, **options), timeout)
+    """Submit, wait, and shape the answer (``options``: those of :func:`submit_decode`, ``tenant`` too)."""
+    return collect_reply(service, submit_decode(service, latent, model, **options), timeout)
 
 
 # --- encode -------------------------------------------------------------------------------
@@ -322,24 +327,26 @@ def _rescale(latent: torch.Tensor, spec: ModelSpec, scaling_factor: float | None
     return (raw - shift) * scale
 
 
-def submit_encode(client: Client, images: torch.Tensor, model: str, *, scaling_factor: float | None = None,
-                  shift_factor: float | None = None) -> PendingReply:  # fmt: skip
-    """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]): one encode job per image."""
-    client.registry.get(model)
-    images = encode_input(images, client.settings.limits)
+def submit_encode(service: JobService, images: torch.Tensor, model: str, *, tenant: Tenant | str | None = None,
+                  scaling_factor: float | None = None, shift_factor: float | None = None) -> PendingReply:  # fmt: skip
+    """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]): one encode job per image, for ``tenant``."""
+    service.registry.get(model)
+    images = encode_input(images, service.settings.limits)
     if images.ndim == 3:
         images = images.unsqueeze(0)
     if images.ndim != 4:
         raise InvalidLatent(f"image must be (B, 3, H, W) or (3, H, W), got {tuple(images.shape)}", field="image")
-    jobs = [client.submit_encode(images[i : i + 1], model) for i in range(images.shape[0])]
+    request = DecodeRequest(model=model, output_format="tensor", task="encode")
+    jobs = [service.submit(images[i : i + 1], request, tenant=tenant) for i in range(images.shape[0])]
     return PendingReply(jobs, "encode", scaling=(scaling_factor, shift_factor))
 
 
-def encode_images(client: Client, images: torch.Tensor, model: str, *, scaling_factor: float | None = None,
-                  shift_factor: float | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> RemoteResult:  # fmt: skip
+def encode_images(service: JobService, images: torch.Tensor, model: str, *, tenant: Tenant | str | None = None,
+                  scaling_factor: float | None = None, shift_factor: float | None = None,
+                  timeout: float = DEFAULT_TIMEOUT_S) -> RemoteResult:  # fmt: skip
     """(B, 3, H, W) or (3, H, W) images (uint8, or float in [0, 1]) -> (B, C, h, w) float32 latents."""
-    pending = submit_encode(client, images, model, scaling_factor=scaling_factor, shift_factor=shift_factor)
-    return collect_reply(client, pending, timeout)
+    return collect_reply(service, submit_encode(service, images, model, tenant=tenant, scaling_factor=scaling_factor,
+                                                shift_factor=shift_factor), timeout)  # fmt: skip
 
 
 # --- the Python producer's remote_decode ------------------------------------------------------
@@ -387,10 +394,10 @@ def remote_decode(
                              bool(do_scaling and scaling_factor is None))  # fmt: skip
     own = client or Client(endpoint)
     try:
-        result = decode_latent(own, tensor, model, output_type=output_type, image_format=image_format,
-                               partial_postprocess=partial_postprocess, processor=processor is not None,
-                               scaling_factor=factors[0], shift_factor=factors[1], height=height, width=width,
-                               timeout=timeout)  # fmt: skip
+        result = decode_latent(own.service, tensor, model, tenant=own.tenant_name, output_type=output_type,
+                               image_format=image_format, partial_postprocess=partial_postprocess,
+                               processor=processor is not None, scaling_factor=factors[0], shift_factor=factors[1],
+                               height=height, width=width, timeout=timeout)  # fmt: skip
     finally:
         if client is None:
             own.close()

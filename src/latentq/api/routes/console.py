@@ -14,20 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from rq import Worker
 
-from ..state import keys, metrics
-from ..producer.client import Client
-from .openapi import errors
+from ...producer.service import JobService
+from ...state import keys, metrics
+from ..context import Context
+from ..openapi import errors
 
-__all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "install_console", "overview"]
+__all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "mount_static", "overview", "router"]
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parents[1] / "static"
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's bundle and CSS, a favicon
 CHART_MINUTES = 15  # the throughput chart's span (metrics keeps the per-minute counters a little longer)
 WORKER_COUNTERS = ("model_loads", "model_evictions", "compile_eager_calls", "encode_wait_ms")
@@ -37,22 +38,22 @@ def _int(value: bytes | None) -> int | None:
     return int(float(value)) if value not in (None, b"") else None
 
 
-def overview(client: Client) -> dict[str, Any]:
+def overview(service: JobService) -> dict[str, Any]:
     """Queues per model (depth, running, live workers, why jobs wait, jobs per minute) and live workers.
 
     Two reads whatever the number of models (the console polls it): the workers, then one pipeline.
     """
-    connection = client.connection
+    connection = service.connection
     now = time.time()
     minute = int(now // 60)
     minutes = range(minute - CHART_MINUTES + 1, minute + 1)
-    names = client.registry.names()
+    names = service.registry.names()
     workers = Worker.all(connection=connection)
     served = [list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names())) for worker in workers]
     serving = Counter(model for models in served for model in models)
     with connection.pipeline(transaction=False) as pipe:
         for name in names:
-            for queue in (client.queue(name), client.queue(name, "high")):
+            for queue in (service.queue(name), service.queue(name, "high")):
                 pipe.llen(queue.key)
                 # The registry's size as it stands: RQ's ``count`` would run its cleanup (the workers' upkeep).
                 pipe.zcard(queue.started_job_registry.key)
@@ -90,32 +91,40 @@ def overview(client: Client) -> dict[str, Any]:
     return {"time": now, "chart_minutes": CHART_MINUTES, "models": models, "workers": rows}
 
 
-def install_console(app: FastAPI, client: Client) -> None:
-    """Add ``/`` (the console), ``/console/*`` (its files), ``GET /v1/overview`` and ``/docs``.
+router = APIRouter()
+
+
+def mount_static(app: FastAPI) -> None:
+    """``/console/*`` (the console's files) and ``/docs-assets/*`` (Swagger UI's), served from this package.
 
     The app must be made with ``docs_url=None, redoc_url=None``: FastAPI's own pages load from a CDN.
     """
     app.mount("/console", StaticFiles(directory=STATIC_DIR), name="console")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
-    @app.get("/", include_in_schema=False)
-    async def console_page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/overview", summary="Queues, workers and throughput at a glance (the console's live view)",
-             responses=errors())  # fmt: skip
-    async def get_overview() -> dict[str, Any]:
-        return await run_in_threadpool(overview, client)
+@router.get("/", include_in_schema=False)
+async def console_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon.png", oauth2_redirect_url="/docs/oauth2-redirect",
-            swagger_ui_parameters={"validatorUrl": None},  # the default badge asks an online validator
-        )  # fmt: skip
 
-    @app.get("/docs/oauth2-redirect", include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+@router.get("/v1/overview", summary="Queues, workers and throughput at a glance (the console's live view)",
+            responses=errors())  # fmt: skip
+async def get_overview(ctx: Context) -> dict[str, Any]:
+    return await run_in_threadpool(overview, ctx.service)
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    app = request.app
+    return get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API",
+        swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+        swagger_favicon_url="/docs-assets/favicon.png", oauth2_redirect_url="/docs/oauth2-redirect",
+        swagger_ui_parameters={"validatorUrl": None},  # the default badge asks an online validator
+    )  # fmt: skip
+
+
+@router.get("/docs/oauth2-redirect", include_in_schema=False)
+async def swagger_ui_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
