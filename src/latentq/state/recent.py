@@ -14,10 +14,10 @@ from redis import Redis
 from redis.client import Pipeline
 
 from . import keys
+from .tenants import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "RECENT_JOBS_LIMIT", "Cursor", "forget_recent_jobs", "index_recent_job", "recent_job_ids"]
 
-DEFAULT_TENANT = "default"
 RECENT_JOBS_LIMIT = 10_000
 
 Cursor = tuple[float, str]  # the last listed job's (submit time, id): the next page starts after it

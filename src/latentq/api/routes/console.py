@@ -23,6 +23,8 @@ from rq import Worker
 
 from ...producer.service import JobService
 from ...state import keys, metrics
+from ...state.worker_stats import Counter as StatsCounter
+from ...state.worker_stats import WorkerStats
 from ..context import Context
 from ..openapi import errors
 
@@ -31,11 +33,9 @@ __all__ = ["CHART_MINUTES", "DOCS_ASSETS", "STATIC_DIR", "mount_static", "overvi
 STATIC_DIR = Path(__file__).parents[1] / "static"
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI's bundle and CSS, a favicon
 CHART_MINUTES = 15  # the throughput chart's span (metrics keeps the per-minute counters a little longer)
-WORKER_COUNTERS = ("model_loads", "model_evictions", "compile_eager_calls", "encode_wait_ms")
+WORKER_COUNTERS = (StatsCounter.MODEL_LOADS, StatsCounter.MODEL_EVICTIONS, StatsCounter.COMPILE_EAGER_CALLS,
+                   StatsCounter.ENCODE_WAIT_MS)
 
-
-def _int(value: bytes | None) -> int | None:
-    return int(float(value)) if value not in (None, b"") else None
 
 
 def overview(service: JobService) -> dict[str, Any]:
@@ -77,16 +77,16 @@ def overview(service: JobService) -> dict[str, Any]:
         })  # fmt: skip
     rows = []
     for worker, models_served, raw in zip(workers, served, replies[6 * len(names) :]):
-        stat = {k.decode(): v for k, v in raw.items()}
+        stat = WorkerStats.from_hash(raw)
         rows.append({
             "name": worker.name, "host": worker.hostname, "pid": worker.pid, "state": str(worker.get_state()),
-            "models": models_served, "device": (stat.get("device") or b"cpu").decode(),
-            "decode_calls": _int(stat.get("decode_calls")) or 0, "decoded_jobs": _int(stat.get("decoded_jobs")) or 0,
+            "models": models_served, "device": stat.device,
+            "decode_calls": stat.decode_calls, "decoded_jobs": stat.decoded_jobs,
             "finished": worker.successful_job_count, "failed": worker.failed_job_count,
             "started_at": worker.birth_date.isoformat() if worker.birth_date else None,
-            "gpu_memory_used": _int(stat.get("gpu_memory_used")), "gpu_memory_total": _int(stat.get("gpu_memory_total")),
+            "gpu_memory_used": stat.gpu_memory_used, "gpu_memory_total": stat.gpu_memory_total,
             # model switches (--model-memory-budget), --compile's eager calls, waits for a free encoder
-            **{field: _int(stat.get(field)) or 0 for field in WORKER_COUNTERS},
+            **{counter.value: getattr(stat, counter.value) for counter in WORKER_COUNTERS},
         })  # fmt: skip
     return {"time": now, "chart_minutes": CHART_MINUTES, "models": models, "workers": rows}
 

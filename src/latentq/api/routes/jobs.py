@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from ...core.request import DecodeRequest, JobInfo, JobStatus
 from ...errors import InvalidRequest, JobNotFound
 from ...producer.service import JobService
-from ...state.recent import DEFAULT_TENANT, Cursor, forget_recent_jobs, recent_job_ids
+from ...state.recent import Cursor, forget_recent_jobs, recent_job_ids
+from ...state.tenants import DEFAULT_TENANT
 from ..auth import check_owner, request_tenant
 from ..context import ApiContext, Context
 from ..openapi import errors

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from ...errors import JobNotFound, StoreError
 from ...state.records import is_record_key
+from ...state.tenants import DEFAULT_TENANT
 from ...store import LocalStore, check_key
 from ..auth import request_tenant
 from ..context import ApiContext, Context
@@ -45,7 +46,7 @@ def authorise_unsigned_result(ctx: ApiContext, request: Request, key: str) -> No
         owner = ctx.service.job_info(job_id).tenant
     except JobNotFound:
         raise StoreError(f"no result object {key!r}") from None
-    if getattr(request.state, "scoped", False) and (owner or "default") != request_tenant(request).name:
+    if getattr(request.state, "scoped", False) and (owner or DEFAULT_TENANT) != request_tenant(request).name:
         raise StoreError(f"no result object {key!r}")
 
 
