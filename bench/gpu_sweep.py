@@ -10,7 +10,8 @@ r"""VAE decode sweep on a CUDA GPU: SD 1.5, SDXL and FLUX.1 VAEs, batch 1-16, fp
 Each model is diffusers' own ``AutoencoderKL`` built from its full-size config (written
 below) with random weights: nothing is downloaded, and a decode costs the same with the
 real weights. Each combination gets warm-up calls, then timed ``vae.decode`` calls
-(synchronized), and ``torch.cuda.max_memory_allocated`` over the timed calls. The table
+(synchronized), and ``torch.cuda.max_memory_allocated`` over the timed calls. cuDNN autotunes
+(``torch.backends.cudnn.benchmark``) as the worker has it, unless --no-cudnn-benchmark. The table
 goes to stdout and to ``bench/results/gpu-sweep-<date>.md``, the data to the ``.json``
 beside it. Needs torch with CUDA and diffusers only (no Redis, no latentq worker).
 """
@@ -64,7 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder (dynamic=False): each "
                    "shape compiles in its warm-up call, shown as 'compile s', not in the times")  # fmt: skip
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default 'default')")
-    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.backends.cudnn.benchmark (default on, as the latentq worker sets it; "
+                   "--no-cudnn-benchmark: off)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per combination (default 1, at least 1)")
     p.add_argument("--repeats", type=int, help="at least this many timed calls (default 3; --quick: 2)")
     p.add_argument("--min-time", type=float, help="and at least this many seconds of them, up to "
