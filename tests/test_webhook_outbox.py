@@ -78,14 +78,19 @@ def assert_standard(delivery, job_id: str, status: str) -> None:
 # ---------------------------------------------------------------- the issue's test 5
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_sigkilled_workers_webhooks_are_all_delivered_by_another_process(procs, receiver, redis_conn):
     """20 jobs finish; the receiver refuses every delivery until the worker is SIGKILLed; then a second
     worker and the API drain the outbox: every job's event arrives, once per webhook-id, signed."""
+    # Refused attempts back off exponentially (from 0.1 s here), so the next one after the kill comes about
+    # as long after as the first worker lived: the wait below is scaled by that, not a fixed margin a busy
+    # machine can overrun; attempts are not exhausted meanwhile.
+    procs.env = {**procs.env, "LATENTQ_WEBHOOK_BACKOFF": "0.1", "LATENTQ_WEBHOOK_ATTEMPTS": "60"}
     killed = threading.Event()
     receiver.respond = lambda delivery: 200 if killed.is_set() else 503
     client = Client()
     jobs = [client.submit(latent(), model="taef2", callback_url=f"{receiver.url}/hooks/{i}") for i in range(20)]
+    started = time.monotonic()
     first = procs.worker("taef2", name="doomed")
     for job in jobs:
         job.wait(120)
@@ -94,10 +99,11 @@ def test_a_sigkilled_workers_webhooks_are_all_delivered_by_another_process(procs
     first.send_signal(signal.SIGKILL)
     first.wait(30)
     killed.set()
+    lived = time.monotonic() - started
 
     procs.worker("taef2", name="heir")
     procs.api()
-    wait_until(lambda: len(receiver.by_id()) == 20 and outbox_empty(redis_conn), 120)
+    wait_until(lambda: len(receiver.by_id()) == 20 and outbox_empty(redis_conn), 2 * lived + 120)
 
     delivered = receiver.by_id()
     assert sorted(delivered) == sorted(f"msg_{job.id}_finished" for job in jobs)
