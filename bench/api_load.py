@@ -37,8 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, percentile, stop_processes, taef2_models, write_models_file
 
-from latentq.local.redis_server import EmbeddedRedis, free_port
 from latentq.core.wire import latent_to_bytes
+from latentq.local.redis_server import EmbeddedRedis, free_port
 
 __all__ = ["main"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu import main  # noqa: E402
+from gpu import main
 
 if __name__ == "__main__":
     sys.exit(main(["--models", "sd15", *sys.argv[1:]]))

@@ -126,7 +126,7 @@ def ask_api_during_outage(api: str, job_id: str) -> dict[str, str]:
                 kind = response.json().get("error", {}).get("type") if response.headers.get(
                     "content-type", "").startswith("application/json") else response.headers.get("content-type")
                 answers[name] = f"{response.status_code} {kind}"
-            except Exception as exc:  # noqa: BLE001 - reported, not raised
+            except Exception as exc:
                 answers[name] = f"no answer: {type(exc).__name__}"
     return answers
 
@@ -143,10 +143,10 @@ def run(args: argparse.Namespace, log=print) -> dict:
 
     from latentq import Client
     from latentq.errors import Unavailable
-    from latentq.models.loader import load_model, to_uint8
-    from latentq.models.registry import load_registry
     from latentq.local.redis_server import EmbeddedRedis, free_port
     from latentq.local.stack import wait_for_workers
+    from latentq.models.loader import load_model, to_uint8
+    from latentq.models.registry import load_registry
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)

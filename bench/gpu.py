@@ -58,8 +58,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 try:
     from common import RESULTS_DIR, VAE_CONFIGS, BenchStack, exit_on_sigterm, log
-    from gpu_queue import (ensure_ready, queue_setting, start_workers, stop_worker, through_latentq, wait_loaded,
-                           worker_flags, worker_options)
+    from gpu_queue import (
+        ensure_ready,
+        queue_setting,
+        start_workers,
+        stop_worker,
+        through_latentq,
+        wait_loaded,
+        worker_flags,
+        worker_options,
+    )
     from gpu_report import PENDING, Result, Row, one_line, render, setting_text, write_atomic
 except ImportError as exc:  # latentq or redis-py missing: one line, before anything runs
     print(f"bench/gpu.py needs latentq and its dependencies (pip install -e .): {exc}", file=sys.stderr)
@@ -204,7 +212,7 @@ def measure(case: Case, args, device, setting: dict[str, Any], module=None) -> d
         row.update(ms=ms, rate=setting["batch"] * frames * 1000 / ms, peak_mib=peak)
         if setting["compile"]:
             row["compile_s"] = time.perf_counter() - started
-    except Exception as exc:  # noqa: BLE001 - the row says what it was
+    except Exception as exc:
         row["error"] = one_line(exc, 100)
         log(f"   L {setting_text(setting)}: {row['error']}")
         z = module = None
@@ -236,7 +244,7 @@ def limit_grid(case: Case, result: Result, args, device, deadline: float) -> Non
             free(device)
             try:
                 module = build_module(case, args.small, device, getattr(torch, setting["dtype"]), args.seed)
-            except Exception as exc:  # noqa: BLE001 - e.g. a dtype the device lacks: that dtype's rows say so
+            except Exception as exc:
                 build_error = one_line(exc, 100)
         result.grid.append({**setting, "error": build_error} if build_error else
                            measure(case, args, device, setting, module))  # fmt: skip
@@ -345,14 +353,14 @@ def check_environment(args) -> tuple[str | None, str]:
         return f"bench/gpu.py needs {', '.join(missing)}", ""
     try:
         worker_options()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"bench/gpu.py cannot read latentq's worker options ({one_line(exc)}); pip install -e .", ""
     if args.redis_url:
         from redis import Redis
 
         try:
             Redis.from_url(args.redis_url, socket_timeout=5).ping()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return f"bench/gpu.py: --redis-url {args.redis_url} does not answer ({one_line(exc)})", ""
         redis = "--redis-url"
     else:
@@ -451,7 +459,7 @@ def run_model(result: Result, stack: BenchStack, worker, args, device, scratch: 
     except OutOfTime:
         log(f"   out of time before {section}")
         result.settle("out of time")
-    except Exception as exc:  # noqa: BLE001 - the row says so, the run goes on
+    except Exception as exc:
         log(f"   {case.model} {section} failed:\n{traceback.format_exc()}")
         for kind in SECTIONS[section]:
             if result.rows[kind].status == PENDING:

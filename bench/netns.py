@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-__all__ = ["Network", "NetnsUnavailable", "netns_unavailable_reason"]
+__all__ = ["NetnsUnavailable", "Network", "netns_unavailable_reason"]
 
 
 class NetnsUnavailable(RuntimeError):

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     default_work_dir,
     exit_on_sigterm,
     fmt,
@@ -55,9 +55,9 @@ from common import (  # noqa: E402
     usable_cpus,
     write_models_file,
 )
-from netns import NetnsUnavailable, Network, netns_unavailable_reason  # noqa: E402
+from netns import NetnsUnavailable, Network, netns_unavailable_reason
 
-from latentq.local.stack import wait_for_workers, worker_command  # noqa: E402
+from latentq.local.stack import wait_for_workers, worker_command
 
 __all__ = ["SIM_MODEL", "main", "sim_models"]
 
@@ -206,8 +206,8 @@ def produce(spec: dict[str, Any]) -> None:
     from rq import Queue
 
     from latentq import Client
-    from latentq.state import keys
     from latentq.core.wire import latent_to_bytes
+    from latentq.state import keys
 
     conn = Redis.from_url(spec["redis_url"])
     queue_key = Queue(keys.queue_name(spec["model"]), connection=conn).key

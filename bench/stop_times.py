@@ -50,7 +50,7 @@ def last_ended_at(stack: BenchStack, job_ids: list[str]) -> float:
         raw = stack.conn.hget(f"rq:job:{job_id}", "ended_at")
         if not raw:
             raise RuntimeError(f"job {job_id} did not end")
-        parsed = dt.datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+        parsed = dt.datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
         ends.append(parsed.timestamp())
     return max(ends)
 

@@ -46,15 +46,15 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, VAE_CONFIGS, markdown_table  # noqa: E402
+from common import RESULTS_DIR, VAE_CONFIGS, markdown_table
 
-from latentq.models.loader import LoadedModel, load_model  # noqa: E402
-from latentq.models.registry import BUILTIN_MODELS  # noqa: E402
-from latentq.core.request import DecodeRequest  # noqa: E402
-from latentq.worker import video_stream  # noqa: E402
-from latentq.worker.encode import Mp4Writer, encode_output  # noqa: E402
-from latentq.worker.pipeline import decode_group, streamable  # noqa: E402
-from latentq.worker.video_stream import GroupStream  # noqa: E402
+from latentq.core.request import DecodeRequest
+from latentq.models.loader import LoadedModel, load_model
+from latentq.models.registry import BUILTIN_MODELS
+from latentq.worker import video_stream
+from latentq.worker.encode import Mp4Writer, encode_output
+from latentq.worker.pipeline import decode_group, streamable
+from latentq.worker.video_stream import GroupStream
 
 # What --model changes in AutoencoderKLWan's config besides the widths: Wan 2.2 TI2V-5B's layout (tests'
 # pipelines_video.wan22) is 48 latent channels, 2x2 patches inside the VAE (16x in all), residual up blocks.

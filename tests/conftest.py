@@ -12,9 +12,9 @@ import httpx
 import pytest
 from redis import Redis
 
-from latentq.state.connection import redis_from_url
 from latentq.local.redis_server import EmbeddedRedis, free_port
 from latentq.local.stack import stop_processes, wait_for_workers, worker_command
+from latentq.state.connection import redis_from_url
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -143,10 +143,10 @@ def procs(env, tmp_path):
 # ~/.cache/latentq-test/s3rver) is used: the @20minutes fork, because s3rver 3.x accepts any SigV4
 # signature ("Signature version 4 calculation is unimplemented" in its authentication middleware).
 
-import fcntl  # noqa: E402
-import importlib.util  # noqa: E402
-import shutil  # noqa: E402
-import uuid  # noqa: E402
+import fcntl
+import importlib.util
+import shutil
+import uuid
 
 MOTO_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 S3RVER_CREDENTIALS = {"access_key_id": "S3RVER", "secret_access_key": "S3RVER"}  # s3rver's built-in account

@@ -11,8 +11,8 @@ import pytest
 import torch
 from redis import Redis
 
-from latentq.local.redis_server import EmbeddedRedis
 from latentq.core.wire import latent_to_bytes
+from latentq.local.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(180)
 

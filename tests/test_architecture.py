@@ -105,3 +105,19 @@ def test_no_module_of_latentq_imports_itself_back():
     graph = import_graph()
     assert "latentq.worker.rq_worker" in graph and "latentq.state.keys" in graph["latentq.worker.rq_worker"]
     assert cycles(graph) == []
+
+
+def test_the_moved_modules_still_import_under_their_old_names():
+    """One release of grace: each old name is the moved module itself (monkeypatching either one works)."""
+    import importlib
+
+    moved = {"latentq.spec": "latentq.core.request", "latentq.keys": "latentq.state.keys",
+             "latentq.lifecycle": "latentq.state.lifecycle", "latentq.stack": "latentq.local.stack",
+             "latentq.cli_worker": "latentq.cli.worker", "latentq.producer.status": "latentq.state.status",
+             "latentq.remote": "latentq.integrations.remote_decode"}  # fmt: skip
+    for old, new in moved.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    from latentq.webhooks import WebhookSender
+    from latentq.webhooks.sender import WebhookSender as moved_sender
+
+    assert WebhookSender is moved_sender

@@ -9,9 +9,9 @@ from safetensors.torch import save as st_save
 
 from latentq import Client, JobFailed
 from latentq.config import Settings
-from latentq.errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnknownModel, UnsupportedFormat
 from latentq.core.request import Limits
 from latentq.core.wire import latent_to_bytes
+from latentq.errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnknownModel, UnsupportedFormat
 
 LIMIT = 50_000  # latent elements, small enough for a test body
 

@@ -15,8 +15,8 @@ from helpers import decode_png, wait_until
 from safetensors.torch import save_file
 
 from latentq import Client, JobStatus
-from latentq.errors import JobConflict
 from latentq.core.wire import latent_to_bytes
+from latentq.errors import JobConflict
 
 
 def finished_status(url: str, timeout: float = 60) -> dict:

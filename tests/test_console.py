@@ -32,8 +32,8 @@ from redis import Redis
 from safetensors.torch import save as safetensors_bytes
 from tiny_configs import CONFIGS
 
-from latentq.state.keys import recent_jobs_key
 from latentq.local.redis_server import free_port
+from latentq.state.keys import recent_jobs_key
 
 pytestmark = pytest.mark.integration  # latentq up, the API, a browser
 

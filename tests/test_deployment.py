@@ -20,12 +20,12 @@ from safetensors.torch import save_file
 from webhook_receiver import Receiver
 
 from latentq import Client
-from latentq.state.deployment import sign_result, signature_problem
-from latentq.errors import JobNotFound
-from latentq.producer.http import HttpClient
-from latentq.state.records import RecordReader, record_key, write_record
-from latentq.local.redis_server import free_port
 from latentq.core.request import JobInfo, JobStatus
+from latentq.errors import JobNotFound
+from latentq.local.redis_server import free_port
+from latentq.producer.http import HttpClient
+from latentq.state.deployment import sign_result, signature_problem
+from latentq.state.records import RecordReader, record_key, write_record
 from latentq.store import LocalStore
 
 pytestmark = pytest.mark.integration  # starts processes

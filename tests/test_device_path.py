@@ -17,13 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from latentq.core.request import DecodeRequest
 from latentq.errors import ConfigError
 from latentq.models import loader
 from latentq.models.device_path import DevicePath, Pending, PinnedPool, Streams, unit_to_uint8
 from latentq.models.loader import load_model, to_uint8
 from latentq.models.modelspec import ModelSpec
 from latentq.models.registry import load_registry
-from latentq.core.request import DecodeRequest
 from latentq.worker.encode import _image_bytes, encode_output, gpu_jpeg_available, jpeg_encoder
 from latentq.worker.pipeline import decode_group, store_output
 

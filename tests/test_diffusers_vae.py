@@ -254,8 +254,8 @@ def test_submit_pipeline_latents_takes_the_size_from_the_pipeline(tiny, procs, e
 
 
 def test_vae_input_requests_are_checked_as_the_vae_takes_them():
-    from latentq.models.registry import load_registry
     from latentq.core.request import DecodeRequest, Limits
+    from latentq.models.registry import load_registry
     from latentq.models.validate import validate_image, validate_latent
 
     with pytest.raises(latentq.InvalidRequest) as caught:

@@ -15,11 +15,11 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from latentq import Client
-from latentq.state import keys
 from latentq.errors import JobConflict
-from latentq.state.lifecycle import Ending, end_jobs
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
+from latentq.state import keys
+from latentq.state.lifecycle import Ending, end_jobs
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker
 from latentq.worker.reliable_queue import ReliableQueue

@@ -21,11 +21,11 @@ import torch
 from pipelines_video import BUILDERS
 
 from latentq import Client, HttpClient
+from latentq.core.request import DecodeRequest, Limits
+from latentq.core.wire import latent_to_bytes
 from latentq.errors import InvalidLatent, InvalidRequest, UnsupportedFormat
 from latentq.models.registry import load_registry
-from latentq.core.request import DecodeRequest, Limits
 from latentq.models.validate import validate_audio_latents
-from latentq.core.wire import latent_to_bytes
 from latentq.worker.encode import encode_mp4
 
 pytestmark = pytest.mark.families

@@ -262,8 +262,8 @@ def _check_hf_protocol(api: str, references: dict) -> None:
 
 # --- checks and encoders, without processes ------------------------------------------------------------
 def _check(name: str, shape: tuple[int, ...], **options):
-    from latentq.models.registry import load_registry
     from latentq.core.request import DecodeRequest, Limits
+    from latentq.models.registry import load_registry
     from latentq.models.validate import validate_latent
 
     spec = load_registry().get(name)
@@ -298,8 +298,8 @@ def test_bad_latents_and_options_name_their_field(name, shape, options, field):
 
 @pytest.mark.timeout(60)
 def test_option_ranges_name_their_field():
-    from latentq.errors import InvalidRequest
     from latentq.core.request import DecodeRequest
+    from latentq.errors import InvalidRequest
 
     for options, field in [({"decode_timestep": 1.5}, "decode_timestep"), ({"num_frames": 0}, "num_frames"),
                            ({"decode_noise_seed": -1}, "decode_noise_seed"), ({"decode_chunk_size": 2.5}, "decode_chunk_size"),
@@ -314,8 +314,8 @@ def test_geometry_follows_the_pipelines():
     from latentq.models.validate import output_geometry
 
     def size(name, shape, **options):
-        from latentq.models.registry import load_registry
         from latentq.core.request import DecodeRequest
+        from latentq.models.registry import load_registry
 
         spec = load_registry().get(name)
         geometry = output_geometry(torch.zeros(shape), spec, DecodeRequest(model=name, output_format="tensor", **options))
@@ -355,8 +355,8 @@ def test_ltx2_decode_noise_is_mixed_where_the_pipeline_mixes_it():
 
     from diffusers import LTX2Pipeline
 
-    from latentq.models.registry import load_registry
     from latentq.core.request import DecodeRequest
+    from latentq.models.registry import load_registry
 
     vae = BUILDERS["ltx2"]().pipe.vae.eval()
     spec = load_registry().get("ltx2")

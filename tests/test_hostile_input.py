@@ -23,10 +23,10 @@ from PIL import Image
 from webhook_receiver import Receiver
 
 from latentq import Client
-from latentq.errors import InvalidRequest
 from latentq.core.request import METADATA_MAX_BYTES
-from latentq.webhooks.sender import WebhookSender
 from latentq.core.wire import latent_to_bytes
+from latentq.errors import InvalidRequest
+from latentq.webhooks.sender import WebhookSender
 
 GOOD = latent_to_bytes(torch.randn(32, 4, 4))
 BODY_TIMEOUT_S = 2

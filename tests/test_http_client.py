@@ -99,7 +99,7 @@ def test_wait_ends_for_an_expired_or_canceled_job(procs):
         def wait() -> None:
             try:
                 canceled.wait(timeout=60)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            except BaseException as exc:
                 outcome.append(exc)
 
         waiter = threading.Thread(target=wait)

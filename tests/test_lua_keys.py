@@ -31,7 +31,8 @@ from rq.serializers import JSONSerializer
 import latentq
 from latentq import Client
 from latentq.errors import QueueFull
-from latentq.state import admission, fence, keys, outbox as state_outbox, rqstate
+from latentq.state import admission, fence, keys, rqstate
+from latentq.state import outbox as state_outbox
 from latentq.state.fence import APPLIED, Fenced, ScriptKeys, apply, capture, captured, renew_leases
 from latentq.state.lifecycle import Ending, end_jobs
 from latentq.state.tenants import TenantDirectory

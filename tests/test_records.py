@@ -19,9 +19,9 @@ from helpers import decode_png, wait_until
 from webhook_receiver import SECRET, Receiver
 
 from latentq import Client
+from latentq.core.request import JobInfo, JobStatus, ResultObject
 from latentq.errors import JobConflict, JobNotFound
 from latentq.state.records import RecordReader, read_record, record_key, write_record
-from latentq.core.request import JobInfo, JobStatus, ResultObject
 from latentq.store import LocalStore
 
 

@@ -19,10 +19,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from latentq import Client, HttpClient
-from latentq.errors import Unavailable
-from latentq.local.redis_server import EmbeddedRedis
 from latentq.core.request import JobStatus
 from latentq.core.wire import latent_to_bytes
+from latentq.errors import Unavailable
+from latentq.local.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,10 +10,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq import Client
-from latentq.state import keys, metrics
 from latentq.config import Settings
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
+from latentq.state import keys, metrics
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker
 

@@ -8,8 +8,8 @@ import torch
 from conftest import S3RVER_CREDENTIALS, use_s3_store
 from helpers import fetch_while_fresh, presigned_window, wait_until_expired
 
-from latentq.store.base import make_key
 from latentq.core.wire import latent_to_bytes
+from latentq.store.base import make_key
 
 boto3 = pytest.importorskip("boto3")
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save as st_save
 
 from latentq import HttpClient
-from latentq.errors import InvalidRequest
 from latentq.core.wire import latent_to_bytes
+from latentq.errors import InvalidRequest
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -10,9 +10,9 @@ import torch
 from redis import Redis
 
 from latentq import Client
-from latentq.state.connection import redis_from_url
 from latentq.errors import ConfigError
 from latentq.local.redis_server import free_port, redis_server_binary
+from latentq.state.connection import redis_from_url
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,8 +12,8 @@ import torch
 from helpers import decode_png, photo_latent, psnr, wait_until
 
 from latentq import Client
-from latentq.store import open_store
 from latentq.core.wire import latent_to_bytes
+from latentq.store import open_store
 
 
 def expected_url_start(store_env: dict[str, str], api: str) -> str:

@@ -17,13 +17,13 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 
 # The servers' fixtures (moto_endpoint, s3rver_endpoint) live in conftest.py, shared with the end-to-end tests.
-from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS  # noqa: E402
-from helpers import fetch_while_fresh, wait_until_expired  # noqa: E402
+from conftest import MOTO_CREDENTIALS, S3RVER_CREDENTIALS
+from helpers import fetch_while_fresh, wait_until_expired
 
-from latentq.errors import ConfigError, StoreError  # noqa: E402
-from latentq.local.redis_server import free_port  # noqa: E402
-from latentq.store.base import make_key  # noqa: E402
-from latentq.store.s3 import S3Store  # noqa: E402
+from latentq.errors import ConfigError, StoreError
+from latentq.local.redis_server import free_port
+from latentq.store.base import make_key
+from latentq.store.s3 import S3Store
 
 pytestmark = pytest.mark.usefixtures("isolated_aws_env")
 

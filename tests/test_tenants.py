@@ -153,7 +153,7 @@ def test_a_tenant_is_served_within_about_a_batch_of_another_tenants_flood(procs)
     procs.worker("taef2", max_batch=8)  # the worker starts on A's backlog
     while sum(job.status().value != "queued" for job in a_jobs[:20]) < 10:
         time.sleep(0.05)
-    b_submitted = datetime.datetime.now(datetime.timezone.utc)
+    b_submitted = datetime.datetime.now(datetime.UTC)
     b_jobs = [late.submit(LATENT, model="taef2") for _ in range(10)]
     b_ends = [datetime.datetime.fromisoformat(job.info().ended_at) for job in b_jobs if job.wait(120) is not None]
     last_b = max(b_ends)

@@ -16,11 +16,11 @@ from pipelines_video import BUILDERS
 from tiny_configs import CONFIGS
 
 from latentq import Client
-from latentq.state import metrics
+from latentq.core.request import DecodeRequest
 from latentq.models import chunked
 from latentq.models.loader import LoadedModel, load_model
 from latentq.models.registry import BUILTIN_MODELS, load_registry
-from latentq.core.request import DecodeRequest
+from latentq.state import metrics
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker, video_stream
 from latentq.worker.encode import Mp4Writer, encode_mp4

@@ -23,10 +23,10 @@ from rq.serializers import JSONSerializer
 from webhook_receiver import SECRET, Receiver
 
 from latentq import Client
+from latentq.local.redis_server import EmbeddedRedis
 from latentq.state import keys
 from latentq.state.lifecycle import Ending, end_jobs
 from latentq.webhooks.outbox import Drainer, pending
-from latentq.local.redis_server import EmbeddedRedis
 from latentq.webhooks.sender import WebhookSender
 
 

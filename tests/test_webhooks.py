@@ -7,7 +7,7 @@ import base64
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -17,8 +17,8 @@ from standardwebhooks import Webhook
 from webhook_receiver import SECRET, Receiver
 
 from latentq import Client, JobFailed
-from latentq.state import keys
 from latentq.errors import ConfigError
+from latentq.state import keys
 from latentq.webhooks.outbox import pending
 from latentq.webhooks.sender import (
     ID_HEADER,
@@ -89,7 +89,7 @@ def test_one_signed_post_per_finished_and_failed_job(signed_procs, receiver, red
     assert finished.msg_id == f"msg_{ok.id}_finished" and failed.msg_id == f"msg_{bad.id}_failed"
     assert finished.payload["type"] == "job.finished" and failed.payload["type"] == "job.failed"
     stamp = datetime.fromisoformat(finished.payload["timestamp"].replace("Z", "+00:00"))
-    assert abs(stamp.timestamp() - time.time()) < 300 and stamp.tzinfo == timezone.utc
+    assert abs(stamp.timestamp() - time.time()) < 300 and stamp.tzinfo == UTC
     assert finished.data["id"] == ok.id and finished.data["status"] == "finished"
     assert finished.data["results"][0]["key"] == ok.info().results[0].key
     assert finished.data["results"][0]["content_type"] == "image/png"

@@ -3,9 +3,9 @@ import struct
 import pytest
 import torch
 
-from latentq.errors import InvalidLatent, LatentTooLarge
 from latentq.core.request import Limits
 from latentq.core.wire import latent_from_bytes, latent_to_bytes
+from latentq.errors import InvalidLatent, LatentTooLarge
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,7 +48,7 @@ def test_two_tensors_rejected():
 
 # ---------------------------------------------------------------- hostile headers: only our two exceptions
 
-import json  # noqa: E402
+import json
 
 
 def _body(header: bytes, data: bytes = b"\0" * 4) -> bytes:

@@ -8,9 +8,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from latentq import Client
-from latentq.state import keys, metrics
 from latentq.models.loader import load_model
 from latentq.models.registry import load_registry
+from latentq.state import keys, metrics
 from latentq.store import LocalStore
 from latentq.worker import DecodeWorker
 from latentq.worker.reliable_queue import ReliableQueue

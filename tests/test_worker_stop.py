@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def last_ended_at(redis_conn: Redis, job_ids: list[str]) -> float:
     for job_id in job_ids:
         raw = redis_conn.hget(f"rq:job:{job_id}", "ended_at")
         assert raw, f"job {job_id} has no ended_at"
-        ends.append(datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp())
+        ends.append(datetime.strptime(raw.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
     return max(ends)
 
 

@@ -32,11 +32,11 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # static checkers see the real names; at run time they load on first use
-    from .integrations.vae import RemoteVAE
-    from .integrations.pipeline_queue import RemoteDecodeQueue, submit_pipeline_latents
-    from .producer import AsyncHttpClient, AsyncHttpJob, Client, HttpClient, HttpJob, Job
-    from .integrations.remote_decode import remote_decode
     from .core.request import JobStatus, ResultObject
+    from .integrations.pipeline_queue import RemoteDecodeQueue, submit_pipeline_latents
+    from .integrations.remote_decode import remote_decode
+    from .integrations.vae import RemoteVAE
+    from .producer import AsyncHttpClient, AsyncHttpJob, Client, HttpClient, HttpJob, Job
 
 __all__ = [
     "AsyncHttpClient",

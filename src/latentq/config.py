@@ -14,14 +14,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import InvalidRequest
 from .core.netguard import WebhookPolicy
 from .core.request import Limits
+from .errors import InvalidRequest
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "TASK_FUNCTION", "api_key_from_env", "default_up_store", "faults_from_env",
-           "child_environment", "limits_from_env", "log_json_from_env", "models_file_from_env", "read_up_state",
-           "redis_url_from_env", "s3_options_from_env", "set_overrides",
-           "store_from_env", "up_state_path", "webhook_allow_from_env", "webhook_policy", "webhook_secret_from_env"]
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "TASK_FUNCTION",
+    "Settings",
+    "api_key_from_env",
+    "child_environment",
+    "default_up_store",
+    "faults_from_env",
+    "limits_from_env",
+    "log_json_from_env",
+    "models_file_from_env",
+    "read_up_state",
+    "redis_url_from_env",
+    "s3_options_from_env",
+    "set_overrides",
+    "store_from_env",
+    "up_state_path",
+    "webhook_allow_from_env",
+    "webhook_policy",
+    "webhook_secret_from_env",
+]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # This process's command-line flags, by the variable they stand for (see set_overrides).

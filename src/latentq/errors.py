@@ -38,8 +38,8 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "StoreError",
-    "UnknownModel",
     "Unavailable",
+    "UnknownModel",
     "UnsupportedFormat",
 ]  # the exceptions; HTTP_ERRORS and http_error (below) are the API's, not the package's
 

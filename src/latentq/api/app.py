@@ -31,7 +31,7 @@ from .routes import batches, console, health, jobs, models, remote, results
 from .routes.jobs import MAX_WAIT_S
 from .waiter import LongPolls
 
-__all__ = ["create_app", "MAX_WAIT_S"]
+__all__ = ["MAX_WAIT_S", "create_app"]
 
 log = logging.getLogger("latentq.api")
 

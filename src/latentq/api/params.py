@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import Header, Path, Query, Request
 from torch import Tensor
 
+from ..core.request import DecodeRequest, Limits, parse_metadata
+from ..core.wire import latents_from_bytes
 from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry
-from ..core.request import DecodeRequest, Limits, parse_metadata
 from ..store.base import KEY_PATTERN
-from ..core.wire import latents_from_bytes
 
-__all__ = ["BatchId", "BodyTimeout", "ID_PATTERN", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latents"]
+__all__ = ["ID_PATTERN", "BatchId", "BodyTimeout", "IdempotencyKey", "JobId", "ResultKey", "decode_params", "read_body", "read_latents"]
 
 # Ids are checked at the edge: nothing else (a dot, a NUL, an emoji) reaches RQ's keys or the store's paths.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

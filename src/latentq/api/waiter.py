@@ -15,8 +15,8 @@ import time
 from redis import asyncio as aioredis
 from rq.job import Job as RQJob
 
-from ..state.connection import async_redis_from_url
 from ..producer.waiter import RECHECK_S, DoneListener, has_ended
+from ..state.connection import async_redis_from_url
 
 __all__ = ["ASYNC_CONNECTIONS", "LongPolls"]
 

@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..logs import configure_logging
 from .submit import cmd_submit
 from .worker import add_gpu_options, cmd_worker
-from ..logs import configure_logging
 
 __all__ = ["main"]
 
@@ -180,9 +180,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .worker import expand_devices, gpu_flags
     from ..config import default_up_store
     from ..local.stack import Stack, StackOptions
+    from .worker import expand_devices, gpu_flags
 
     expand_devices(args.device)  # cuda:all without a GPU fails here, before anything starts
     # Several CPU workers each running torch's one-thread-per-core would oversubscribe the cores.
@@ -307,8 +307,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from rq import Worker
 
-    from ..state import keys, metrics
     from ..producer import Client
+    from ..state import keys, metrics
 
     client = Client()
     if args.job_id:

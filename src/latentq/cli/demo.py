@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from ..config import Settings
+from ..local.stack import Stack, StackOptions
 from ..models.loader import load_model
 from ..models.registry import load_registry
 from ..producer.http import HttpClient
-from ..local.stack import Stack, StackOptions
 
 __all__ = ["DemoRow", "load_image", "psnr", "run_demo"]
 

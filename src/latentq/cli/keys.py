@@ -48,7 +48,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print("no keys in Redis (keys in LATENTQ_API_KEYS are not listed)")
             for key in stored:
                 tenant = tenants.get(key.tenant)
-                created = datetime.datetime.fromtimestamp(key.created, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+                created = datetime.datetime.fromtimestamp(key.created, datetime.UTC).strftime("%Y-%m-%d %H:%M")
                 limits = ""
                 if tenant is not None:
                     limits = f"max queued {tenant.max_queued or '-'}, rate {f'{tenant.rate:g}/s' if tenant.rate else '-'}"

@@ -51,8 +51,8 @@ class _HttpBatches:
 
         import torch
 
-        from ..producer.http import _raise_for
         from ..core.wire import latent_to_bytes
+        from ..producer.http import _raise_for
 
         out = []
         # An HTTP batch is one stacked tensor: consecutive samples of one shape and dtype go together.

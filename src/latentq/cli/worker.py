@@ -108,10 +108,10 @@ def gpu_flags(args: argparse.Namespace) -> tuple[str, ...]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ..config import Settings
-    from ..state.connection import redis_from_url
-    from ..state.deployment import Deployment
     from ..models.loader import load_model
     from ..models.registry import load_registry
+    from ..state.connection import redis_from_url
+    from ..state.deployment import Deployment
     from ..worker import DecodeWorker
     from ..worker.model_cache import ModelCache, parse_memory
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest
 
-__all__ = ["Address", "WebhookPolicy", "Destination", "forbidden_reason", "host_port"]
+__all__ = ["Address", "Destination", "WebhookPolicy", "forbidden_reason", "host_port"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -18,17 +18,17 @@ from ..errors import InvalidRequest, UnsupportedFormat
 from .netguard import host_port
 
 __all__ = [
-    "JobResult",
     "ACCEPTED_DTYPES",
     "ARRAY_FORMATS",
     "AUDIO_FORMATS",
-    "VIDEO_FORMATS",
     "IMAGE_FORMATS",
     "METADATA_MAX_BYTES",
     "METADATA_MAX_DEPTH",
     "OUTPUT_FORMATS",
+    "VIDEO_FORMATS",
     "DecodeRequest",
     "JobInfo",
+    "JobResult",
     "JobStatus",
     "Limits",
     "ResultObject",

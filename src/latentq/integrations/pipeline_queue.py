@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from .vae import DEFAULT_TIMEOUT_S, RemoteVAE, describe_model, open_client
+from ..core.request import IMAGE_FORMATS, ResultObject
 from ..errors import InvalidLatent, InvalidRequest, UnsupportedFormat
 from ..producer import Client, HttpClient
-from ..core.request import IMAGE_FORMATS, ResultObject
+from .vae import DEFAULT_TIMEOUT_S, RemoteVAE, describe_model, open_client
 
 __all__ = ["RemoteDecodeQueue", "layout_options", "pipeline_latents", "submit_pipeline_latents"]
 

@@ -36,14 +36,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load as st_load
 
+from ..core.request import DecodeRequest, Limits
+from ..core.wire import TENSOR_NAME, check_shape, check_tensor
 from ..errors import InvalidLatent, InvalidRequest, JobTimeout, LatentqError, LatentTooLarge, UnsupportedFormat
 from ..models.registry import ModelSpec
 from ..producer.client import Client
 from ..producer.job import Job
 from ..producer.service import JobService
-from ..core.request import DecodeRequest, Limits
 from ..state.tenants import Tenant
-from ..core.wire import TENSOR_NAME, check_shape, check_tensor
 
 __all__ = [
     "DecodePlan",

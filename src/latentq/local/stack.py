@@ -31,8 +31,8 @@ import uvicorn
 from redis import Redis
 from rq import Queue, Worker
 
-from ..state import keys
 from ..config import Settings, child_environment, redis_url_from_env, set_overrides, up_state_path
+from ..state import keys
 from ..state.connection import REDIS_DOWN, redis_from_url
 from ..state.deployment import Deployment
 from .redis_server import EmbeddedRedis, free_port

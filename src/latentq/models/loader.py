@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..errors import ConfigError, ModelLoadError
 from ..core.request import DecodeRequest
+from ..errors import ConfigError, ModelLoadError
 from .device_path import DevicePath
 from .families import get_family
 from .families.generic import unscale

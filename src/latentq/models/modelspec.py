@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
 from ..core.layouts import LAYOUTS
+from ..errors import ConfigError
 from .families import get_family
 
 __all__ = ["FRAMEWISE", "LOADERS", "NORMALIZATIONS", "OUTPUT_RANGES", "ModelSpec"]

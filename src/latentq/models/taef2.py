@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["TAEF2", "LATENT_CHANNELS"]
+__all__ = ["LATENT_CHANNELS", "TAEF2"]
 
 LATENT_CHANNELS = 32
 WIDTH = 64

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
 from ..core.layouts import OutputGeometry
-from .modelspec import ModelSpec
 from ..core.request import DecodeRequest, Limits
 from ..core.wire import check_tensor
+from ..errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
+from .modelspec import ModelSpec
 
 if TYPE_CHECKING:
     from .registry import Registry

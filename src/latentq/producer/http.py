@@ -18,6 +18,8 @@ import httpx
 import torch
 
 from ..config import api_key_from_env
+from ..core.request import JobInfo, JobStatus, ResultObject
+from ..core.wire import latent_to_bytes
 from ..errors import (
     InvalidLatent,
     InvalidRequest,
@@ -33,8 +35,6 @@ from ..errors import (
     UnknownModel,
     UnsupportedFormat,
 )
-from ..core.request import JobInfo, JobStatus, ResultObject
-from ..core.wire import latent_to_bytes
 
 __all__ = ["AsyncHttpClient", "AsyncHttpJob", "HttpClient", "HttpJob", "auth_headers", "result_request"]
 

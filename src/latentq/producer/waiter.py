@@ -28,9 +28,9 @@ from contextlib import contextmanager
 
 from redis import Redis
 
+from ..core.request import JobStatus
 from ..state import keys
 from ..state.connection import REDIS_DOWN
-from ..core.request import JobStatus
 from ..state.status import STATUS_FROM_RQ
 
 __all__ = ["RECHECK_S", "DoneListener", "has_ended"]

@@ -28,12 +28,12 @@ from typing import Any
 
 from redis import Redis
 
-from . import keys
 from ..errors import InvalidRequest, QueueFull, RateLimited
+from . import keys
 from .fence import ScriptKeys, run_script
 from .tenants import Tenant
 
-__all__ = ["Admission", "IDEMPOTENCY_KEY_MAX", "ROUND_SPAN", "admit", "check_idempotency_key"]
+__all__ = ["IDEMPOTENCY_KEY_MAX", "ROUND_SPAN", "Admission", "admit", "check_idempotency_key"]
 
 ROUND_SPAN = 10_000_000  # score = round * ROUND_SPAN + arrival (mod ROUND_SPAN): exact in a double to round 9e8
 IDEMPOTENCY_TTL_S = 24 * 3600

@@ -41,11 +41,11 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 
-from . import keys
 from ..config import Settings
-from ..errors import StoreError
 from ..core.request import ResultObject
+from ..errors import StoreError
 from ..store import LocalStore, ObjectStore, open_store
+from . import keys
 
 __all__ = ["Deployment", "marker_name", "result_path", "sign_result", "signature_problem"]
 

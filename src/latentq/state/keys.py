@@ -7,25 +7,25 @@ latentq adds only the ones below, all under the ``latentq:`` prefix.
 from __future__ import annotations
 
 __all__ = [
-    "PREFIX",
-    "QUEUE_PREFIX",
-    "batch_key",
-    "latent_key",
-    "model_from_queue",
-    "queue_name",
-    "worker_stats_key",
-    "metrics_key",
-    "finished_per_minute_key",
-    "job_done_channel",
     "JOB_DONE_PATTERN",
-    "high_priority_queue_name",
-    "WORKER_STATS_PATTERN",
     "LATENT_PATTERN",
     "LEASE_PREFIX",
     "ORPHAN_PREFIX",
-    "recovery_lock",
+    "PREFIX",
+    "QUEUE_PREFIX",
+    "WORKER_STATS_PATTERN",
+    "batch_key",
+    "finished_per_minute_key",
+    "high_priority_queue_name",
+    "job_done_channel",
+    "latent_key",
     "lease_key",
+    "metrics_key",
+    "model_from_queue",
+    "queue_name",
     "recent_jobs_key",
+    "recovery_lock",
+    "worker_stats_key",
 ]
 
 PREFIX = "latentq:"

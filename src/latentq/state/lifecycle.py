@@ -27,14 +27,13 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job as RQJob
 
-from . import keys, rqstate
-from . import outbox
+from . import keys, outbox, rqstate
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
 from .payload import latent_key_of, request_field
 from .worker_stats import Counter
 
-__all__ = ["Ending", "end_jobs", "FINAL_STATUSES"]
+__all__ = ["FINAL_STATUSES", "Ending", "end_jobs"]
 
 FINAL_STATUSES = ("finished", "failed", "canceled", "expired")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -33,7 +33,7 @@ def message_id(job_id: str, status: str) -> str:
 
 def event_body(status: str, data: dict[str, Any], occurred: float | None = None) -> bytes:
     """The delivered JSON, made once when the job ends (every retry sends these same bytes)."""
-    moment = datetime.fromtimestamp(occurred if occurred is not None else time.time(), timezone.utc)
+    moment = datetime.fromtimestamp(occurred if occurred is not None else time.time(), UTC)
     payload = {"type": event_type(status), "timestamp": moment.isoformat().replace("+00:00", "Z"), "data": data}
     return json.dumps(payload, separators=(",", ":")).encode()
 

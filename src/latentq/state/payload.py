@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
 from ..core.request import DecodeRequest
+from . import keys
 
 __all__ = ["PAYLOAD_VERSION", "JobPayload"]
 

@@ -26,8 +26,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
-from ..errors import StoreError
 from ..core.request import JobInfo
+from ..errors import StoreError
 from ..store.base import ObjectStore, job_directory
 
 __all__ = ["RECORD_NAME", "RecordReader", "forget_finished", "is_record_key", "job_of_record", "read_record",
@@ -126,8 +126,8 @@ class RecordReader:
             return False
         ended = datetime.datetime.fromisoformat(info.ended_at)
         if ended.tzinfo is None:
-            ended = ended.replace(tzinfo=datetime.timezone.utc)
-        age = datetime.datetime.now(datetime.timezone.utc) - ended
+            ended = ended.replace(tzinfo=datetime.UTC)
+        age = datetime.datetime.now(datetime.UTC) - ended
         return age.total_seconds() > self.max_age
 
     def read(self, job_id: str, url_for: Callable[[str], str | None]) -> JobInfo | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
@@ -10,7 +10,7 @@ from rq.job import JobStatus as RQStatus
 from ..core.request import JobInfo, JobResult, JobStatus, ResultObject
 from .payload import request_field
 
-__all__ = ["job_info", "STATUS_FROM_RQ"]
+__all__ = ["STATUS_FROM_RQ", "job_info"]
 
 STATUS_FROM_RQ: dict[str, JobStatus] = {
     RQStatus.CREATED.value: JobStatus.QUEUED,

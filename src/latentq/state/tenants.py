@@ -26,8 +26,8 @@ from typing import Any
 
 from redis import Redis
 
-from . import keys
 from ..errors import InvalidRequest
+from . import keys
 
 __all__ = [
     "DEFAULT_TENANT",

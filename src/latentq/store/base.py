@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from ..errors import StoreError
 
-__all__ = ["ObjectStore", "make_key", "check_key", "job_directory", "KEY_PATTERN"]
+__all__ = ["KEY_PATTERN", "ObjectStore", "check_key", "job_directory", "make_key"]
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{8,64}(\.[a-z0-9]{1,12})?$")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import StoreError
 from .base import check_key
 
-__all__ = ["LocalStore", "DEFAULT_DIRECTORY"]
+__all__ = ["DEFAULT_DIRECTORY", "LocalStore"]
 
 DEFAULT_DIRECTORY = "./latentq-results"
 

@@ -18,7 +18,7 @@ from .base import check_key
 
 _URL = re.compile(r'"?\b[a-z][a-z0-9+.-]*://[^\s"]*"?', re.I)
 
-__all__ = ["S3Store", "S3StoreError", "MAX_PRESIGN_EXPIRY"]
+__all__ = ["MAX_PRESIGN_EXPIRY", "S3Store", "S3StoreError"]
 
 MAX_PRESIGN_EXPIRY = 7 * 24 * 3600  # SigV4 refuses longer
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -217,7 +217,7 @@ class S3Store:
 
         The fallback for servers without lifecycle rules (and for sub-day TTLs): a listing and batched deletes.
         """
-        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_seconds)
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_seconds)
         listing: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"{self.prefix}/" if self.prefix else ""}
         deleted = 0
         while True:

@@ -3,5 +3,5 @@
 ``latentq.webhooks`` was the sender's module: its names stay importable from here for one release.
 """
 
-from .sender import *  # noqa: F403
+from .sender import *
 from .sender import __all__  # noqa: F401

@@ -43,11 +43,11 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from ..state import keys
 from ..config import Settings
+from ..state import keys
 from ..state.connection import REDIS_DOWN
 from ..state.fence import run_script
-from ..state.outbox import MAX_ENTRIES, add, event_data, pending  # noqa: F401  (written in state; named here too)
+from ..state.outbox import MAX_ENTRIES, add, event_data, pending
 from .sender import WebhookSender
 
 __all__ = ["MAX_ENTRIES", "Drainer", "add", "event_data", "pending"]

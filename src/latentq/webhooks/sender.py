@@ -26,21 +26,18 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
 
 import httpx
 
 from ..config import webhook_policy, webhook_secret_from_env
-from ..errors import ConfigError, InvalidRequest
 from ..core.netguard import Destination, WebhookPolicy
-from ..state.outbox import event_body, event_type, message_id  # noqa: F401  (this module's names too)
+from ..errors import ConfigError, InvalidRequest
+from ..state.outbox import event_body, event_type, message_id
 
 __all__ = [
     "ID_HEADER",

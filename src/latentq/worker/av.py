@@ -9,15 +9,15 @@ lossless too), so that the sound comes back sample for sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.request import DecodeRequest, Limits
-from ..models.validate import validate_audio_latents, validate_image, validate_latent
 from ..core.wire import latent_from_bytes, latents_from_bytes
+from ..models.validate import validate_audio_latents, validate_image, validate_latent
 
 if TYPE_CHECKING:
     from ..models.loader import LoadedModel

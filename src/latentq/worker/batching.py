@@ -30,8 +30,15 @@ from .faults import Faults
 from .finishing import Finisher, reason
 from .intake import Batch
 from .model_cache import ModelCache
-from .pipeline import (DecodedImage, decode_group, decode_preview, encode_group, group_for_decode, load_latent,
-                       streamable)
+from .pipeline import (
+    DecodedImage,
+    decode_group,
+    decode_preview,
+    encode_group,
+    group_for_decode,
+    load_latent,
+    streamable,
+)
 from .video_stream import GroupStream, StreamedVideo
 from .work_item import WorkItem
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["CommandChannel", "POLL_S", "STOP_WAIT_S"]
+__all__ = ["POLL_S", "STOP_WAIT_S", "CommandChannel"]
 
 log = logging.getLogger("latentq.worker")
 

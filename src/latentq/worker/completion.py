@@ -26,12 +26,12 @@ from typing import Any, Protocol
 
 from redis import Redis
 
+from ..core.request import JobInfo, JobResult
 from ..state.fence import capture, captured
 from ..state.lifecycle import Ending
-from ..core.request import JobInfo, JobResult
 from .work_item import WorkItem
 
-__all__ = ["CommitHost", "Completed", "Committer"]
+__all__ = ["CommitHost", "Committer", "Completed"]
 
 log = logging.getLogger("latentq.worker")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Faults", "FAULTS_ENV"]
+__all__ = ["FAULTS_ENV", "Faults"]
 
 FAULTS_ENV = "LATENTQ_FAULTS"
 

@@ -15,16 +15,24 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
 from ..errors import InvalidLatent
 from ..models import chunked
 from ..models.device_path import Pending, PendingSample, Timer
 from ..models.loader import LoadedModel
 from ..models.registry import ModelSpec
-from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
-from ..store import ObjectStore, make_key
 from ..models.validate import output_geometry
-from .av import (AVLatents, DecodedAV, decode_av_group, encode_av_output, output_sample_rate, parse_job_input,
-                 shape_key, video_of)
+from ..store import ObjectStore, make_key
+from .av import (
+    AVLatents,
+    DecodedAV,
+    decode_av_group,
+    encode_av_output,
+    output_sample_rate,
+    parse_job_input,
+    shape_key,
+    video_of,
+)
 from .encode import encode_audio_output, encode_output, gpu_jpeg_available
 from .faults import Faults
 from .vae_io import encode_vae_input

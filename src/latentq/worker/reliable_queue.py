@@ -32,7 +32,7 @@ from rq.utils import as_text
 from ..state import keys
 from ..state.fence import run_script
 
-__all__ = ["ReliableQueue", "IDLE_BLOCK_S", "LEASE_TTL_MS"]
+__all__ = ["IDLE_BLOCK_S", "LEASE_TTL_MS", "ReliableQueue"]
 
 LEASE_TTL_MS = 15_000  # the worker sets its own (3 heartbeats) on its queues
 

@@ -17,15 +17,15 @@ from typing import Any
 
 from rq import get_current_job
 
-from ..state import rqstate
 from ..config import Settings
-from ..state.deployment import Deployment
-from ..state.lifecycle import announce_finished
+from ..core.request import DecodeRequest, JobResult
 from ..models.loader import LoadedModel, load_model
 from ..models.registry import load_registry
-from ..state.status import job_info
+from ..state import rqstate
+from ..state.deployment import Deployment
+from ..state.lifecycle import announce_finished
 from ..state.records import write_record
-from ..core.request import DecodeRequest, JobResult
+from ..state.status import job_info
 from .pipeline import decode_group, load_latent, store_output
 
 __all__ = ["decode_job"]

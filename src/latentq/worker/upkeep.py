@@ -22,8 +22,8 @@ from rq.job import Job as RQJob
 
 from ..state import keys, rqstate
 from ..state.fence import renew_leases
-from .active import ActiveJobs
 from ..state.worker_stats import WorkerStats
+from .active import ActiveJobs
 from .job_log import log_fields
 from .model_cache import ModelCache
 from .reliable_queue import ReliableQueue

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from ..core.request import DecodeRequest
 from ..errors import LatentqError
 from ..models.device_path import DevicePath, Pending, PendingSample, Timer
-from ..core.request import DecodeRequest
 from .encode import EXTENSIONS, EncodedObject, Mp4Writer
 
 __all__ = ["MAX_CHUNKS", "FrameStream", "GroupStream", "StreamAborted", "StreamedVideo"]

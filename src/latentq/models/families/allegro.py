@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...errors import InvalidLatent
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidLatent
 from .videobase import VideoFamily, scaling_of, to_video01, vae_call
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import InvalidLatent, InvalidRequest
 from ...core.layouts import OutputGeometry, describe_shape, geometry, packed_grid, unpack
+from ...errors import InvalidLatent, InvalidRequest
 from . import Family
 
 if TYPE_CHECKING:

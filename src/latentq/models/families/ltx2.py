@@ -39,8 +39,8 @@ class LTX2Family(VideoFamily):
     def audio_decoder(self, model: LoadedModel) -> LoadedModel:
         """The spec's ``audio_model`` (the registry's, from the worker's models file), loaded on the video
         model's device in its dtype on the first job with audio_latents, then kept with it."""
-        from ..validate import audio_spec_of
         from ..loader import load_model
+        from ..validate import audio_spec_of
 
         with self._loading:
             loaded = self._audio.get(model.module)

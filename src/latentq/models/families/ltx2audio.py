@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import InvalidLatent, ModelLoadError
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidLatent, ModelLoadError
 from . import Family
 from .videobase import check_options, vae_call
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..loader import LoadedModel
     from ..modelspec import ModelSpec
 
-__all__ = ["FAMILY", "LTX2AudioFamily", "VOCODER_SUBFOLDER"]
+__all__ = ["FAMILY", "VOCODER_SUBFOLDER", "LTX2AudioFamily"]
 
 VOCODER_SUBFOLDER = "vocoder"
 

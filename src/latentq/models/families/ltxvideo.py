@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import InvalidLatent, InvalidRequest
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidLatent, InvalidRequest
 from .videobase import (
     VideoFamily,
     check_options,

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...errors import InvalidRequest
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidRequest
 from .generic import GenericFamily, encode_scaled
 
 if TYPE_CHECKING:

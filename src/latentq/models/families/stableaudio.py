@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import InvalidLatent, InvalidRequest
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidLatent, InvalidRequest
 from . import Family
 from .videobase import check_options, vae_call
 

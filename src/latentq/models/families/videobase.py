@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import InvalidLatent, InvalidRequest
 from ...core.layouts import OutputGeometry
+from ...errors import InvalidLatent, InvalidRequest
 from . import Family
 
 if TYPE_CHECKING:
