@@ -21,21 +21,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from redis import Redis
 from rq import Queue
 from rq.job import Job as RQJob
 
+from ..core.request import JobStatus
 from . import keys, outbox, rqstate
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
 from .payload import latent_key_of, request_field
+from .rqstate import RQWorker
 from .worker_stats import Counter
 
-__all__ = ["FINAL_STATUSES", "Ending", "end_jobs"]
+__all__ = ["FINAL_STATUSES", "Ending", "EndingWorker", "end_jobs"]
 
-FINAL_STATUSES = ("finished", "failed", "canceled", "expired")
+
+class EndingWorker(RQWorker, Protocol):
+    """The worker jobs end under: RQ's record of it, latentq's stats of it and its result URLs (webhooks)."""
+
+    stats_key: str
+    url_for: Callable[[str], str | None]
+
+FINAL_STATUSES = tuple(status.value for status in JobStatus if status.is_final)  # the ends a job can have
 
 
 @dataclass
@@ -74,7 +83,7 @@ def _metrics(job: RQJob, model: str, status: str, timings: dict[str, float]) -> 
     return metrics
 
 
-def _writes(connection: Redis, worker: Any, ending: Ending) -> list[tuple[Any, ...]]:
+def _writes(connection: Redis, worker: EndingWorker | None, ending: Ending) -> list[tuple[Any, ...]]:
     job, status = ending.job, ending.status
     pipe = capture(connection)
     if status == "finished":
@@ -115,7 +124,7 @@ def _webhook(pipe: Any, job: RQJob, model: str, status: str, url_for: Callable[[
         outbox.add(pipe, job.id, model, status, str(callback), data)
 
 
-def end_jobs(connection: Redis, endings: list[Ending], *, worker: Any = None,
+def end_jobs(connection: Redis, endings: list[Ending], *, worker: EndingWorker | None = None,
              extra: list[tuple[Any, ...]] | None = None) -> list[bool]:  # fmt: skip
     """End jobs in one atomic round trip; returns, per ending, whether it took effect.
 

@@ -11,8 +11,8 @@ this module is tested against.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from redis.client import Pipeline
 from rq import Queue
@@ -21,9 +21,10 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.results import Result
 from rq.utils import now, utcformat
-from rq.worker import WorkerStatus
+from rq.worker import BaseWorker, WorkerStatus
 
 __all__ = [
+    "RQWorker",
     "cancel_writes",
     "fail_writes",
     "finish_writes",
@@ -37,6 +38,24 @@ __all__ = [
 ]
 
 
+
+class RQWorker(Protocol):
+    """What RQ's record writes use of the worker a job runs on (an ``rq.worker.BaseWorker``: latentq's
+    ``DecodeWorker`` in production, RQ's own in the conformance tests)."""
+
+    name: str
+    key: str
+    default_result_ttl: int
+
+    def set_state(self, state: WorkerStatus, pipeline: Any = None) -> None: ...
+
+    def cleanup_execution(self, job: RQJob, pipeline: Any, execution: Execution | None = None) -> None: ...
+
+    def increment_failed_job_count(self, pipeline: Any = None) -> None: ...
+
+    def increment_total_working_time(self, job_execution_time: timedelta, pipeline: Any) -> None: ...
+
+
 def job_from_record(job: RQJob, raw: dict[bytes, bytes]) -> None:
     """Load ``job`` (an id-only handle) from its hash as read before the start's writes, then apply them."""
     written = (job.worker_name, job.last_heartbeat, job.started_at, job.get_status(refresh=False))
@@ -44,11 +63,11 @@ def job_from_record(job: RQJob, raw: dict[bytes, bytes]) -> None:
     job.worker_name, job.last_heartbeat, job.started_at, job._status = written
 
 
-def worker_busy_writes(worker: Any, pipe: Pipeline) -> None:
+def worker_busy_writes(worker: RQWorker, pipe: Pipeline) -> None:
     worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
 
 
-def start_writes(worker: Any, job: RQJob, queue: Queue, ttl: int, pipe: Pipeline) -> Execution:
+def start_writes(worker: RQWorker, job: RQJob, queue: Queue, ttl: int, pipe: Pipeline) -> Execution:
     """What RQ's worker writes when it starts a job (``prepare_execution`` + ``prepare_job_execution``)."""
     execution = Execution.create(job, ttl, pipeline=pipe, worker_name=worker.name)
     job.prepare_for_execution(worker.name, pipeline=pipe)  # status, started_at, last_heartbeat, worker
@@ -57,11 +76,11 @@ def start_writes(worker: Any, job: RQJob, queue: Queue, ttl: int, pipe: Pipeline
     return execution
 
 
-def result_ttl_of(job: RQJob, worker: Any) -> int | None:
+def result_ttl_of(job: RQJob, worker: RQWorker) -> int | None:
     return job.get_result_ttl(worker.default_result_ttl)
 
 
-def finish_writes(worker: Any, job: RQJob, execution: Execution, result: dict[str, Any], ended: datetime,
+def finish_writes(worker: RQWorker, job: RQJob, execution: Execution, result: dict[str, Any], ended: datetime,
                   pipe: Pipeline) -> None:  # fmt: skip
     """What RQ's ``Job._handle_success`` + execution cleanup write, less a re-save of unchanged job fields
     and the expiry of dependents keys (latentq jobs have no dependents)."""
@@ -85,7 +104,7 @@ def finish_writes(worker: Any, job: RQJob, execution: Execution, result: dict[st
         pipe.hincrbyfloat(worker.key, "total_working_time", (ended - job.started_at).total_seconds())
 
 
-def fail_writes(worker: Any, job: RQJob, queue: Queue, execution: Execution | None, reason: str, *, retry: bool,
+def fail_writes(worker: RQWorker, job: RQJob, queue: Queue, execution: Execution | None, reason: str, *, retry: bool,
                 pipe: Pipeline) -> None:  # fmt: skip
     """What RQ's ``handle_job_failure`` writes: a retry re-queues the job, else it goes to the failed registry."""
     job.ended_at = job.ended_at or now()
@@ -125,7 +144,7 @@ def prune_registries(queue: Queue) -> None:
     queue.failed_job_registry.cleanup()
 
 
-def stop_requested(worker: Any) -> bool:
+def stop_requested(worker: BaseWorker) -> bool:
     """Whether RQ's worker got a stop signal (its loop then ends on purpose, not on an error).
 
     RQ flags ``_stop_requested`` only when the signal comes during a job; idle, it just raises out of its

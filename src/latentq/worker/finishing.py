@@ -16,16 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from redis import Redis
-from rq.executions import Execution
 from rq.job import Job as RQJob
 
 from ..core.request import JobInfo, JobResult
 from ..state import rqstate
-from ..state.lifecycle import Ending, end_jobs
+from ..state.lifecycle import Ending, EndingWorker, end_jobs
 from ..state.records import write_record
 from ..state.status import job_info
 from ..store import ObjectStore
@@ -41,25 +38,6 @@ from .work_item import WorkItem
 __all__ = ["EndingWorker", "Finisher", "InlineExecutor", "reason", "use_device"]
 
 log = logging.getLogger("latentq.worker")
-
-
-class EndingWorker(Protocol):
-    """The worker jobs end under (``lifecycle.end_jobs``'s ``worker``): its connection, RQ's records of it
-    (its name and key, its executions' cleanup, its job counters), latentq's stats of it and its result
-    URLs (webhooks)."""
-
-    connection: Redis
-    name: str
-    key: str
-    stats_key: str
-    default_result_ttl: int
-    url_for: Callable[[str], str | None]
-
-    def cleanup_execution(self, job: RQJob, pipeline: Any, execution: Execution | None = None) -> None: ...
-
-    def increment_failed_job_count(self, pipeline: Any = None) -> None: ...
-
-    def increment_total_working_time(self, job_execution_time: timedelta, pipeline: Any) -> None: ...
 
 
 class Finisher:
