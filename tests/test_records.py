@@ -169,3 +169,42 @@ def test_result_and_worker_stats_records_round_trip():
     assert stats.gpu_memory_used == 7 and stats.gpu_memory_total == 10
     assert stats.decode_calls == 4 and stats.encode_wait_ms == 12 and stats.model_loads == 0
     assert {field.value for field in Counter} <= {f.name for f in __import__("dataclasses").fields(WorkerStats)}
+
+
+def test_a_failed_job_carries_why_it_failed_and_the_api_status_follows_it(env, redis_conn, tmp_path, monkeypatch):
+    """The failure kind is recorded with the failure (not read back from the reason's text)."""
+    import json as json_module
+
+    import torch
+
+    from latentq import Client, JobFailed
+    from latentq.config import Settings
+    from latentq.core.request import FailureKind, JobStatus
+    from latentq.models.loader import load_model
+    from latentq.models.registry import load_registry
+    from latentq.state import keys
+    from latentq.store import LocalStore
+    from latentq.worker import DecodeWorker
+
+    client = Client(settings=Settings.from_env(max_retries=0))
+    gone = client.submit(torch.randn(32, 4, 4), model="taef2")
+    redis_conn.delete(keys.latent_key(gone.id))  # its input is gone: refused by the worker, the input's fault
+    canceled = client.submit(torch.randn(32, 4, 4), model="taef2")
+    client.cancel(canceled.id)
+    model = load_model(load_registry(Settings.from_env().models_file).get("taef2"))
+    DecodeWorker({"taef2": model}, redis_conn, LocalStore(tmp_path / "a"), name="a").work(burst=True)
+    monkeypatch.setenv("LATENTQ_FAULTS", json_module.dumps({"store_failures": 1000}))  # every store write fails
+    broken_store = client.submit(torch.randn(32, 4, 4), model="taef2")
+    DecodeWorker({"taef2": model}, redis_conn, LocalStore(tmp_path / "b"), name="b", store_attempts=1).work(burst=True)
+
+    expected = {gone: (JobStatus.FAILED, FailureKind.INPUT, 422), canceled: (JobStatus.CANCELED, FailureKind.ENDED, 409),
+                broken_store: (JobStatus.FAILED, FailureKind.WORKER, 502)}  # fmt: skip
+    for job, (status, failure, http_status) in expected.items():
+        info = job.info()
+        assert (info.status, info.failure) == (status, failure), job.id
+        assert info.to_dict()["failure"] == failure.value
+        if status is JobStatus.FAILED:
+            with pytest.raises(JobFailed) as failed:
+                job.wait(5)
+            assert failed.value.failure == failure.value and failed.value.status_code == http_status
+    assert JobFailed("j", "InvalidLatent: a record from before failures were kept").status_code == 422  # the fallback

@@ -93,14 +93,21 @@ class JobConflict(LatentqError):
 
 
 class JobFailed(LatentqError):
-    def __init__(self, job_id: str, reason: str) -> None:
+    """A job failed or expired. ``failure``: why, as the job's record says (``"input"``, ``"ended"``,
+    ``"worker"``; ``latentq.core.request.FailureKind``), which decides the API's status for it."""
+
+    def __init__(self, job_id: str, reason: str, failure: str | None = None) -> None:
         super().__init__(f"job {job_id} failed: {reason}")
         self.job_id = job_id
         self.reason = reason
+        self.failure = getattr(failure, "value", failure)
 
     @property
     def status_code(self) -> int:
         """Its HTTP status: its input (422), someone ended it (409), else the worker's trouble (502)."""
+        if self.failure is not None:
+            return FAILURE_STATUS.get(self.failure, 502)
+        # A job that failed before failures were recorded (a record written by an older latentq): its reason.
         if self.reason.startswith(_INPUT_FAILURES):
             return 422
         if self.reason.startswith(("DeadlineExpired", "canceled", "expired")):
@@ -133,6 +140,7 @@ class Unavailable(LatentqError):
 
 
 # --- how the HTTP API answers each one (latentq.api's one handler reads this table) ----------------------
+FAILURE_STATUS = {"input": 422, "ended": 409, "worker": 502}  # a failed job's HTTP status, by its FailureKind
 _INPUT_FAILURES = ("InvalidRequest", "InvalidLatent", "LatentTooLarge", "UnsupportedFormat", "UnknownModel")
 OWN = "own"  # in HTTP_ERRORS: the exception's own value (its status_code, its class name, its field)
 

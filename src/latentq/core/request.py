@@ -27,6 +27,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "VIDEO_FORMATS",
     "DecodeRequest",
+    "FailureKind",
     "JobInfo",
     "JobResult",
     "JobStatus",
@@ -76,6 +77,19 @@ class JobStatus(str, enum.Enum):
     @property
     def is_final(self) -> bool:
         return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED)
+
+
+class FailureKind(str, enum.Enum):
+    """Why a failed (or expired) job failed, recorded with its failure: what the API answers for it
+    (``errors.HTTP_ERRORS``: 422, 409, 502) is chosen by this, never by reading the reason's text."""
+
+    INPUT = "input"  # its input was refused (a bad latent, an option its model does not take): the caller's
+    ENDED = "ended"  # someone ended it: its deadline passed, or it was canceled
+    WORKER = "worker"  # the service's trouble: a decode, a model load or a store failed
+
+    @classmethod
+    def of(cls, exc: BaseException) -> FailureKind:
+        return cls.INPUT if isinstance(exc, InvalidRequest) else cls.WORKER
 
 
 @dataclass(frozen=True)
@@ -367,10 +381,12 @@ class JobInfo:
     # Where the time went, in ms: waiting (enqueued to started), decode (the job's batch), encode, store.
     timings: dict[str, float] | None = None
     tenant: str | None = None  # who submitted it (None: a job from before tenants, the default tenant's)
+    failure: FailureKind | None = None  # a failed or expired job's: why (None: it did not fail)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["status"] = self.status.value
+        data["failure"] = self.failure.value if self.failure is not None else None
         return data
 
     @classmethod
@@ -378,6 +394,8 @@ class JobInfo:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["status"] = JobStatus(values["status"])
+        if values.get("failure"):
+            values["failure"] = FailureKind(values["failure"])
         values["results"] = [ResultObject.from_dict(item) for item in values.get("results") or []]
         if values.get("preview"):
             values["preview"] = ResultObject.from_dict(values["preview"])

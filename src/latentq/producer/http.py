@@ -133,7 +133,7 @@ def _final(job_id: str, info: JobInfo) -> list[ResultObject] | None:
     if info.status is JobStatus.FINISHED:
         return info.results
     if info.status.is_final:  # failed, canceled, expired
-        raise JobFailed(job_id, info.error or info.status.value)
+        raise JobFailed(job_id, info.error or info.status.value, info.failure)
     return None
 
 

@@ -37,7 +37,7 @@ class Job:
         if info.status is JobStatus.FINISHED:
             return info.results
         if info.status.is_final:
-            raise JobFailed(self.id, info.error or info.status.value)
+            raise JobFailed(self.id, info.error or info.status.value, info.failure)
         raise JobTimeout(f"job {self.id} still {info.status.value} after {timeout} s")
 
     def read(self, index: int = 0) -> bytes:

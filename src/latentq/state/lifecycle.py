@@ -27,7 +27,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job as RQJob
 
-from ..core.request import JobStatus
+from ..core.request import FailureKind, JobStatus
 from . import keys, outbox, rqstate
 from .fence import APPLIED, GONE, Fenced, apply, capture, captured
 from .metrics import MetricsBatch
@@ -62,6 +62,7 @@ class Ending:
     token: str | None = None
     result: dict[str, Any] | None = None  # finished: RQ's return value
     reason: str = ""  # failed, retry, expired: the failure's text
+    failure: FailureKind | None = None  # failed: why (expired and canceled: ENDED, whatever is given)
     ended: datetime | None = None
     timings: dict[str, float] = field(default_factory=dict)
     # Result URLs in the webhook's payload (None: the ending worker's ``url_for``, else keys only).
@@ -92,13 +93,16 @@ def _writes(connection: Redis, worker: EndingWorker | None, ending: Ending) -> l
     elif status in ("failed", "retry") or (status == "expired" and worker is not None):
         if status == "expired":
             job.meta["expired"] = True
-            rqstate.meta_write(job, pipe)
+        if status != "retry":  # a retry has not failed yet
+            job.meta["failure"] = (FailureKind.ENDED if status == "expired" else ending.failure or FailureKind.WORKER).value
+        rqstate.meta_write(job, pipe)
         rqstate.fail_writes(worker, job, ending.queue, ending.execution, ending.reason, retry=status == "retry",
                             pipe=pipe)  # fmt: skip
     elif status in ("canceled", "expired"):  # a queued job, ended without a worker
         if status == "expired":
             job.meta["expired"] = True
-            rqstate.meta_write(job, pipe)
+        job.meta["failure"] = FailureKind.ENDED.value
+        rqstate.meta_write(job, pipe)
         rqstate.cancel_writes(job, pipe)
     else:
         raise ValueError(f"unknown ending {status!r}")

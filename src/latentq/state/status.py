@@ -7,7 +7,7 @@ from collections.abc import Callable
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 
-from ..core.request import JobInfo, JobResult, JobStatus, ResultObject
+from ..core.request import FailureKind, JobInfo, JobResult, JobStatus, ResultObject
 from .payload import request_field
 
 __all__ = ["STATUS_FROM_RQ", "job_info"]
@@ -78,7 +78,9 @@ def job_info(rq_job: RQJob, url_for: Callable[[str], str | None], queue=None, wo
         info["batch_size"] = record.batch_size
         info["tiled"] = record.tiled
         info["timings"] = _timings(rq_job, record)
-    elif status in (JobStatus.FAILED, JobStatus.EXPIRED):
+    if status in (JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELED) and meta.get("failure"):
+        info["failure"] = FailureKind(meta["failure"])
+    if status in (JobStatus.FAILED, JobStatus.EXPIRED):
         result = rq_job.latest_result()
         info["error"] = (result.exc_string if result is not None else None) or (
             "DeadlineExpired: not started by its deadline" if status is JobStatus.EXPIRED else "failed"

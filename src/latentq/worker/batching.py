@@ -20,7 +20,7 @@ import time
 from concurrent.futures import Future
 from typing import Protocol
 
-from ..core.request import Limits
+from ..core.request import FailureKind, Limits
 from ..errors import InvalidRequest
 from ..models.loader import LoadedModel
 from ..state import keys
@@ -96,7 +96,7 @@ class Batcher:
             item.tensor = load_latent(item.blob, self.settings.models.spec(model_name), request, self.settings.limits)
             return True
         except Exception as exc:  # a bad job fails alone
-            self.finisher.fail(item, reason(exc), permanent=True)
+            self.finisher.fail(item, reason(exc), permanent=True, failure=FailureKind.of(exc))
             return False
 
     def _run_model(self, model_name: str, ready: list[WorkItem]) -> None:
@@ -165,7 +165,7 @@ class Batcher:
             if is_out_of_memory(exc):
                 why = f"OutOfMemory: the decode does not fit on {model.device} even tiled ({exc})"
             log.error("decode failed for job %s: %s", group[0].id, why)
-            self.finisher.fail(group[0], why, permanent=True)
+            self.finisher.fail(group[0], why, permanent=True, failure=FailureKind.of(exc))
             return [None]
 
     def _encode(self, model: LoadedModel, group: list[WorkItem]) -> None:
@@ -173,7 +173,7 @@ class Batcher:
             latents = encode_group(model, [item.tensor for item in group], [item.request for item in group])
         except Exception as exc:
             for item in group:
-                self.finisher.fail(item, reason(exc), permanent=True)
+                self.finisher.fail(item, reason(exc), permanent=True, failure=FailureKind.of(exc))
             return
         for item, latent in zip(group, latents):
             self.finisher.submit_encoded(model.spec.name, item, latent)

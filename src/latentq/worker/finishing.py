@@ -20,7 +20,7 @@ from typing import Any
 
 from rq.job import Job as RQJob
 
-from ..core.request import JobInfo, JobResult
+from ..core.request import FailureKind, JobInfo, JobResult
 from ..state import rqstate
 from ..state.lifecycle import Ending, EndingWorker, end_jobs
 from ..state.records import write_record
@@ -215,12 +215,15 @@ class Finisher:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item.request.deadline or 0))
         self.fail(item, f"DeadlineExpired: not started by its deadline {when}", permanent=True, status="expired")
 
-    def fail(self, item: WorkItem, why: str, *, permanent: bool, status: str = "failed") -> None:
-        """End a job that failed: re-queued while it has retries (and the failure may pass), else failed."""
+    def fail(self, item: WorkItem, why: str, *, permanent: bool, status: str = "failed",
+             failure: FailureKind = FailureKind.WORKER) -> None:  # fmt: skip
+        """End a job that failed: re-queued while it has retries (and the failure may pass), else failed;
+        ``failure`` says why, with the failure (the API's status for it)."""
         job = item.job
         log.warning("job %s failed: %s", job.id, why, extra=log_fields(job))
         retry = not permanent and bool(job.retries_left)
-        ending = Ending(job, "retry" if retry else status, item.queue, item.execution, item.token, reason=why)
+        ending = Ending(job, "retry" if retry else status, item.queue, item.execution, item.token, reason=why,
+                        failure=failure)  # fmt: skip
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.05
         while True:  # its webhook, if any, is queued by the same transaction (lifecycle, outbox)
