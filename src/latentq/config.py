@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .core.netguard import WebhookPolicy
 from .core.request import Limits
-from .errors import InvalidRequest
+from .errors import ConfigError, InvalidRequest
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -197,7 +197,6 @@ def s3_options_from_env() -> dict[str, object]:
         try:
             options["presign_expiry"] = int(value)
         except ValueError:
-            from .errors import ConfigError
 
             raise ConfigError(f"LATENTQ_S3_PRESIGN_EXPIRY is not an integer: {value!r}") from None
     return options

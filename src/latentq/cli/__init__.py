@@ -236,119 +236,17 @@ def _stop_signals() -> Iterator[None]:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    """Results and finished jobs' stored records live LATENTQ_RESULT_TTL seconds: delete what is older."""
-    import math
+    # Imported here, not at the top: `latentq --help` stays light (no store, S3 or Redis modules, no torch).
+    from .cleanup import cmd_cleanup as run
 
-    from ..config import Settings
-    from ..errors import ConfigError
-    from ..store import LocalStore, open_store
-    from ..store.s3 import S3Store
-
-    settings = Settings.from_env()
-    ttl = settings.result_ttl if args.older_than is None else args.older_than
-    if ttl < 0:
-        raise ConfigError(f"--older-than must be >= 0 seconds, not {ttl:g}")
-    deployment = _reachable_deployment(settings)
-    if deployment is not None:  # its store (unless one is given here)
-        store = deployment.current_store()
-    else:
-        store = open_store(settings.store, public_url=settings.public_url)
-    if isinstance(store, LocalStore):
-        deleted: list[str] = []
-        print(f"deleted {store.expire(ttl, deleted)} result object(s) older than {ttl:g} s from {store.root}")
-        if deployment is not None and deleted:
-            _forget_deleted(deployment, deleted)
-        return 0
-    if not isinstance(store, S3Store):
-        raise ConfigError(f"cleanup does not know how to expire {store!r}")
-    where = f"s3://{store.bucket}/{store.prefix}"
-    # Lifecycle rules count whole days: round up so no object goes before its TTL.
-    days = max(1, math.ceil(ttl / 86400))
-    lifecycle = store.set_expiry(days)
-    if lifecycle:
-        print(f"lifecycle rule set: objects under {where} expire after {days} day(s)")
-    else:
-        print(f"{where}: the server does not support lifecycle rules; deleting old objects by listing")
-    if args.sweep or not lifecycle:
-        count = store.expire(ttl)
-        print(f"deleted {count} result object(s) older than {ttl:g} s from {where}")
-        if deployment is not None and count:
-            deployment.record_cleanup()  # (S3's listing does not name the jobs: their RQ records lapse by themselves)
-    return 0
-
-
-def _reachable_deployment(settings):
-    """The deployment in Redis, or None when Redis cannot be reached (cleanup of a store alone still works)."""
-    from ..state.connection import REDIS_DOWN, redis_from_url
-    from ..state.deployment import Deployment
-
-    connection = redis_from_url(settings.redis_url)
-    try:
-        connection.ping()
-    except REDIS_DOWN as exc:
-        logging.getLogger("latentq").warning("Redis at %s is unreachable (%s): cleaning the store only, "
-                                             "cached job records are not told", settings.redis_url, exc)  # fmt: skip
-        connection.close()
-        return None
-    return Deployment(connection, settings)
-
-
-def _forget_deleted(deployment, keys: list[str]) -> None:
-    """Jobs whose outputs were deleted read as gone: their RQ records go, every process's cache is dropped."""
-    from ..state.records import forget_finished, job_of_record
-
-    jobs = [job for job in map(job_of_record, keys) if job]
-    forget_finished(deployment.connection, jobs)
-    deployment.record_cleanup()
+    return run(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
+    # Imported here, not at the top: `latentq --help` stays light (no rq or producer modules, no torch).
+    from .status import cmd_status as run
 
-    from rq import Worker
-
-    from ..producer import Client
-    from ..state import keys, metrics
-
-    client = Client()
-    if args.job_id:
-        print(json.dumps(client.job_info(args.job_id).to_dict(), indent=2))
-        return 0
-    # finished / failed: all-time totals (the metrics counters; Redis keeps job records only briefly).
-    # Only models with work or workers: a registry of a dozen models would be mostly rows of zeros.
-    print(f"{'model':<16} {'queued':>7} {'started':>8} {'finished':>9} {'failed':>7} {'workers':>8} {'jobs/min':>9}")
-    for name in client.registry.names():
-        queues = [client.queue(name), client.queue(name, "high")]
-        started = sum(q.started_job_registry.count for q in queues)
-        queued, serving = client.queued_count(name), client.workers_serving(name)
-        if not (queued or started or serving):
-            continue
-        totals = metrics.jobs_total(client.connection, name)
-        finished, failed = totals["finished"], totals["failed"]
-        recent = metrics.finished_last_minute(client.connection, name)
-        print(f"{name:<16} {queued:>7} {started:>8} {finished:>9} {failed:>7} {serving:>8} {recent:>9.0f}")
-    for worker in Worker.all(connection=client.connection):
-        # A model has two queues (normal and high priority): name it once.
-        models = list(dict.fromkeys(keys.model_from_queue(q) or q for q in worker.queue_names()))
-        print(f"worker {worker.name}: {worker.get_state()}, models {', '.join(models)}, "
-              f"{worker.successful_job_count} ok, {worker.failed_job_count} failed")  # fmt: skip
-    print(_deployment_line(client))
-    return 0
-
-
-def _deployment_line(client) -> str:
-    """Which deployment this is and how it was found (a flag or variable, a running `latentq up`, the default)."""
-    from ..config import DEFAULT_REDIS_URL, read_up_state
-
-    if (state := read_up_state()) and state.get("redis_url") == client.settings.redis_url:
-        found = f"latentq up, pid {state['pid']}"
-    elif client.settings.redis_url == DEFAULT_REDIS_URL:
-        found = "the default"
-    else:
-        found = "--redis-url or $LATENTQ_REDIS_URL"
-    store = client.deployment.published_store()
-    return (f"deployment: Redis {client.settings.redis_url} ({found}), API {client.deployment.public_url() or 'none'}, "
-            f"results {store[0] if store else 'not published yet'}")
+    return run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

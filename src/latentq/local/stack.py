@@ -188,7 +188,7 @@ class Stack:
         self._worker_args = args
         for _ in range(opts.workers):
             self.workers.append(self._spawn_worker())
-        from ..api import create_app
+        from ..api import create_app  # FastAPI and the API only where this stack serves it in-process
 
         app = create_app(settings)
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level=opts.log_level)

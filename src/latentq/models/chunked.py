@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .families.generic import GenericFamily
+from .families.videobase import VideoFamily
+
 if TYPE_CHECKING:
     from ..core.request import DecodeRequest
     from .loader import LoadedModel
@@ -34,9 +37,6 @@ STREAMED_CLASSES = ("AutoencoderKLWan", "AutoencoderKLCogVideoX", "AutoencoderKL
 
 def _plain_decode(model: LoadedModel) -> bool:
     """Whether the family's decode is the plain ``vae.decode`` + [0, 1] that the chunks reproduce."""
-    from .families.generic import GenericFamily
-    from .families.videobase import VideoFamily
-
     method = type(model.family).decode
     if method is GenericFamily.decode:
         return model.spec.layout == "video"
@@ -53,8 +53,6 @@ def streams(model: LoadedModel, request: DecodeRequest, tile: bool) -> bool:
 def _to_unit(model: LoadedModel, raw: torch.Tensor) -> torch.Tensor:
     """One chunk of the decoder's raw output -> float32 in [0, 1], by the ops (in their order) that the
     class's ``_decode`` and the family apply to the whole video: all per frame or per element."""
-    from .families.generic import GenericFamily
-
     module = model.module
     if type(module).__name__ == "AutoencoderKLWan":  # its _decode, after the loop
         from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["CompiledDecoder", "compile_decoder"]
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,6 @@ def compile_decoder(module: torch.nn.Module, limit: int) -> CompiledDecoder:
     """Replace ``module.decoder`` (diffusers' VAEs and TAEF2 all have one) by its bounded compiled form."""
     decoder = getattr(module, "decoder", None)
     if not isinstance(decoder, torch.nn.Module):
-        from ..errors import ConfigError
 
         raise ConfigError(f"--compile: {type(module).__name__} has no decoder module to compile")
     wrapped = CompiledDecoder(decoder, limit)

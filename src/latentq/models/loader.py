@@ -230,7 +230,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
         module = module.to(memory_format=torch.channels_last)
     compiled = None
     if compile:
-        from .compiled import compile_decoder
+        from .compiled import compile_decoder  # only under --compile: it imports torch._dynamo (seconds)
 
         # Declared warm-up shapes are compiled at start and are the only ones: nothing compiles on the decode
         # thread later. Without any, the first COMPILE_LIMIT shapes compile on first use.

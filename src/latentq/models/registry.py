@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import models_file_from_env
 from ..errors import ConfigError, UnknownModel
 from . import catalog, catalog_video
 from .families import get_family
@@ -88,7 +89,6 @@ _FIELDS = {f.name for f in dataclasses.fields(ModelSpec)}
 @dataclass
 class Registry:
     """The models this deployment knows, by name."""
-
     models: dict[str, ModelSpec] = field(default_factory=lambda: dict(BUILTIN_MODELS))
 
     def get(self, name: str) -> ModelSpec:
@@ -162,7 +162,6 @@ def _spec_from_table(name: str, table: Any, base_spec: ModelSpec | None, *, base
 def load_registry(models_file: str | Path | None = None) -> Registry:
     """Built-in models, overridden by ``models_file`` or ``$LATENTQ_MODELS``."""
     registry = Registry()
-    from ..config import models_file_from_env  # config imports spec, which must not import the registry
 
     path = models_file or models_file_from_env()
     if path:

@@ -11,6 +11,7 @@ from ..core.request import DecodeRequest, Limits
 from ..core.wire import check_tensor
 from ..errors import InvalidLatent, InvalidRequest, LatentTooLarge, UnsupportedFormat
 from .modelspec import ModelSpec
+from .registry import load_registry
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -102,7 +103,6 @@ def audio_spec_of(spec: ModelSpec, registry: Registry | None = None) -> ModelSpe
         raise InvalidRequest(f"model {spec.name} takes no audio_latents (it decodes {spec.output_kind} alone)",
                              field="audio_latents")  # fmt: skip
     if registry is None:
-        from .registry import load_registry  # the registry imports the families, which import this
 
         registry = load_registry()
     return registry.get(spec.audio_model)

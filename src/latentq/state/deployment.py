@@ -102,7 +102,7 @@ def marker_name(deployment_id: str) -> str:
 def _store_description(store: ObjectStore) -> tuple[str, dict[str, Any]]:
     if isinstance(store, LocalStore):
         return str(store.root), {}
-    from ..store.s3 import S3Store
+    from ..store.s3 import S3Store  # boto3 is imported only by deployments that use S3
 
     if isinstance(store, S3Store):
         options = {"endpoint_url": store.endpoint_url, "region": store.client.meta.region_name,
@@ -113,7 +113,7 @@ def _store_description(store: ObjectStore) -> tuple[str, dict[str, Any]]:
 
 def _open_published(location: str, options: dict[str, Any]) -> ObjectStore:
     if location.startswith("s3://"):
-        from ..store.s3 import S3Store
+        from ..store.s3 import S3Store  # boto3 is imported only by deployments that use S3
 
         parts = urlsplit(location)
         return S3Store(parts.netloc, parts.path, **options)  # credentials: this process's own (or none)

@@ -13,6 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import s3_options_from_env
 from ..errors import ConfigError, StoreError
 from .base import check_key
 
@@ -27,7 +28,6 @@ _NO_LIFECYCLE = {"NotImplemented", "NotImplementedError", "MethodNotAllowed", "5
 
 class S3StoreError(StoreError):
     """A StoreError from S3; ``code`` is the S3 error code ("NoSuchKey", "AccessDenied", ...) or ""."""
-
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
@@ -94,7 +94,6 @@ class S3Store:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
             raise ConfigError(f"invalid S3 store URL {url!r}: expected s3://bucket/prefix")
-        from ..config import s3_options_from_env
 
         options: dict[str, Any] = s3_options_from_env()
         options.update(overrides)

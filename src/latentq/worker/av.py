@@ -18,6 +18,7 @@ import torch
 from ..core.request import DecodeRequest, Limits
 from ..core.wire import latent_from_bytes, latents_from_bytes
 from ..models.validate import validate_audio_latents, validate_image, validate_latent
+from .encode import EXTENSIONS, EncodedObject, encode_mp4
 
 if TYPE_CHECKING:
     from ..models.loader import LoadedModel
@@ -31,7 +32,6 @@ __all__ = ["AVLatents", "DecodedAV", "decode_av_group", "encode_av_output", "par
 @dataclass(frozen=True)
 class AVLatents:
     """One job's video latent (batch dimension 1) with its audio latents (batch dimension 1)."""
-
     video: torch.Tensor
     audio: torch.Tensor
 
@@ -62,7 +62,6 @@ def parse_job_input(data: bytes, spec: ModelSpec, request: DecodeRequest,
 class DecodedAV:
     """One job's decoded video (the worker's own decoded-pixels record) and its audio, (channels, samples)
     float at ``sample_rate``."""
-
     def __init__(self, video: Any, audio: torch.Tensor, sample_rate: int) -> None:
         self.video = video
         self.audio = audio
@@ -101,8 +100,6 @@ def decode_av_group(model: LoadedModel, requests: list[DecodeRequest], latents: 
 
 def encode_av_output(decoded: DecodedAV, request: DecodeRequest) -> list[EncodedObject]:
     """One MP4 of the video with its sound (the record says both: frames, and sample rate / channels / duration)."""
-    from .encode import EXTENSIONS, EncodedObject, encode_mp4
-
     pixels = decoded.video.pixels.cpu()
     codec = "alac" if request.quality == 100 else "aac"  # lossless where the video is (luma) lossless
     data = encode_mp4(pixels, request.fps, request.quality, audio=decoded.audio, sample_rate=decoded.sample_rate,

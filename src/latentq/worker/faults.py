@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import faults_from_env
+
 __all__ = ["FAULTS_ENV", "Faults"]
 
 FAULTS_ENV = "LATENTQ_FAULTS"
@@ -38,8 +40,6 @@ class Faults:
 
     @classmethod
     def from_env(cls) -> Faults:
-        from ..config import faults_from_env
-
         return cls(**faults_from_env())
 
     def before_decode(self, batch: int, pixels_per_sample: int, tiled: bool) -> None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..core.request import IMAGE_FORMATS, DecodeRequest, Limits
+from ..core.wire import latent_to_bytes
 from ..errors import InvalidLatent
 from ..models import chunked
 from ..models.device_path import Pending, PendingSample, Timer
@@ -111,7 +112,6 @@ def encode_group(model: LoadedModel, tensors: list[torch.Tensor],
 
 def store_latent(store: ObjectStore, job_id: str, latent: torch.Tensor, *,
                  token: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    from ..core.wire import latent_to_bytes
 
     data = latent_to_bytes(latent)
     key = make_key(job_id, "safetensors", token=token)
@@ -124,7 +124,6 @@ class DecodedImage:
     """One job's decoded pixels: ``pixels`` ([F,] H, W, 3) uint8 and, when its output format needs it,
     ``image`` (3, [F,] H, W) float in [0, 1]. Either may be a ``Pending`` copy from the device (read on
     the encode thread, which waits for it then) and ``decode_ms`` a ``Timer`` read when the work is done."""
-
     def __init__(self, image: torch.Tensor | Pending | None, pixels: torch.Tensor | Pending, batch_size: int,
                  decode_ms: float | Timer, tiled: bool = False) -> None:  # fmt: skip
         self._image = image
@@ -176,7 +175,6 @@ def _split(model: LoadedModel, images: torch.Tensor, requests: list[DecodeReques
 @dataclass
 class DecodedAudio:
     """One job's audio, (channels, samples) float (raw: the pipeline does not clip), at ``sample_rate``."""
-
     audio: torch.Tensor
     sample_rate: int
     batch_size: int

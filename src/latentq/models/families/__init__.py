@@ -23,6 +23,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ...core.request import ARRAY_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS
+from ...errors import ConfigError
+
 if TYPE_CHECKING:  # torch and the loader only where a family is used
     import torch
 
@@ -43,7 +46,6 @@ OUTPUT_KINDS = ("image", "video", "audio", "video+audio")
 
 class Family:
     """How a pipeline's latents are checked, made into the VAE's input, decoded and encoded."""
-
     name: str = "generic"
     sample_rate: int | None = None  # audio families
 
@@ -53,8 +55,6 @@ class Family:
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
         """The job output formats offered (``DecodeRequest.output_format`` values)."""
-        from ...core.request import ARRAY_FORMATS, IMAGE_FORMATS, VIDEO_FORMATS
-
         kind = self.output_kind(spec)
         if kind in ("video", "video+audio"):
             return list(VIDEO_FORMATS) + list(ARRAY_FORMATS)
@@ -123,7 +123,6 @@ def get_family(name: str | None) -> Family:
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise  # the family exists but something it imports does not
-        from ...errors import ConfigError
 
         raise ConfigError(f"no model family {name!r} (module {module_name})") from exc
     family = _CACHE[name] = module.FAMILY

@@ -16,6 +16,7 @@ import torch
 from ...core.layouts import OutputGeometry, describe_shape, geometry, packed_grid, unpack
 from ...errors import InvalidLatent, InvalidRequest
 from . import Family
+from .videobase import check_options, encode_mode
 
 if TYPE_CHECKING:
     from ...core.request import DecodeRequest
@@ -45,8 +46,6 @@ class GenericFamily(Family):
         return spec.has_encoder and spec.layout in ("image", "packed", "video")
 
     def check(self, latent: torch.Tensor, spec: ModelSpec, request: DecodeRequest) -> OutputGeometry:
-        from .videobase import check_options
-
         check_options(spec, request, ())  # the video and audio families' options mean nothing here: refuse them
         if spec.layout in PACKED and latent.ndim == 3:
             return _check_packed(latent, spec, request)
@@ -103,8 +102,6 @@ def _encode_video_image(model: LoadedModel, images: torch.Tensor) -> torch.Tenso
     HunyuanVideoImageToVideoPipeline scales it (``* scaling_factor``); WanImageToVideoPipeline normalises
     with the config's mean and std, and as Wan's VAE is causal, the image alone encodes to the first latent
     frame of the (image + zero frames) video that Wan 2.1's pipeline encodes."""
-    from .videobase import encode_mode
-
     spec = model.spec
     z = encode_mode(model, images)
     if spec.normalization == "latents_mean_std":

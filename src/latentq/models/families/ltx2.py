@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..loader import load_model
+from ..validate import audio_spec_of
 from .videobase import VideoFamily, pipeline_noise, scaling_of, timestep_kwargs, to_video01, vae_call
 
 if TYPE_CHECKING:
@@ -39,9 +41,6 @@ class LTX2Family(VideoFamily):
     def audio_decoder(self, model: LoadedModel) -> LoadedModel:
         """The spec's ``audio_model`` (the registry's, from the worker's models file), loaded on the video
         model's device in its dtype on the first job with audio_latents, then kept with it."""
-        from ..loader import load_model
-        from ..validate import audio_spec_of
-
         with self._loading:
             loaded = self._audio.get(model.module)
             if loaded is None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...core.layouts import OutputGeometry
+from ...core.request import AUDIO_FORMATS
 from ...errors import InvalidLatent, ModelLoadError
 from . import Family
 from .videobase import check_options, vae_call
@@ -63,8 +64,6 @@ class LTX2AudioFamily(Family):
         return "audio"
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
-        from ...core.request import AUDIO_FORMATS
-
         return [*AUDIO_FORMATS, "tensor"]
 
     def describe_shape(self, spec: ModelSpec) -> list[Any]:

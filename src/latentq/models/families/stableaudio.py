@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...core.layouts import OutputGeometry
+from ...core.request import AUDIO_FORMATS
 from ...errors import InvalidLatent, InvalidRequest
 from . import Family
 from .videobase import check_options, vae_call
@@ -47,8 +48,6 @@ class StableAudioFamily(Family):
         return "audio"
 
     def output_formats(self, spec: ModelSpec) -> list[str]:
-        from ...core.request import AUDIO_FORMATS
-
         return [*AUDIO_FORMATS, "tensor"]
 
     def describe_shape(self, spec: ModelSpec) -> list[Any]:
