@@ -23,7 +23,7 @@ from PIL import Image
 from webhook_receiver import Receiver
 
 from latentq import Client
-from latentq.core.request import METADATA_MAX_BYTES
+from latentq.core.metadata import METADATA_MAX_BYTES
 from latentq.core.wire import latent_to_bytes
 from latentq.errors import InvalidRequest
 from latentq.webhooks.sender import WebhookSender

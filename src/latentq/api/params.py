@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import Header, Path, Query, Request
 from torch import Tensor
 
-from ..core.request import DecodeRequest, Limits, parse_metadata
+from ..core.metadata import parse_metadata
+from ..core.request import DecodeRequest, Limits
 from ..core.wire import latents_from_bytes
 from ..errors import InvalidRequest, LatentTooLarge
 from ..models.registry import Registry

@@ -17,7 +17,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import InvalidLatent, LatentTooLarge
-from .request import ACCEPTED_DTYPES, Limits, json_depth
+from .metadata import json_depth
+from .request import ACCEPTED_DTYPES, Limits
 
 __all__ = ["AUDIO_TENSOR_NAME", "MAX_DIMS", "MAX_HEADER_BYTES", "TENSOR_NAME", "check_shape", "check_tensor",
            "latent_from_bytes", "latent_to_bytes", "latents_from_bytes"]
