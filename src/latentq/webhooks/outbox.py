@@ -178,6 +178,8 @@ class Drainer:
                     log.info("webhook outbox: Redis answers again; deliveries resume")
                 down, delay = False, 0.1
             except REDIS_DOWN as exc:
+                if self._stop.is_set():  # stopped while its read was in flight: Redis may be going away too
+                    return
                 if not down:  # one line per outage, not one per retry
                     log.warning("webhook outbox: Redis is unreachable (%s); deliveries wait for it", exc)
                     down, delay = True, 0.1
