@@ -177,25 +177,24 @@ class Drainer:
                 if down:
                     log.info("webhook outbox: Redis answers again; deliveries resume")
                 down, delay = False, 0.1
-            except REDIS_DOWN as exc:
-                if self._stop.is_set():  # stopped while its read was in flight: Redis may be going away too
+            except Exception as exc:
+                if self._stop.is_set():  # stopped mid-call (a read in flight): whatever failed, nothing to say
                     return
-                if not down:  # one line per outage, not one per retry
-                    log.warning("webhook outbox: Redis is unreachable (%s); deliveries wait for it", exc)
-                    down, delay = True, 0.1
-                self._stop.wait(delay)
-                delay = min(delay * 2, REDIS_RETRY_MAX_S)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # a Redis that lost its data (restarted without persistence)
+                if isinstance(exc, REDIS_DOWN):
+                    if not down:  # one line per outage, not one per retry
+                        log.warning("webhook outbox: Redis is unreachable (%s); deliveries wait for it", exc)
+                        down, delay = True, 0.1
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, REDIS_RETRY_MAX_S)
+                    continue
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):  # a Redis that lost its data
                     self._group_ready = False
                     continue
                 delay = max(delay, 1.0)
-                log.error("webhook outbox: %s; retrying in %.0f s", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, MAX_ERROR_WAIT_S)
-            except Exception:  # a bug: said with its traceback, at a slowing pace
-                delay = max(delay, 1.0)
-                log.exception("webhook outbox: unexpected error; retrying in %.0f s", delay)
+                if isinstance(exc, ResponseError):
+                    log.error("webhook outbox: %s; retrying in %.0f s", exc, delay)
+                else:  # a bug: said with its traceback, at a slowing pace
+                    log.exception("webhook outbox: unexpected error; retrying in %.0f s", delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_ERROR_WAIT_S)
 
